@@ -1,0 +1,27 @@
+"""Best-of-N: sample N responses and answer with the one the reward scores highest."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from twinloop.infer.engine import Engine
+from twinloop.infer.search.common import Budget, Problem, SearchConfig, SearchResult, argbest, make_result
+from twinloop.infer.search.sampling import draw, score
+
+
+def select(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None,
+           config: SearchConfig | None, lowest: bool, method: str) -> list[SearchResult]:
+    if reward is None:
+        raise ValueError(f"{method} needs a reward to rank the candidates")
+    budget, config = budget or Budget(), config or SearchConfig()
+    tracker, drawn = draw(problems, engine, budget, config, n=budget.n)
+    score(reward, tracker, engine, drawn)
+    usage = tracker.finish()
+    return [make_result(method, p, d.candidates, argbest([c.score for c in d.candidates], lowest=lowest), usage[i],
+                        "budget" if d.budget_exhausted else "done", d.budget_exhausted)
+            for i, (p, d) in enumerate(zip(problems, drawn))]
+
+
+def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None = None,
+        config: SearchConfig | None = None) -> list[SearchResult]:
+    """argmax of the reward; unscored candidates are skipped, ties go to the earliest sample."""
+    return select(problems, engine, reward, budget, config, lowest=False, method="best_of_n")

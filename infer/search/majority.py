@@ -1,0 +1,27 @@
+"""Majority vote (self-consistency): sample N responses, extract answers, the most frequent answer wins."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from twinloop.infer.engine import Engine
+from twinloop.infer.search.common import (Budget, Problem, SearchConfig, SearchResult, first_with_answer,
+                                          make_result, vote)
+from twinloop.infer.search.sampling import draw, score
+
+
+def run(problems: Sequence[Problem], engine: Engine, reward: Any = None, budget: Budget | None = None,
+        config: SearchConfig | None = None) -> list[SearchResult]:
+    """Mode of the extracted answers (``config.answer_fn``); responses without an answer do not vote and
+    ties go to the answer seen first. The reward, if given, only records scores."""
+    budget, config = budget or Budget(), config or SearchConfig()
+    tracker, drawn = draw(problems, engine, budget, config, n=budget.n)
+    if reward is not None and config.score_candidates:
+        score(reward, tracker, engine, drawn)
+    usage = tracker.finish()
+    out = []
+    for i, (p, d) in enumerate(zip(problems, drawn)):
+        winner, tally = vote([c.answer for c in d.candidates])
+        out.append(make_result("majority", p, d.candidates, first_with_answer(d.candidates, winner), usage[i],
+                               "budget" if d.budget_exhausted else "done", d.budget_exhausted,
+                               trace=[{"tally": tally}], answer=winner))
+    return out

@@ -1,0 +1,15 @@
+"""Worst-of-N, the jailbreak evaluation: sample N responses and report the one the reward scores lowest
+(with a harmlessness reward, the worst case an attacker with N tries would get)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from twinloop.infer.engine import Engine
+from twinloop.infer.search.best_of_n import select
+from twinloop.infer.search.common import Budget, Problem, SearchConfig, SearchResult
+
+
+def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None = None,
+        config: SearchConfig | None = None) -> list[SearchResult]:
+    """argmin of the reward; unscored candidates are skipped, ties go to the earliest sample."""
+    return select(problems, engine, reward, budget, config, lowest=True, method="worst_of_n")
