@@ -344,3 +344,16 @@ def make_result(method: str, problem: Problem, candidates: list[Candidate], sele
     return SearchResult(method=method, answer=answer, text=chosen.text if chosen else "", candidates=candidates,
                         usage=usage, stop_reason=stop_reason, budget_exhausted=budget_exhausted,
                         trace=trace or [], problem_id=problem.id, selected=selected)
+
+
+def select_final(candidates: Sequence[Candidate], how: str = "best") -> tuple[int | None, str | None]:
+    """Final selection, kept apart from step-score aggregation: ``best`` (argmax score), ``majority``
+    (mode of answers) or ``weighted_majority`` (score summed per answer). Returns (index, answer)."""
+    if how == "best":
+        i = argbest([c.score for c in candidates])
+        return i, (candidates[i].answer if i is not None else None)
+    if how in ("majority", "weighted_majority"):
+        weights = [c.score for c in candidates] if how == "weighted_majority" else None
+        winner, _ = vote([c.answer for c in candidates], weights)
+        return first_with_answer(candidates, winner), winner
+    raise ValueError(f"unknown final selection {how!r}; choose from best, majority, weighted_majority")

@@ -1,0 +1,16 @@
+"""Beam search with a PRM: N beams, width M. Each beam takes one step (up to the step delimiter), the
+PRM scores the prefix, the top N/M active beams are expanded M ways; finished beams leave the beam and
+the search stops once N have finished or none is left. Optional k-step lookahead (``lookahead=k``)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from twinloop.infer.engine import Engine
+from twinloop.infer.search.common import Budget, Problem, SearchResult
+from twinloop.infer.search.tree import TreeConfig, search
+
+
+def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None = None,
+        config: TreeConfig | None = None) -> list[SearchResult]:
+    """``reward`` is a process reward (``step_scores``); ``budget.n`` is N, ``config.width`` is M."""
+    return search(problems, engine, reward, budget or Budget(), config or TreeConfig(), "beam_search", subtrees=False)

@@ -1,0 +1,16 @@
+"""Diverse verifier tree search (DVTS): N/M independent subtrees, each keeping only its best candidate
+at every step and expanding it M ways; a subtree ends when its best child has finished. The answer is
+picked among the subtrees' final candidates (``config.select``)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from twinloop.infer.engine import Engine
+from twinloop.infer.search.common import Budget, Problem, SearchResult
+from twinloop.infer.search.tree import TreeConfig, search
+
+
+def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None = None,
+        config: TreeConfig | None = None) -> list[SearchResult]:
+    """``reward`` is a process reward (``step_scores``); ``budget.n`` is N, ``config.width`` is M."""
+    return search(problems, engine, reward, budget or Budget(), config or TreeConfig(), "dvts", subtrees=True)
