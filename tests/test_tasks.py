@@ -1,0 +1,128 @@
+"""Task loaders and the arithmetic task's generator, step checker and rewards."""
+import random
+from collections import Counter
+
+import pytest
+
+from twinloop.rewards.base import ProcessReward, Reward
+from twinloop.tasks import arith
+
+
+# ---------------------------------------------------------------- arithmetic task
+
+def test_expression_round_trip_and_values():
+    tree = arith.parse_expression("((17 + 25) * 3) - 40")
+    assert tree == ("-", ("*", ("+", 17, 25), 3), 40)
+    assert arith.evaluate(tree) == 86
+    assert arith.render(tree) == "((17 + 25) * 3) - 40"
+    assert arith.evaluate(arith.parse_expression("2 + 3 * 4 - 1")) == 13  # usual precedence
+    with pytest.raises(ValueError, match="parse"):
+        arith.parse_expression("2 + (3")
+
+
+def test_splits_are_seeded_fixed_and_disjoint():
+    test = arith.load("test")
+    assert len(test) == 200 and test == arith.load("test")
+    dev = arith.load("dev")
+    assert len(dev) == 200 and {r["expression"] for r in dev} != {r["expression"] for r in test}
+    train = arith.load("train", n=300)
+    held_out = {r["expression"] for r in test + dev}
+    assert not held_out & {r["expression"] for r in train}
+    with pytest.raises(ValueError, match="split"):
+        arith.load("validation")
+
+
+def test_generator_respects_difficulty_bounds():
+    cfg = arith.ArithConfig(min_ops=2, max_ops=4, max_operand=99, max_result=199, max_factor=9)
+    rng = random.Random(5)
+    counts = Counter()
+    for _ in range(600):
+        tree = arith.generate_problem(rng, cfg)
+        counts[arith.count_ops(tree)] += 1
+        _check_bounds(tree, cfg)
+    assert set(counts) == {2, 3, 4} and min(counts.values()) > 150  # uniform number of operations
+
+
+def _check_bounds(tree, cfg):
+    if isinstance(tree, int):
+        assert 0 <= tree <= cfg.max_operand
+        return
+    op, a, b = tree
+    assert 0 <= arith.evaluate(tree) <= cfg.max_result
+    if op == "*":
+        assert min(arith.evaluate(a), arith.evaluate(b)) <= cfg.max_factor
+    _check_bounds(a, cfg)
+    _check_bounds(b, cfg)
+
+
+def test_gold_solution_format_and_random_step_order():
+    row = arith.make_row(("*", ("+", 1, 2), ("-", 9, 4)), 0, "test")
+    assert row["prompt"] == [{"role": "user", "content": "Compute (1 + 2) * (9 - 4) step by step."}]
+    assert row["solution"] == "1 + 2 = 3\n\n9 - 4 = 5\n\n3 * 5 = 15\n\nAnswer: \\boxed{15}"
+    assert row["answer"] == "15"
+    orders = {arith.make_row(("*", ("+", 1, 2), ("-", 9, 4)), 0, "train", random.Random(s))["solution"].split("\n\n")[0]
+              for s in range(20)}
+    assert orders == {"1 + 2 = 3", "9 - 4 = 5"}
+
+
+def test_split_steps():
+    assert arith.split_steps("a\n\n b \n\n\n\nc\n") == ["a", "b", "c"]
+    assert arith.split_steps("", "\n\n") == []
+    assert arith.split_steps("x;y", ";") == ["x", "y"]
+
+
+EXPR = "((17 + 25) * 3) - 40"
+
+
+@pytest.mark.parametrize(
+    "steps, expected",
+    [
+        (["17 + 25 = 42", "42 * 3 = 126", "126 - 40 = 86", "Answer: \\boxed{86}"], [1, 1, 1, 1]),
+        (["25 + 17 = 42", "3 * 42 = 126", "126 - 40 = 86", "Answer: \\boxed{86}"], [1, 1, 1, 1]),  # commutative
+        (["17 + 25 = 43", "43 * 3 = 129", "129 - 40 = 89", "Answer: \\boxed{89}"], [0, 1, 1, 1]),  # false equation
+        (["17 + 25 = 42", "42 - 40 = 2", "2 * 3 = 6", "Answer: \\boxed{6}"], [1, 0, 0, 0]),  # true but not a reduction
+        (["17 + 25 = 42", "126 - 40 = 86", "Answer: \\boxed{86}"], [1, 0, 0]),  # number never in the problem
+        (["40 - 126 = -86"], [0]),  # - is not commutative
+        (["17 + 25 = 42", "Answer: \\boxed{42}"], [1, 0]),  # answer before the end
+        (["I think", "17+25=42"], [0, 1]),  # garbage step, then a valid one
+    ],
+)
+def test_step_checker_replays_against_the_expression(steps, expected):
+    assert arith.step_correctness(EXPR, steps) == [float(x) for x in expected]
+
+
+def test_aggregations():
+    assert arith.aggregate([1, 0.5, 1], "min") == 0.5
+    assert arith.aggregate([1, 0.5, 0.8], "last") == 0.8
+    assert arith.aggregate([1, 0.5, 0.8], "prod") == pytest.approx(0.4)
+    assert arith.aggregate([1, 0.5, 0.0], "mean") == pytest.approx(0.5)
+    assert arith.aggregate([], "min") == 0.0
+    with pytest.raises(ValueError, match="aggregation"):
+        arith.ArithProcessReward(aggregation="max")
+
+
+def test_process_reward_scores_steps_and_whole_solutions():
+    rows = arith.load("test", n=30)
+    prm = arith.ArithProcessReward()
+    assert isinstance(prm, ProcessReward) and isinstance(prm, Reward)
+    prompts = [r["prompt"] for r in rows]
+    assert prm(prompts, [r["solution"] for r in rows]) == [1.0] * 30
+    # the expression is read from the prompt, or from an `expression` column
+    wrong = "17 + 25 = 43\n\n43 * 3 = 129\n\n129 - 40 = 89\n\nAnswer: \\boxed{89}"
+    good = "17 + 25 = 42\n\n42 * 3 = 126\n\n126 - 40 = 86\n\nAnswer: \\boxed{86}"
+    chat = [[{"role": "assistant", "content": good}], wrong, "17 + 25 = 42", "nonsense"]
+    assert prm(["p"] * 4, chat, expression=[EXPR] * 4) == [1.0, 0.0, 0.0, 0.0]
+    assert prm.usage.unparseable == 3  # no final box twice, one garbage step
+    last = arith.ArithProcessReward(aggregation="last")
+    assert last([arith.prompt_text(EXPR)], [wrong]) == [1.0]  # 'last' only sees the final step
+    mean = arith.ArithProcessReward(aggregation="mean")
+    assert mean([arith.prompt_text(EXPR)], [wrong]) == [0.75]
+    steps = prm.step_scores([arith.prompt_text(EXPR)] * 2, [["17 + 25 = 42"], ["17 + 25 = 42", "42 * 4 = 168"]])
+    assert steps == [[1.0], [1.0, 0.0]]
+
+
+def test_outcome_reward():
+    r = arith.ArithOutcomeReward()
+    out = r(["p"] * 4, ["Answer: \\boxed{86}", "Answer: \\boxed{85}", "86", [{"role": "assistant", "content": "\\boxed{ 86 }"}]],
+            answer=["86"] * 4)
+    assert out == [1.0, 0.0, 0.0, 1.0] and r.usage.unparseable == 1

@@ -1,0 +1,1 @@
+"""Task families: each module gives a loader, chat-message prompts and its verifiable reward."""
