@@ -1,0 +1,85 @@
+"""Checkpoints that are never half-written, each an HF folder with a model card.
+
+The HF Trainer writes ``checkpoint-N`` in place, so a kill mid-save leaves a folder that
+``get_last_checkpoint`` would pick up and fail to resume from. Here every checkpoint is written under
+``<output_dir>/.staging/`` and renamed into place once every process has finished writing (``os.replace`` of
+a directory is atomic on one filesystem). A stale staging folder from a killed run is simply overwritten.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+STAGING_DIR = ".staging"
+
+
+def write_model_card(folder: str | os.PathLike, *, method: str, base_model: str | None, step: int,
+                     settings: dict[str, Any] | None = None) -> Path:
+    """A short README.md (HF model-card front matter + the settings that produced it)."""
+    folder = Path(folder)
+    lines = ["---", "library_name: transformers", "tags:", "- twinloop", f"- {method.lower()}"]
+    if base_model:
+        lines.append(f"base_model: {base_model}")
+    lines += ["---", "", f"# {folder.name}", "",
+              f"Trained with twinloop ({method}) for {step} optimizer steps"
+              + (f" from `{base_model}`." if base_model else "."), ""]
+    if settings:
+        lines += ["## Settings", "", "```json", json.dumps(settings, indent=1, sort_keys=True, default=str), "```", ""]
+    path = folder / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def publish(staged: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move a finished checkpoint folder into place atomically (replacing an older one of the same name)."""
+    staged, final = Path(staged), Path(final)
+    if final.exists():  # the same step saved again (e.g. a resumed run): the new one wins
+        old = final.with_name(f"{STAGING_DIR}-old-{final.name}")
+        os.replace(final, old)
+        os.replace(staged, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, final)
+
+
+class AtomicCheckpointMixin:
+    """Mix into an HF/TRL Trainer subclass (before the Trainer in the bases)."""
+
+    _staging_save = False
+    _card_method = "GPPO"
+
+    def _get_output_dir(self, trial):
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING_DIR) if self._staging_save else run_dir
+
+    def _card_settings(self) -> dict[str, Any]:
+        keys = ("learning_rate", "num_generations", "temperature", "epsilon", "epsilon_high", "beta", "clip_mode",
+                "gppo_beta1", "gppo_beta2", "dual_clip_c", "positive_loss_coeff", "filter_zero_std_groups", "seed")
+        return {k: getattr(self.args, k) for k in keys if hasattr(self.args, k)}
+
+    def _save_checkpoint(self, model, trial):
+        run_dir = super()._get_output_dir(trial)
+        name = f"checkpoint-{self.state.global_step}"
+        staged = os.path.join(run_dir, STAGING_DIR, name)
+        if self.args.should_save and os.path.exists(staged):
+            shutil.rmtree(staged)  # left by a run killed mid-save
+        self.accelerator.wait_for_everyone()
+        self._staging_save = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_save = False
+        self.accelerator.wait_for_everyone()  # every rank's shards are on disk before the rename
+        if self.args.should_save:
+            base = getattr(getattr(self.accelerator.unwrap_model(self.model), "config", None), "_name_or_path", None)
+            write_model_card(staged, method=self._card_method, base_model=base, step=self.state.global_step,
+                             settings=self._card_settings())
+            publish(staged, os.path.join(run_dir, name))
+            from transformers.trainer_utils import rotate_checkpoints
+
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()

@@ -1,0 +1,321 @@
+"""GPPO policy trainer: TRL's GRPOTrainer with Klear-Reasoner's gradient-preserving clipped loss.
+
+Launch (TrlParser style: the YAML recipe sets values, command-line flags override them):
+
+    python -m twinloop.train.gppo --config recipes/gppo/tiny-arith.yaml [--max_steps 20 ...]
+    accelerate launch --config_file recipes/accelerate/cpu2.yaml -m twinloop.train.gppo --config recipes/gppo/tiny-arith.yaml
+
+Only the policy loss changes (see ``twinloop.train.losses``); generation (transformers, vLLM colocated, vLLM
+server), reward computation, advantages, logging (``report_to``, progress bars) and checkpointing are TRL's and
+the HF Trainer's. Two additions: the DAPO zero-std group filter (groups whose rewards are all equal are
+dropped from the loss and from the token count) and Klear's NLL term on fully-correct samples. Rewards are
+twinloop Reward objects, passed to TRL unchanged.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from twinloop.train.checkpointing import AtomicCheckpointMixin
+from twinloop.train.losses import (CLIP_MODES, clip_stats, nonzero_std_groups, policy_per_token_loss,
+                                   positive_nll, token_mean)
+
+
+@dataclass
+class GPPOConfig(GRPOConfig):
+    """GRPOConfig plus GPPO's knobs. Klear defaults: ε_l = 0.2, ε_h = 0.28, no KL (beta = 0), token-mean
+    (TRL's "dapo" normalizer), 8 rollouts per prompt at temperature 1.0, dual clip c = 10, NLL coefficient 0.1."""
+
+    clip_mode: str = field(default="gppo", metadata={"help": "'gppo' (gradient-preserving) or 'ppo' (hard clip, "
+                                                              "= TRL dapo plus dual clip) for side-by-side runs."})
+    gppo_beta1: float = field(default=1.0, metadata={"help": "[check] gradient scale below 1-ε_l; README 1, Klear code 0.25."})
+    gppo_beta2: float = field(default=1.0, metadata={"help": "gradient scale above 1+ε_h."})
+    dual_clip_c: float | None = field(default=10.0, metadata={"help": "dual clip c for Â<0 (None: off)."})
+    positive_loss_coeff: float = field(default=0.1, metadata={"help": "NLL coefficient on fully-correct samples."})
+    positive_reward_threshold: float = field(default=1.0, metadata={"help": "weighted reward ≥ this is 'fully "
+                                                                           "correct' (1.0 = all tests passed)."})
+    filter_zero_std_groups: bool = field(default=True, metadata={"help": "DAPO dynamic filter: drop groups whose "
+                                                                        "rewards are all equal."})
+    epsilon_high: float | None = field(default=0.28, metadata={"help": "ε_h (clip-higher)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.clip_mode not in CLIP_MODES:
+            raise ValueError(f"clip_mode must be one of {CLIP_MODES}; got {self.clip_mode!r}")
+        if self.loss_type != "dapo":
+            raise ValueError(f"GPPO aggregates by token-mean over the global batch (loss_type='dapo'); got {self.loss_type!r}")
+        if self.dual_clip_c is not None and self.dual_clip_c <= 1.0:
+            raise ValueError(f"dual_clip_c must be > 1 or None; got {self.dual_clip_c}")
+        if self.use_vllm and self.vllm_mode not in ("colocate", "server"):
+            raise ValueError(f"vllm_mode must be 'colocate' or 'server'; got {self.vllm_mode!r}")
+
+
+class GPPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
+    """GRPOTrainer whose policy loss is GPPO's; everything else is TRL's."""
+
+    _tag_names = ["trl", "gppo", "twinloop"]
+    _name = "GPPO"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.use_vllm and self.args.vllm_mode == "colocate" and self.accelerator.device.type == "cpu":
+            from twinloop.train.vllm_sync import patch_colocate_sync_for_cpu
+
+            patch_colocate_sync_for_cpu(self.vllm_generation)
+
+    # ---- rewards -> keep / positive masks ------------------------------------------------------------------
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._gppo_rewards_per_func = rewards_per_func  # gathered over processes, as TRL normalizes per group
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        group = self.num_generations if mode == "train" else self.num_generations_eval
+        rpf = self._gppo_rewards_per_func
+        rewards = (rpf * self.reward_weights.to(rpf.device).unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(rpf).all(dim=1)] = torch.nan
+        if self.args.filter_zero_std_groups and group > 1:
+            keep = nonzero_std_groups(rewards, group)
+        else:
+            keep = torch.ones_like(rewards, dtype=torch.bool)
+        positive = rewards >= self.args.positive_reward_threshold  # NaN compares False
+        n = out["completion_ids"].size(0)
+        local = slice(self.accelerator.process_index * n, (self.accelerator.process_index + 1) * n)
+        device = out["completion_mask"].device
+        keep, positive = keep[local].to(device), (positive[local] & keep[local]).to(device)
+        loss_mask = out["completion_mask"] if "tool_mask" not in out else out["completion_mask"] * out["tool_mask"]
+        kept_tokens = (loss_mask * keep.unsqueeze(1)).sum()
+        pos_tokens = (loss_mask * positive.unsqueeze(1)).sum()
+        totals = self.accelerator.gather(torch.stack([kept_tokens, pos_tokens]).reshape(1, 2).float()).sum(dim=0)
+        out["gppo_keep"] = keep.float()
+        out["gppo_positive"] = positive.float()
+        out["num_items_in_batch"] = totals[0]
+        out["num_positive_tokens"] = totals[1]
+        self._metrics[mode]["gppo/kept_frac"].append(keep.float().mean().item())
+        return out
+
+    # ---- loss ----------------------------------------------------------------------------------------------
+    def _token_normalizer(self, count: torch.Tensor, mode: str) -> torch.Tensor:
+        """The global token count of one optimizer micro-step, as TRL's "dapo" normalizer."""
+        normalizer = count.clamp(min=1.0) / self.accelerator.num_processes
+        if mode == "train":
+            normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        return normalizer
+
+    def _compute_loss(self, model, inputs):
+        args = self.args
+        mode = "train" if self.model.training else "eval"
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True,
+            token_type_ids=inputs.get("token_type_ids"))
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        mask = mask * inputs["gppo_keep"].unsqueeze(1)
+        advantages = inputs["advantages"]
+        if advantages.dim() == 1:
+            advantages = advantages.unsqueeze(1)
+        old = inputs.get("old_per_token_logps")
+        old = logps.detach() if old is None else old
+
+        per_token = policy_per_token_loss(logps, old, advantages, eps_low=self.epsilon_low, eps_high=self.epsilon_high,
+                                          mode=args.clip_mode, beta1=args.gppo_beta1, beta2=args.gppo_beta2,
+                                          dual_clip=args.dual_clip_c)
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            per_token = per_token * inputs["importance_sampling_ratio"]
+        if self.beta != 0.0:
+            ref = inputs["ref_per_token_logps"]
+            per_token = per_token + self.beta * (torch.exp(ref - logps) - (ref - logps) - 1)
+        loss = token_mean(per_token, mask, self._token_normalizer(inputs["num_items_in_batch"], mode))
+        metrics = self._metrics[mode]
+        if args.positive_loss_coeff > 0:
+            nll = positive_nll(logps, mask, inputs["gppo_positive"],
+                               self._token_normalizer(inputs["num_positive_tokens"], mode))
+            loss = loss + args.positive_loss_coeff * nll
+            metrics["gppo/positive_nll"].append(self.accelerator.gather(nll.detach()).mean().item())
+
+        stats = clip_stats(logps, old, advantages, mask, self.epsilon_low, self.epsilon_high, args.dual_clip_c)
+        entropy = ((entropies.detach() * mask).sum() / mask.sum().clamp(min=1)).item()
+        local = torch.tensor([stats.low, stats.high, stats.dual, entropy], device=logps.device)
+        low, high, dual, entropy = self.accelerator.gather(local.reshape(1, 4)).mean(dim=0).tolist()
+        metrics["clip_ratio/low_mean"].append(low)
+        metrics["clip_ratio/high_mean"].append(high)
+        metrics["clip_ratio/dual_mean"].append(dual)
+        metrics["entropy"].append(entropy)
+        return loss
+
+
+# ---- launch ----------------------------------------------------------------------------------------------------
+@dataclass
+class GPPOScriptArguments:
+    """What the recipe trains on: a model folder, a task module (``load(split, n, seed)`` giving chat-format rows),
+    and reward classes as ``module:Class`` (each constructed with no arguments)."""
+
+    model_name_or_path: str = field(default="checkpoints/tiny-arith-policy", metadata={"help": "HF model folder."})
+    task: str = field(default="twinloop.tasks.arith", metadata={"help": "module with load(split, n, seed)."})
+    train_size: int = field(default=512, metadata={"help": "training problems."})
+    task_seed: int | None = field(default=None, metadata={"help": "seed of the task's train split."})
+    reward_funcs: list[str] = field(default_factory=lambda: ["twinloop.tasks.arith:ArithOutcomeReward"],
+                                    metadata={"help": "reward classes, module:Class."})
+    dtype: str = field(default="float32", metadata={"help": "model dtype (float32, bfloat16)."})
+
+
+def load_object(spec: str) -> Any:
+    """``module:attr`` -> the attribute (a one-line error when it cannot be found)."""
+    module, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"expected 'module:attribute', got {spec!r}")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load {spec!r}: {e}") from e
+
+
+def build_rewards(specs: Sequence[str]) -> list[Any]:
+    return [load_object(s)() for s in specs]
+
+
+def build_dataset(script: GPPOScriptArguments):
+    from datasets import Dataset
+
+    rows = importlib.import_module(script.task).load("train", n=script.train_size, seed=script.task_seed)
+    return Dataset.from_list(rows)
+
+
+def build_trainer(script: GPPOScriptArguments, cfg: GPPOConfig, rewards: Sequence[Any] | None = None,
+                  train_dataset=None, callbacks=None) -> GPPOTrainer:
+    if not os.path.isdir(script.model_name_or_path):
+        raise FileNotFoundError(f"model folder not found: {script.model_name_or_path}")
+    cfg.model_init_kwargs = {**(cfg.model_init_kwargs or {}), "dtype": script.dtype}
+    return GPPOTrainer(model=script.model_name_or_path,
+                       reward_funcs=list(rewards) if rewards is not None else build_rewards(script.reward_funcs),
+                       args=cfg, train_dataset=train_dataset if train_dataset is not None else build_dataset(script),
+                       callbacks=callbacks)
+
+
+def cpu_overrides(argv: Sequence[str]) -> list[str]:
+    """Flags that make a CUDA-less machine train (STACK.md): DDP runs with ``use_cpu`` (gloo); DeepSpeed needs
+    ``use_cpu`` off (it would disable the plugin), a gloo process group and the CPU DeepSpeed accelerator.
+    Flags already on the command line win."""
+    if torch.cuda.is_available():
+        return []
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    extra: list[str] = []
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        wanted = {"--use_cpu": "false", "--ddp_backend": "gloo"}
+    else:
+        wanted = {"--use_cpu": "true"}
+    for flag, value in wanted.items():
+        if flag not in given:
+            extra += [flag, value]
+    return extra
+
+
+def parse(argv: Sequence[str]) -> tuple[GPPOScriptArguments, GPPOConfig]:
+    from trl import TrlParser
+
+    argv = list(argv)
+    parser = TrlParser((GPPOScriptArguments, GPPOConfig))
+    script, cfg = parser.parse_args_and_config(argv + cpu_overrides(argv))
+    return script, cfg
+
+
+def launch_command(recipe: str, accelerate_config: str | None = None, num_processes: int | None = None,
+                   extra: Sequence[str] = (), module: str = "twinloop.train.gppo") -> list[str]:
+    """The argv that launches ``recipe``: plain python, or ``accelerate launch`` with a config file."""
+    tail = ["-m", module, "--config", recipe, *extra]
+    if accelerate_config is None:
+        return ["python", *tail]
+    head = ["accelerate", "launch", "--config_file", accelerate_config]
+    if num_processes is not None:
+        head += ["--num_processes", str(num_processes)]
+    return head + tail
+
+
+def recipe_launch_line(recipe: str) -> list[str]:
+    """The first ``# Launch:`` line of a recipe header (with its ``\\`` continuations), as an argv."""
+    import shlex
+
+    lines = open(recipe).read().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("# Launch:"):
+            text = line.split(":", 1)[1].strip()
+            while text.endswith("\\") and i + 1 < len(lines):
+                i += 1
+                text = text[:-1] + " " + lines[i].lstrip("#").strip()
+            return shlex.split(text)
+    raise ValueError(f"{recipe} has no '# Launch:' line in its header")
+
+
+def validate_recipe(recipe: str) -> tuple[GPPOScriptArguments, GPPOConfig, list[str]]:
+    """Parse a recipe (GPU ones too, on CPU) and rebuild its stated launch command with ``launch_command``.
+    Raises ValueError/FileNotFoundError on a bad recipe."""
+    if not os.path.isfile(recipe):
+        raise FileNotFoundError(f"recipe not found: {recipe}")
+    script, cfg = parse(["--config", recipe])
+    stated = recipe_launch_line(recipe)
+    if stated[:2] == ["accelerate", "launch"]:
+        opts = dict(zip(stated[2::2], stated[3::2]))
+        acc = opts.get("--config_file")
+        if acc is None or not os.path.isfile(acc):
+            raise FileNotFoundError(f"{recipe}: accelerate config {acc!r} not found")
+        n = opts.get("--num_processes")
+        built = launch_command(recipe, acc, int(n) if n else None)
+    else:
+        built = launch_command(recipe)
+    if built != stated:
+        raise ValueError(f"{recipe}: stated launch line {stated} differs from the built one {built}")
+    return script, cfg, built
+
+
+def teardown(trainer: GPPOTrainer) -> None:
+    """DeepSpeed on CPU aborts at exit (SIGABRT under ZeRO-3) unless the engine and process group go first."""
+    import torch.distributed as dist
+
+    engine = getattr(trainer, "deepspeed", None)
+    if engine is not None and hasattr(engine, "destroy"):
+        engine.destroy()
+    trainer.accelerator.end_training()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def main(argv: Sequence[str] | None = None, callbacks=None) -> int:
+    torch.set_num_threads(int(os.environ.get("TWINLOOP_TORCH_THREADS", "1")))
+    script, cfg = parse(sys.argv[1:] if argv is None else argv)
+    trainer = build_trainer(script, cfg, callbacks=callbacks)
+    resume = cfg.resume_from_checkpoint
+    if resume in ("auto", "last", "true", "True"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(cfg.output_dir) if os.path.isdir(cfg.output_dir) else None
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(cfg.output_dir)
+    teardown(trainer)
+    return 0
+
+
+# `twinloop train gppo ...` (argparse front end: every flag goes through TrlParser)
+def add_arguments(parser) -> None:
+    import argparse
+
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="--config RECIPE.yaml and GPPOConfig flags")
+
+
+def run(args) -> int:
+    return main(args.rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

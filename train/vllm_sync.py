@@ -1,0 +1,47 @@
+"""CPU fix for TRL's colocated-vLLM weight sync (vllm_mode="colocate").
+
+TRL 1.16 pushes each parameter with ``model_runner.model.load_weights([(name, param)])``. On CPU, vLLM repacks
+its linear weights (oneDNN) and leaves ``layer.weight`` empty, so that call fails (STACK.md). The working path
+is the Engine's own weight sync, ``VLLMEngine.load_weights``: ``collective_rpc("reload_weights", ...)`` with all
+tensors at once, then a re-pack of a tied ``lm_head``, then a prefix-cache reset. This module routes TRL's
+colocated sync through it; vLLM itself is imported only by ``twinloop.infer.vllm_engine``.
+"""
+from __future__ import annotations
+
+import types
+from typing import Any
+
+from twinloop.infer.vllm_engine import VLLMEngine
+
+
+class AttachedVLLMEngine(VLLMEngine):
+    """The Engine API over a ``vllm.LLM`` built by someone else (TRL's colocated one). It does not own the LLM:
+    ``close`` leaves it running."""
+
+    def __init__(self, llm: Any) -> None:  # no super().__init__: the LLM exists already
+        self.llm = llm
+        self.model = getattr(llm.llm_engine.model_config, "model", None) if hasattr(llm, "llm_engine") else None
+        self.runner = "generate"
+        self.enable_lora = False
+        self._max_loras = 1
+        self._lora_ids = {}
+        self.tokenizer = llm.get_tokenizer()
+
+    def close(self) -> None:
+        pass
+
+
+def sync_weights(generation: Any) -> None:
+    """Replacement for ``VLLMGeneration.sync_weights`` in colocate mode (all ranks iterate, as TRL gathers
+    ZeRO-3 parameters collectively)."""
+    weights = [(name, param.detach().clone()) for name, param in generation._iter_named_params()]
+    AttachedVLLMEngine(generation.llm).load_weights(weights)
+
+
+def patch_colocate_sync_for_cpu(generation: Any) -> Any:
+    """Patch one TRL ``VLLMGeneration`` instance (not the class: other trainers in the process are untouched).
+    Server mode keeps TRL's own path. Returns the instance."""
+    if getattr(generation, "mode", None) != "colocate":
+        return generation
+    generation.sync_weights = types.MethodType(sync_weights, generation)
+    return generation
