@@ -1,0 +1,26 @@
+"""ePF (arXiv 2510.05825): particle filtering with entropic annealing and optional look-ahead modulation.
+
+Resampling is systematic from softmax(logw / T), with T from the ESS rule (default) or the entropy rule
+while ρ = ESS/N < 0.5 and τ = t/T_max < 0.5 (T_max = ``max_steps``); the final pick is the untempered
+argmax. Look-ahead modulation (``lookahead="replace"`` or ``"mean"``, [check]) costs one extra step and
+one extra PRM call per particle per step; it is off by default."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from twinloop.infer.engine import Engine
+from twinloop.infer.search.common import Budget, Problem, SearchResult
+from twinloop.infer.search.particles import ParticleConfig, search
+
+
+@dataclass
+class EPFConfig(ParticleConfig):
+    resampling: str = "systematic"
+    anneal: str = "ess"  # ess / entropy
+
+
+def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None = None,
+        config: ParticleConfig | None = None) -> list[SearchResult]:
+    """``reward`` is a process reward; ``budget.n`` is the number of particles."""
+    return search(problems, engine, reward, budget or Budget(), config or EPFConfig(), "epf")

@@ -1,0 +1,16 @@
+"""Particle filtering with a PRM (arXiv 2502.01618): N particles extended step by step, weighted by
+logit(PRM), resampled multinomially (or systematically, ``resampling="systematic"``); finished particles
+keep their weight and are never revived. See ``particles`` for the loop."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from twinloop.infer.engine import Engine
+from twinloop.infer.search.common import Budget, Problem, SearchResult
+from twinloop.infer.search.particles import ParticleConfig, search
+
+
+def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None = None,
+        config: ParticleConfig | None = None) -> list[SearchResult]:
+    """``reward`` is a process reward; ``budget.n`` is the number of particles."""
+    return search(problems, engine, reward, budget or Budget(), config or ParticleConfig(), "particle_filter")

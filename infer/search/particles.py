@@ -1,0 +1,114 @@
+"""Particle filtering over reasoning steps, shared by PF (arXiv 2502.01618) and ePF (arXiv 2510.05825).
+
+Per problem, N particles:
+1. extend each active particle by one step (all particles of all problems in one engine call);
+2. logw = logit(PRM(prefix)) clipped at 1e-7 (optionally modulated by a one-step look-ahead);
+3. resample N particles from softmax(logw / T), multinomial or systematic. Finished particles keep
+   their weight and are never revived: a resampled copy of a finished particle stays finished;
+4. stop when every particle has finished; answer with the untempered argmax.
+The trace is the genealogy: per round, each new particle's ancestor index, the weights and T.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from twinloop.infer.engine import Engine
+from twinloop.infer.search import paths as P
+from twinloop.infer.search.common import (Budget, Problem, SearchConfig, SearchResult, Tracker, make_result,
+                                          select_final)
+from twinloop.infer.search.resampling import (epf_temperature, logit_weight, multinomial_resample, softmax,
+                                              systematic_resample)
+
+
+@dataclass
+class ParticleConfig(SearchConfig):
+    resampling: str = "multinomial"  # multinomial / systematic
+    resample_temperature: float = 1.0  # base T of softmax(logw / T)
+    anneal: str = "none"  # ePF annealing rule on top of the base T: none / ess / entropy
+    lookahead: str = "none"  # ePF look-ahead modulation: none / replace / mean  ([check], see modulate)
+    select: str = "best"  # final selection over the last population: best / majority / weighted_majority
+    final_aggregation: str = "last"
+
+
+def modulate(logw_now: float, logw_ahead: float, how: str) -> float:
+    """Weight of a particle given its look-ahead successor's weight. The exact formula is [check]:
+    ``replace`` uses the successor's logit; ``mean`` averages the two logits; ``none`` ignores it."""
+    if how == "none":
+        return logw_now
+    if how == "replace":
+        return logw_ahead
+    if how == "mean":
+        return 0.5 * (logw_now + logw_ahead)
+    raise ValueError(f"unknown look-ahead modulation {how!r}; choose from none, replace, mean")
+
+
+def resample(weights: Sequence[float], n: int, how: str, rng: random.Random) -> list[int]:
+    if how == "multinomial":
+        return multinomial_resample(weights, [rng.random() for _ in range(n)])
+    if how == "systematic":
+        return systematic_resample(weights, n, rng.random())
+    raise ValueError(f"unknown resampling {how!r}; choose from multinomial, systematic")
+
+
+def _lookahead_logw(tracker: Tracker, engine: Engine, prm: Any, config: ParticleConfig,
+                    particles: Sequence[P.Path]) -> dict[int, float]:
+    """logit(PRM) of one sampled successor step per active particle (one engine and one PRM call)."""
+    live = [p for p in particles if p.active]
+    nxt = [kids[0] for kids in P.extend(tracker, engine, config, live, 1)]
+    P.score(prm, tracker, engine, nxt)
+    return {id(p): logit_weight(q.value(config.aggregation)) for p, q in zip(live, nxt)}
+
+
+def search(problems: Sequence[Problem], engine: Engine, prm: Any, budget: Budget, config: ParticleConfig,
+           method: str) -> list[SearchResult]:
+    if prm is None or not hasattr(prm, "step_scores"):
+        raise ValueError(f"{method} needs a process reward (an object with step_scores)")
+    n = budget.n
+    rng = random.Random(config.seed if config.seed is not None else 0)
+    tracker, forest = Tracker(problems, budget), P.Forest(len(problems))
+    first = P.extend(tracker, engine, config, [P.root(i) for i in range(len(problems))], n, forest=forest)
+    pops = [list(kids) for kids in first]
+    P.score(prm, tracker, engine, [p for pop in pops for p in pop], config.aggregation, forest)
+    genealogy: list[list[dict[str, Any]]] = [[] for _ in problems]
+    live = [True] * len(problems)
+    exhausted = [False] * len(problems)
+    t = 0
+    while True:
+        todo = [pi for pi in range(len(problems)) if live[pi]]
+        ahead = (_lookahead_logw(tracker, engine, prm, config, [p for pi in todo for p in pops[pi]])
+                 if config.lookahead != "none" and todo else {})
+        for pi in todo:
+            pop = pops[pi]
+            logw = [logit_weight(p.value(config.aggregation)) for p in pop]
+            logw = [modulate(w, ahead[id(p)], config.lookahead) if id(p) in ahead else w for w, p in zip(logw, pop)]
+            temp = config.resample_temperature * epf_temperature(logw, t, config.max_steps, config.anneal)
+            idx = resample(softmax(logw, temp), n, config.resampling, rng)
+            pops[pi] = [P.clone(pop[i]) for i in idx]
+            genealogy[pi].append({"t": t, "ancestors": idx, "logw": logw, "temperature": temp,
+                                  "nodes": [pop[i].node for i in idx]})
+            if not any(p.active for p in pops[pi]):
+                live[pi] = False
+            elif tracker.exhausted(pi):
+                live[pi], exhausted[pi] = False, True
+        todo = [pi for pi in range(len(problems)) if live[pi]]
+        if not todo:
+            break
+        movers = [p for pi in todo for p in pops[pi] if p.active]
+        kids = iter(P.extend(tracker, engine, config, movers, 1, forest=forest))
+        for pi in todo:
+            pops[pi] = [next(kids)[0] if p.active else p for p in pops[pi]]
+        P.score(prm, tracker, engine, [p for pi in todo for p in pops[pi] if p.steps], config.aggregation, forest)
+        t += 1
+
+    usage = tracker.finish()
+    out = []
+    for pi, p in enumerate(problems):
+        final = [q for q in pops[pi] if not q.active] or pops[pi]
+        cands = [q.candidate(config, config.final_aggregation) for q in final]
+        sel, answer = select_final(cands, config.select)
+        out.append(make_result(method, p, cands, sel, usage[pi], "budget" if exhausted[pi] else "all_finished",
+                               exhausted[pi], trace=[{"tree": forest.nodes[pi], "genealogy": genealogy[pi]}],
+                               answer=answer))
+    return out
