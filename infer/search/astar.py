@@ -1,0 +1,103 @@
+"""A*-decoding (arXiv 2505.13672): a global priority queue per problem over partial trajectories with
+f = g + h, h = 1 - PRM(prefix). Each round pops the lowest-f node of every problem (one engine call for
+all problems), samples k next steps from it, scores them and pushes them. A popped finished trajectory
+is a solution; the search stops after ``max(1, N // k)`` solutions (the nominal-N mapping is [check])
+and answers with ``select`` over them.
+
+The exact g is [check] in ALGORITHMS.md; ``g`` picks it: ``mean_cost`` (default: mean of 1 - step
+score over the path, so depth itself costs nothing), ``sum_cost``, ``depth`` (``g_weight`` per step) or
+``zero`` (greedy best-first). Ties in f go to the deeper node, then to the earlier one.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from twinloop.infer.engine import Engine
+from twinloop.infer.search import paths as P
+from twinloop.infer.search.common import (Budget, Problem, SearchConfig, SearchResult, Tracker, make_result,
+                                          select_final)
+
+
+@dataclass
+class AStarConfig(SearchConfig):
+    k: int = 4  # next steps sampled per popped node
+    g: str = "mean_cost"  # [check]: mean_cost / sum_cost / depth / zero
+    g_weight: float = 1.0
+    select: str = "best"
+    final_aggregation: str = "last"
+
+
+def path_cost(step_scores: Sequence[float], how: str, weight: float = 1.0) -> float:
+    """g of a path from its step scores."""
+    if how == "zero" or not step_scores:
+        return 0.0
+    costs = [1.0 - s for s in step_scores]
+    if how == "mean_cost":
+        return weight * sum(costs) / len(costs)
+    if how == "sum_cost":
+        return weight * sum(costs)
+    if how == "depth":
+        return weight * len(step_scores)
+    raise ValueError(f"unknown A* cost g {how!r}; choose from mean_cost, sum_cost, depth, zero")
+
+
+def priority(path: P.Path, config: AStarConfig) -> float:
+    """f = g + h with h = 1 - PRM(prefix) (the prefix's aggregated step score)."""
+    return path_cost(path.step_scores, config.g, config.g_weight) + (1.0 - path.value(config.aggregation))
+
+
+def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None = None,
+        config: AStarConfig | None = None) -> list[SearchResult]:
+    """``reward`` is a process reward; children per pop k = min(config.k, N)."""
+    budget, config = budget or Budget(), config or AStarConfig()
+    if reward is None or not hasattr(reward, "step_scores"):
+        raise ValueError("astar needs a process reward (an object with step_scores)")
+    k = max(1, min(config.k, budget.n))
+    wanted = max(1, budget.n // k)
+    tracker, forest = Tracker(problems, budget), P.Forest(len(problems))
+    order = itertools.count()
+    heaps: list[list[tuple[float, int, int, P.Path]]] = [[(0.0, 0, next(order), P.root(i))] for i in range(len(problems))]
+    solutions: list[list[P.Path]] = [[] for _ in problems]
+    pops: list[list[dict[str, Any]]] = [[] for _ in problems]
+    live, exhausted = [True] * len(problems), [False] * len(problems)
+
+    while any(live):
+        to_expand: list[P.Path] = []
+        for pi in range(len(problems)):
+            while live[pi]:
+                if not heaps[pi]:
+                    live[pi] = False
+                    break
+                f, _, _, node = heapq.heappop(heaps[pi])
+                pops[pi].append({"node": node.node, "f": f})
+                if node.active:
+                    to_expand.append(node)
+                    break
+                solutions[pi].append(node)
+                if len(solutions[pi]) >= wanted:
+                    live[pi] = False
+        kids = P.extend(tracker, engine, config, to_expand, k, forest=forest)
+        flat = [c for cs in kids for c in cs]
+        P.score(reward, tracker, engine, flat, config.aggregation, forest)
+        for c in flat:
+            heapq.heappush(heaps[c.problem], (priority(c, config), -len(c.steps), next(order), c))
+        for pi in range(len(problems)):
+            if live[pi] and tracker.exhausted(pi):
+                live[pi], exhausted[pi] = False, True
+
+    usage = tracker.finish()
+    out = []
+    for pi, p in enumerate(problems):
+        final = list(solutions[pi])
+        if exhausted[pi]:  # best so far: solutions, then finished nodes still queued, then the best partial
+            final += [n for _, _, _, n in sorted(heaps[pi], key=lambda e: e[:3]) if n.status == P.FINISHED]
+            if not final and heaps[pi]:
+                final = [min(heaps[pi], key=lambda e: e[:3])[3]]
+        cands = [n.candidate(config, config.final_aggregation) for n in final]
+        sel, answer = select_final(cands, config.select)
+        out.append(make_result("astar", p, cands, sel, usage[pi], "budget" if exhausted[pi] else "done",
+                               exhausted[pi], trace=[{"tree": forest.nodes[pi], "pops": pops[pi]}], answer=answer))
+    return out
