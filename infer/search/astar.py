@@ -49,6 +49,9 @@ def priority(path: P.Path, config: AStarConfig) -> float:
     return path_cost(path.step_scores, config.g, config.g_weight) + (1.0 - path.value(config.aggregation))
 
 
+Config = AStarConfig  # the config class twinloop eval builds for this procedure
+
+
 def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None = None,
         config: AStarConfig | None = None) -> list[SearchResult]:
     """``reward`` is a process reward; children per pop k = min(config.k, N)."""

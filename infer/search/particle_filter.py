@@ -10,6 +10,9 @@ from twinloop.infer.search.common import Budget, Problem, SearchResult
 from twinloop.infer.search.particles import ParticleConfig, search
 
 
+Config = ParticleConfig  # the config class twinloop eval builds for this procedure
+
+
 def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None = None,
         config: ParticleConfig | None = None) -> list[SearchResult]:
     """``reward`` is a process reward; ``budget.n`` is the number of particles."""

@@ -9,6 +9,9 @@ from twinloop.infer.search.common import (Budget, Problem, SearchConfig, SearchR
 from twinloop.infer.search.sampling import draw, score
 
 
+Config = SearchConfig  # the config class twinloop eval builds for this procedure
+
+
 def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None = None,
         config: SearchConfig | None = None) -> list[SearchResult]:
     """Responses without an answer or without a score (unparseable, or beyond the RM-call cap) do not vote."""

@@ -9,6 +9,9 @@ from twinloop.infer.search.best_of_n import select
 from twinloop.infer.search.common import Budget, Problem, SearchConfig, SearchResult
 
 
+Config = SearchConfig  # the config class twinloop eval builds for this procedure
+
+
 def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None = None,
         config: SearchConfig | None = None) -> list[SearchResult]:
     """argmin of the reward; unscored candidates are skipped, ties go to the earliest sample."""
