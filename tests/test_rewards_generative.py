@@ -175,3 +175,15 @@ def test_spct_training_reward_callable():
             rewards=[[1, 0], [1, 0], [1], [0]])
     assert out == [1.0, -1.0, 1.0, -1.0]
     assert r.usage.unparseable == 1
+
+
+def test_real_engine_path_with_lora(vllm_engine, lora_dirs):
+    """A random tiny model writes no valid judgment: every sample falls back, nothing raises, usage adds up."""
+    adapter, _ = lora_dirs
+    grm = GenerativeReward(vllm_engine, lora=str(adapter), k=2, max_tokens=8, mode="group")
+    out = grm(["What is 2+2?"] * 2, ["4", [{"role": "assistant", "content": "5"}]])
+    assert len(out) == 2 and all(isinstance(x, float) for x in out)
+    assert grm.usage.model_calls == 2 and grm.usage.output_tokens > 0
+    assert grm.usage.input_tokens > 100 and grm.usage.unparseable <= 2
+    result = GenerativeReward(vllm_engine, k=2, max_tokens=8).vote("q", ["a", "b"])
+    assert len(result.judgments) == 2 and all(j.order for j in result.judgments)

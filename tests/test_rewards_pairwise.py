@@ -119,3 +119,12 @@ def test_verifier_training_reward_callable():
     assert r.usage.unparseable == 1
     with pytest.raises(ValueError, match="label_a"):
         r(["p"], ["x"])
+
+
+def test_real_engine_path(vllm_engine):
+    v = PairwiseVerifier(vllm_engine, max_tokens=8)
+    p = v.compare("What is 2+2?", "4", "5")
+    assert 0.0 <= p <= 1.0
+    scores = v(["q", "q", "q"], ["a", "b", "c"])
+    assert len(scores) == 3 and all(0.0 <= s <= 1.0 for s in scores)
+    assert v.usage.model_calls == 4 and v.usage.output_tokens > 0 and v.usage.input_tokens > 0
