@@ -302,6 +302,7 @@ def _confine(cfg: dict) -> list[str]:
     uid = cfg["uid"]
     if uid is not None and libc.unshare(0x00020000) == 0 and _private_mounts(libc, cfg["workdir"]):
         notes.append("fs: read-only outside the working directory")
+        os.chdir(cfg["workdir"])  # the old cwd still points into the now read-only mount
     else:
         notes.append("fs: file permissions only")
     nproc = cfg["max_processes"]
