@@ -10,8 +10,8 @@ token ids stay in ``token_ids``. Prefix caching is simulated with block size 1.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from twinloop.infer.engine import Completion, Request, Result, SamplingConfig, Usage
 from twinloop.rewards.base import RewardUsage

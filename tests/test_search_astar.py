@@ -1,6 +1,5 @@
 """A*-decoding on the scripted engine: f = g + h ordering, solutions, token savings, budget exhaustion."""
 import pytest
-
 from scripted_engine import ScriptedEngine, TablePRM
 from twinloop.infer.search import astar, best_of_n
 from twinloop.infer.search.astar import AStarConfig, path_cost, priority

@@ -1,11 +1,19 @@
 """One-shot procedures (greedy, majority, weighted majority, best/worst-of-N) on the scripted engine:
 exact selection, accounting and budget exhaustion."""
 import pytest
-
 from scripted_engine import EOS_ID, ScriptedEngine, TableReward
 from twinloop.infer.search import best_of_n, greedy, majority, weighted_majority, worst_of_n
-from twinloop.infer.search.common import (Budget, Problem, SearchConfig, _apportion, aggregate_steps, argbest,
-                                          canonical_answer, last_boxed, vote)
+from twinloop.infer.search.common import (
+    Budget,
+    Problem,
+    SearchConfig,
+    _apportion,
+    aggregate_steps,
+    argbest,
+    canonical_answer,
+    last_boxed,
+    vote,
+)
 
 RESPONSES = ["a\n\nAnswer: \\boxed{1}", "bb\n\nAnswer: \\boxed{2}", "c\n\nAnswer: \\boxed{ 2 }",
              "dd\n\nAnswer: \\boxed{3}"]

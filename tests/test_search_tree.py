@@ -1,7 +1,6 @@
 """Beam search and DVTS with a PRM on the scripted engine: exact selection, token-id prefixes, accounting,
 lookahead, budget exhaustion. Also the Stepper's three modes."""
 import pytest
-
 from scripted_engine import EOS_ID, ScriptedEngine, TablePRM
 from twinloop.infer.engine import Completion, SamplingConfig
 from twinloop.infer.search import beam_search, dvts

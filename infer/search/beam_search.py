@@ -3,12 +3,12 @@ PRM scores the prefix, the top N/M active beams are expanded M ways; finished be
 the search stops once N have finished or none is left. Optional k-step lookahead (``lookahead=k``)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twinloop.infer.engine import Engine
 from twinloop.infer.search.common import Budget, Problem, SearchResult
 from twinloop.infer.search.tree import TreeConfig, search
-
 
 Config = TreeConfig  # the config class twinloop eval builds for this procedure
 

@@ -12,8 +12,9 @@ import math
 import re
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from twinloop.infer.engine import Engine, Request, Result, SamplingConfig
 from twinloop.infer.search.stepper import Stepper
@@ -233,7 +234,7 @@ def _apportion(total: int, weights: Sequence[int]) -> list[int]:
     """Integer shares of ``total`` proportional to ``weights`` (largest remainders), summing to ``total``."""
     w = sum(weights)
     raw = [total * x / w for x in weights]
-    shares = [int(math.floor(r)) for r in raw]
+    shares = [math.floor(r) for r in raw]
     order = sorted(range(len(raw)), key=lambda i: raw[i] - shares[i], reverse=True)
     for i in order[: total - sum(shares)]:
         shares[i] += 1

@@ -3,12 +3,12 @@ at every step and expanding it M ways; a subtree ends when its best child has fi
 picked among the subtrees' final candidates (``config.select``)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twinloop.infer.engine import Engine
 from twinloop.infer.search.common import Budget, Problem, SearchResult
 from twinloop.infer.search.tree import TreeConfig, search
-
 
 Config = TreeConfig  # the config class twinloop eval builds for this procedure
 

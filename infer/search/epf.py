@@ -6,8 +6,9 @@ argmax. Look-ahead modulation (``lookahead="replace"`` or ``"mean"``, [check]) c
 one extra PRM call per particle per step; it is off by default."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from twinloop.infer.engine import Engine
 from twinloop.infer.search.common import Budget, Problem, SearchResult

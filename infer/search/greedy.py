@@ -1,12 +1,12 @@
 """Greedy decoding: the single-sample baseline every procedure is compared with."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twinloop.infer.engine import Engine
 from twinloop.infer.search.common import Budget, Problem, SearchConfig, SearchResult, make_result
 from twinloop.infer.search.sampling import draw, score
-
 
 Config = SearchConfig  # the config class twinloop eval builds for this procedure
 

@@ -1,13 +1,20 @@
 """Majority vote (self-consistency): sample N responses, extract answers, the most frequent answer wins."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search.common import (Budget, Problem, SearchConfig, SearchResult, first_with_answer,
-                                          make_result, vote)
+from twinloop.infer.search.common import (
+    Budget,
+    Problem,
+    SearchConfig,
+    SearchResult,
+    first_with_answer,
+    make_result,
+    vote,
+)
 from twinloop.infer.search.sampling import draw, score
-
 
 Config = SearchConfig  # the config class twinloop eval builds for this procedure
 

@@ -3,12 +3,12 @@ logit(PRM), resampled multinomially (or systematically, ``resampling="systematic
 keep their weight and are never revived. See ``particles`` for the loop."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twinloop.infer.engine import Engine
 from twinloop.infer.search.common import Budget, Problem, SearchResult
 from twinloop.infer.search.particles import ParticleConfig, search
-
 
 Config = ParticleConfig  # the config class twinloop eval builds for this procedure
 

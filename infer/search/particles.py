@@ -11,15 +11,28 @@ The trace is the genealogy: per round, each new particle's ancestor index, the w
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from twinloop.infer.engine import Engine
 from twinloop.infer.search import paths as P
-from twinloop.infer.search.common import (Budget, Problem, SearchConfig, SearchResult, Tracker, make_result,
-                                          select_final)
-from twinloop.infer.search.resampling import (epf_temperature, logit_weight, multinomial_resample, softmax,
-                                              systematic_resample)
+from twinloop.infer.search.common import (
+    Budget,
+    Problem,
+    SearchConfig,
+    SearchResult,
+    Tracker,
+    make_result,
+    select_final,
+)
+from twinloop.infer.search.resampling import (
+    epf_temperature,
+    logit_weight,
+    multinomial_resample,
+    softmax,
+    systematic_resample,
+)
 
 
 @dataclass

@@ -7,8 +7,9 @@ belongs to exactly one problem: nothing here mixes problems.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from twinloop.infer.engine import Completion, Engine, Request
 from twinloop.infer.search.common import Candidate, SearchConfig, Tracker, aggregate_steps, score_steps

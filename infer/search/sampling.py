@@ -3,8 +3,9 @@ draw N whole responses per problem in one engine call for all problems, cut them
 score them with the outcome reward."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from twinloop.infer.engine import Engine
 from twinloop.infer.search.common import Budget, Candidate, Problem, SearchConfig, Tracker, score_outcomes

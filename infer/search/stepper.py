@@ -4,8 +4,8 @@ completion's ``finish_reason`` (never ``stop_reason``), whether the step ended a
 was truncated."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 from twinloop.infer.engine import Completion, SamplingConfig
 
@@ -26,9 +26,9 @@ class Stepper:
     max_step_tokens: int = 128
 
     def __post_init__(self) -> None:
-        if self.delimiter_ids is not None or self.tokens_per_step is not None:
-            if self.delimiter == "\n\n":  # the default yields to an explicit other mode
-                self.delimiter = None
+        explicit_other = self.delimiter_ids is not None or self.tokens_per_step is not None
+        if explicit_other and self.delimiter == "\n\n":  # the default yields to an explicit other mode
+            self.delimiter = None
         modes = sum(x is not None for x in (self.delimiter, self.delimiter_ids, self.tokens_per_step))
         if modes != 1:
             raise ValueError("a Stepper needs exactly one of delimiter, delimiter_ids or tokens_per_step")

@@ -8,13 +8,21 @@ discarded). Ranking uses ``aggregation``; the final pick uses ``select`` over ``
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from twinloop.infer.engine import Engine
 from twinloop.infer.search import paths as P
-from twinloop.infer.search.common import (Budget, Problem, SearchConfig, SearchResult, Tracker, make_result,
-                                          select_final)
+from twinloop.infer.search.common import (
+    Budget,
+    Problem,
+    SearchConfig,
+    SearchResult,
+    Tracker,
+    make_result,
+    select_final,
+)
 
 
 @dataclass

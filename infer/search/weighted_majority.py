@@ -1,13 +1,20 @@
 """Weighted majority: sample N responses and sum the reward per canonical answer; the largest sum wins."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search.common import (Budget, Problem, SearchConfig, SearchResult, first_with_answer,
-                                          make_result, vote)
+from twinloop.infer.search.common import (
+    Budget,
+    Problem,
+    SearchConfig,
+    SearchResult,
+    first_with_answer,
+    make_result,
+    vote,
+)
 from twinloop.infer.search.sampling import draw, score
-
 
 Config = SearchConfig  # the config class twinloop eval builds for this procedure
 

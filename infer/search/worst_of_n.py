@@ -2,12 +2,12 @@
 (with a harmlessness reward, the worst case an attacker with N tries would get)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twinloop.infer.engine import Engine
 from twinloop.infer.search.best_of_n import select
 from twinloop.infer.search.common import Budget, Problem, SearchConfig, SearchResult
-
 
 Config = SearchConfig  # the config class twinloop eval builds for this procedure
 

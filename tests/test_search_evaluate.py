@@ -1,0 +1,109 @@
+"""`twinloop eval` core on the scripted engine: JSONL rows, resume, crash tolerance, sharding, table, plot."""
+import argparse
+import json
+
+import pytest
+from scripted_engine import ScriptedEngine, TableReward
+from twinloop.infer import evaluate as ev
+from twinloop.infer.search.common import Problem, canonical_answer, last_boxed
+
+SCRIPT = {"P1": ["a \\boxed{1}", "b \\boxed{2}", "c \\boxed{2}", "d \\boxed{3}"],
+          "P2": ["x \\boxed{7}", "y \\boxed{8}"],
+          "P3": ["z \\boxed{5}"]}
+PROBLEMS = [Problem("P1", {"answer": "2"}, id="p1"), Problem("P2", {"answer": "8"}, id="p2"),
+            Problem("P3", {"answer": "5"}, id="p3")]
+SCORES = {"boxed{2}": 0.9, "boxed{8}": 0.8, "boxed{5}": 0.7}
+
+
+def judge(problem, answer):
+    return answer is not None and canonical_answer(answer) == problem.columns["answer"]
+
+
+def run_eval(path, engines, methods=("greedy", "majority", "best_of_n"), budgets=(2, 4)):
+    return ev.evaluate(PROBLEMS, engines, list(methods), list(budgets), path, judge, lambda: TableReward(SCORES),
+                       lambda m: m.Config(answer_fn=last_boxed), batch=2, progress=False)
+
+
+def test_rows_resume_and_torn_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    assert run_eval(path, [ScriptedEngine(SCRIPT)]) == 3 * (1 + 2 + 2)  # greedy once, others per budget
+    rows = ev.read_rows(path)
+    by = {(r["method"], r["budget"], r["problem_id"]): r for r in rows}
+    assert by[("greedy", 1, "p1")]["answer"] == "1" and not by[("greedy", 1, "p1")]["correct"]
+    assert by[("best_of_n", 4, "p1")]["correct"] and by[("best_of_n", 2, "p2")]["correct"]
+    assert by[("majority", 4, "p1")]["answer"] == "2" and by[("best_of_n", 4, "p1")]["rm_calls"] == 4
+    assert by[("best_of_n", 2, "p3")]["generated_tokens"] == 2 * (len("z \\boxed{5}") + 1)
+    assert run_eval(path, [ScriptedEngine(SCRIPT)]) == 0  # resumed: nothing left
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-2]) + "\n" + lines[-2][:10])  # lose one row, tear another
+    assert run_eval(path, [ScriptedEngine(SCRIPT)]) == 2
+    assert len(ev.finished_keys(path)) == 15
+
+
+def test_sharding_over_engines_merges_into_one_file(tmp_path):
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    run_eval(one, [ScriptedEngine(SCRIPT)], methods=("best_of_n",))
+    run_eval(two, [ScriptedEngine(SCRIPT), ScriptedEngine(SCRIPT)], methods=("best_of_n",))
+    rows = ev.read_rows(two)
+    assert {r["shard"] for r in rows} == {0, 1}
+    assert ev.finished_keys(one) == ev.finished_keys(two)
+    assert sorted(r["correct"] for r in rows) == sorted(r["correct"] for r in ev.read_rows(one))
+
+
+def test_summary_table_and_plot(tmp_path):
+    rows = [{"method": "m", "budget": 4, "correct": True, "generated_tokens": 10, "rm_calls": 4, "wall_seconds": 0.5,
+             "budget_exhausted": False},
+            {"method": "m", "budget": 4, "correct": False, "generated_tokens": 30, "rm_calls": 2, "wall_seconds": 0.25,
+             "budget_exhausted": True},
+            {"method": "g", "budget": 1, "correct": True, "generated_tokens": 5, "rm_calls": 0, "wall_seconds": 0.1,
+             "budget_exhausted": False}]
+    s = ev.summarize(rows)
+    assert s[1] == {"method": "m", "budget": 4, "problems": 2, "accuracy": 0.5, "generated_tokens": 20.0,
+                    "rm_calls": 3.0, "wall_seconds": 0.75, "exhausted": 0.5}
+    table = ev.format_table(s)
+    assert "m" in table and "0.500" in table and "20.0" in table
+    png = ev.plot(s, tmp_path / "p.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_options_recipe_and_errors(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task: arith\nmethods: [majority, beam_search]\nbudgets: [4, 8]\nset: {width: 2}\n")
+    ns = argparse.Namespace(**{k: None for k in ev.DEFAULTS}, recipe=str(recipe))
+    ns.budgets = "16"
+    opts = ev.resolve(ns)
+    assert opts["methods"] == "majority,beam_search" and opts["budgets"] == "16" and opts["set"] == ["width=2"]
+    assert ev.parse_sets(["width=2", "select=majority", "lookahead=1"]) == {"width": 2, "select": "majority",
+                                                                            "lookahead": 1}
+    cfg = ev.build_config(ev.load_procedure("beam_search"), 0.5, 64, 0, {"width": 2})
+    assert cfg.width == 2 and cfg.temperature == 0.5 and cfg.max_tokens == 64
+    with pytest.raises(ValueError, match="no setting"):
+        ev.build_config(ev.load_procedure("majority"), 0.5, 64, 0, {"width": 2})
+    with pytest.raises(ValueError, match="unknown search method"):
+        ev.load_procedure("nope")
+    assert {"greedy", "majority", "beam_search", "dvts", "particle_filter", "epf", "astar"} <= set(ev.procedures())
+    assert not {"common", "paths", "tree"} & set(ev.procedures())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("colour: red\n")
+    with pytest.raises(ValueError, match="unknown key"):
+        ev.resolve(argparse.Namespace(**{k: None for k in ev.DEFAULTS}, recipe=str(bad)))
+
+
+def test_settings_guard_refuses_mixed_results(tmp_path):
+    opts = dict(ev.DEFAULTS, checkpoint="c", reward="arith_process")
+    ev.check_settings(tmp_path, opts)
+    ev.check_settings(tmp_path, opts)  # same settings: fine
+    with pytest.raises(ValueError, match="temperature"):
+        ev.check_settings(tmp_path, dict(opts, temperature=1.0))
+    assert json.loads((tmp_path / "settings.json").read_text())["checkpoint"] == "c"
+
+
+def test_arith_judge_and_problems():
+    from twinloop.tasks import arith
+
+    rows = arith.load("test", n=2)
+    problems = ev.to_problems(rows)
+    assert problems[0].id == rows[0]["id"] and "solution" not in problems[0].columns
+    judge_fn = ev.make_judge("arith")
+    assert judge_fn(problems[0], rows[0]["answer"]) and not judge_fn(problems[0], "-12345")
+    assert not judge_fn(problems[0], None)
