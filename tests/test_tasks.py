@@ -126,3 +126,61 @@ def test_outcome_reward():
     out = r(["p"] * 4, ["Answer: \\boxed{86}", "Answer: \\boxed{85}", "86", [{"role": "assistant", "content": "\\boxed{ 86 }"}]],
             answer=["86"] * 4)
     assert out == [1.0, 0.0, 0.0, 1.0] and r.usage.unparseable == 1
+
+
+# ---------------------------------------------------------------- real sets and reasoning-gym
+
+def test_task_table_loads_every_task():
+    from twinloop.tasks import TASK_REWARDS, TASKS
+
+    for name, loader in TASKS.items():
+        rows = loader(split="test", n=3)
+        assert len(rows) == 3, name
+        assert rows[0]["prompt"][-1]["role"] == "user" and rows[0]["prompt"][-1]["content"], name
+    assert set(TASK_REWARDS) == set(TASKS) - {"humaneval"}
+
+
+def test_mmath_counts_and_reward():
+    from twinloop.tasks import mmath
+
+    rows = mmath.load()
+    assert Counter(r["data_source"] for r in rows) == {"MATH500": 311, "AIME2024": 30, "AIME2025": 15, "CNMO": 18}
+    aime = mmath.load(source="AIME2024")
+    assert len(aime) == 30 and aime[0]["answer"] == "204"
+    r = mmath.reward()
+    assert r([aime[0]["prompt"]], [r"\boxed{204}"], answer=[aime[0]["answer"]]) == [1.0]
+    with pytest.raises(ValueError, match="source"):
+        mmath.load(source="AMC")
+
+
+def test_gsm8k_hundred_problems_and_missing_wheel(tmp_path):
+    from twinloop.tasks import gsm8k
+
+    rows = gsm8k.load()
+    assert len(rows) == 100 and len({r["id"] for r in rows}) == 100
+    assert all(r["answer"] and r["solution"].rstrip().endswith(r["answer"]) for r in rows)
+    assert gsm8k.reward()([rows[0]["prompt"]], [f"so #### {rows[0]['answer']}"], answer=[rows[0]["answer"]]) == [1.0]
+    with pytest.raises(FileNotFoundError, match="make install"):
+        gsm8k.load(data_dir=tmp_path)
+
+
+def test_humaneval_164_problems():
+    from twinloop.tasks import humaneval
+
+    rows = humaneval.load()
+    assert len(rows) == 164 and rows[0]["id"] == "HumanEval/0"
+    assert rows[0]["code_prompt"] in rows[0]["prompt"][0]["content"]
+    assert "def check" in rows[0]["test"] and rows[0]["entry_point"] == "has_close_elements"
+
+
+@pytest.mark.parametrize("name", ["basic_arithmetic", "chain_sum", "countdown", "gsm_symbolic"])
+def test_reasoning_gym_splits_are_seeded_disjoint_and_scored(name):
+    from twinloop.tasks import rgym
+
+    test = rgym.load(name, "test", n=20)
+    assert test == rgym.load(name, "test", n=20)
+    train = rgym.load(name, "train", n=40)
+    assert len(train) == 40 and not {r["question"] for r in test} & {r["question"] for r in train}
+    reward = rgym.reward(name)
+    completions = [f"\\boxed{{{r['answer']}}}" for r in test[:3]] + ["no answer"]
+    assert reward([r["prompt"] for r in test[:4]], completions, entry=[r["entry"] for r in test[:4]]) == [1.0] * 3 + [0.0]
