@@ -240,7 +240,9 @@ class CalibratedReward(RewardBase):
         self.usage.calls += 1
         n = len(completions)
         self.usage.items += n
-        per_item = {k: list(v) for k, v in columns.items() if isinstance(v, (list, tuple)) and len(v) == n}
+        # per-prompt data columns (TRL's completion_ids belong to the completions, not the references)
+        per_item = {k: list(v) for k, v in columns.items()
+                    if isinstance(v, (list, tuple)) and len(v) == n and k != "completion_ids"}
         rows = [{k: v[i] for k, v in per_item.items()} for i in range(n)]
         rewards = self.base(list(prompts), list(completions), **columns)
         refs = self._reference_rewards(list(prompts), rows)
