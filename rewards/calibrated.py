@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
-
 from twinloop.rewards.base import RewardBase
 
 TRANSFORMS = ("none", "bon", "won")

@@ -6,8 +6,9 @@ The verifier writes ``<rating_A>s_A</rating_A><rating_B>s_B</rating_B>`` with in
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from twinloop.rewards.base import RewardBase, column, message_text
 

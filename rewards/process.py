@@ -11,7 +11,8 @@ Both reduce to the TRL reward callable by aggregating the step scores (last / mi
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twinloop.rewards.base import RewardBase, message_text
 
@@ -157,7 +158,7 @@ class TokenClassifierPRM(StepReward):
         self.model, self.engine = model, engine
 
     @classmethod
-    def from_pretrained(cls, model_dir: str, **kwargs: Any) -> "TokenClassifierPRM":
+    def from_pretrained(cls, model_dir: str, **kwargs: Any) -> TokenClassifierPRM:
         from transformers import AutoModelForTokenClassification, AutoTokenizer
 
         model = AutoModelForTokenClassification.from_pretrained(model_dir).eval()

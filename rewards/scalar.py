@@ -7,7 +7,8 @@ RewardTrainer builds them, so a model trained there scores the same here.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twinloop.rewards.base import RewardBase, message_text
 
@@ -55,7 +56,7 @@ class ScalarRM(RewardBase):
         self.sigmoid, self.max_length, self.fallback = sigmoid, max_length, fallback
 
     @classmethod
-    def from_pretrained(cls, model_dir: str, **kwargs: Any) -> "ScalarRM":
+    def from_pretrained(cls, model_dir: str, **kwargs: Any) -> ScalarRM:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1).eval()

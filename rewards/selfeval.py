@@ -7,7 +7,8 @@ keep this response. As a TRL reward it returns P("No") per completion.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twinloop.rewards.base import RewardBase, message_text
 from twinloop.rewards.process import encode_prompt, text_ids, two_way_probability

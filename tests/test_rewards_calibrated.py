@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-
 from twinloop.infer.engine import Completion, Result, Usage
 from twinloop.rewards.calibrated import (
     CalibratedReward,

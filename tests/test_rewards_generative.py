@@ -2,7 +2,6 @@
 import re
 
 import pytest
-
 from twinloop.infer.engine import Completion, Result, Usage
 from twinloop.rewards.generative import (
     GenerativeReward,
@@ -17,7 +16,7 @@ from twinloop.rewards.generative import (
     vote,
 )
 
-_RESPONSE = re.compile(r"\[The Begin of Response \d+\]\n(.*?)\n\[The End of Response \d+\]", re.S)
+_RESPONSE = re.compile(r"\[The Begin of Response \d+\]\n(.*?)\n\[The End of Response \d+\]", re.DOTALL)
 
 
 class JudgeEngine:

@@ -9,8 +9,12 @@ import pytest
 def head_models(tiny_model_dir, tmp_path_factory):
     """Random tiny sequence- and token-classifiers sharing the tiny model's config and tokenizer."""
     import torch
-    from transformers import (AutoConfig, AutoTokenizer, Qwen2ForSequenceClassification,
-                              Qwen2ForTokenClassification)
+    from transformers import (
+        AutoConfig,
+        AutoTokenizer,
+        Qwen2ForSequenceClassification,
+        Qwen2ForTokenClassification,
+    )
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     cfg = AutoConfig.from_pretrained(tiny_model_dir)
@@ -27,7 +31,6 @@ def test_each_kind_trains_one_grpo_step(tiny_model_dir, hf_engine, head_models, 
     import torch
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
-
     from twinloop.rewards.calibrated import CalibratedReward, ReferenceSamples
     from twinloop.rewards.generative import GenerativeReward, SPCTTrainingReward
     from twinloop.rewards.pairwise import PairwiseVerifier, VerifierTrainingReward

@@ -1,6 +1,5 @@
 """V1 pairwise verifier: worked examples from ALGORITHMS.md, the parser, and the engine-backed verifier."""
 import pytest
-
 from twinloop.infer.engine import Completion, Result, Usage
 from twinloop.rewards.pairwise import (
     PairwiseVerifier,

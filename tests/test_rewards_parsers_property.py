@@ -5,10 +5,15 @@ import math
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from twinloop.infer.engine import Completion, Result, Usage
 from twinloop.rewards.calibrated import calibrate
-from twinloop.rewards.generative import GenerativeReward, SPCTTrainingReward, last_boxed, parse_scores, spct_reward
+from twinloop.rewards.generative import (
+    GenerativeReward,
+    SPCTTrainingReward,
+    last_boxed,
+    parse_scores,
+    spct_reward,
+)
 from twinloop.rewards.pairwise import PairwiseVerifier, VerifierTrainingReward, parse_ratings
 from twinloop.rewards.process import aggregate, split_step_ids, split_steps
 

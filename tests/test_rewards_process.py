@@ -2,7 +2,6 @@
 import math
 
 import pytest
-
 from twinloop.rewards.base import ProcessReward
 from twinloop.rewards.process import (
     TokenClassifierPRM,

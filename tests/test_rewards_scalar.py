@@ -2,7 +2,6 @@
 import math
 
 import pytest
-
 from twinloop.rewards.scalar import ScalarRM, rm_input_ids
 
 
@@ -48,7 +47,7 @@ def test_transformers_and_vllm_pooling_agree(seqcls_dir):
     finally:
         eng.close()
     assert vl_scores == pytest.approx(hf_scores, abs=1e-4)
-    assert len(set(round(s, 4) for s in hf_scores)) == 3  # a random head still separates the inputs
+    assert len({round(s, 4) for s in hf_scores}) == 3  # a random head still separates the inputs
     assert hf.usage.model_calls == 3 and hf.usage.input_tokens == vl.usage.input_tokens > 0
 
 

@@ -2,7 +2,6 @@
 import math
 
 import pytest
-
 from twinloop.rewards.selfeval import SELF_EVAL_QUESTION, SelfEvalProbe
 
 
