@@ -43,6 +43,8 @@ class GPPOConfig(GRPOConfig):
     filter_zero_std_groups: bool = field(default=True, metadata={"help": "DAPO dynamic filter: drop groups whose "
                                                                         "rewards are all equal."})
     epsilon_high: float | None = field(default=0.28, metadata={"help": "ε_h (clip-higher)."})
+    vllm_dtype: str | None = field(default=None, metadata={"help": "dtype of the colocated vLLM engine (None: "
+                                                                   "vLLM's auto, which downcasts float32)."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -63,7 +65,14 @@ class GPPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
     _name = "GPPO"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        cfg = kwargs.get("args", args[2] if len(args) > 2 else None)
+        if cfg is not None and cfg.use_vllm and cfg.vllm_mode == "colocate" and cfg.vllm_dtype is not None:
+            from twinloop.train.vllm_sync import colocated_llm_kwargs
+
+            with colocated_llm_kwargs(dtype=cfg.vllm_dtype):
+                super().__init__(*args, **kwargs)
+        else:
+            super().__init__(*args, **kwargs)
         if self.use_vllm and self.args.vllm_mode == "colocate" and self.accelerator.device.type == "cpu":
             from twinloop.train.vllm_sync import patch_colocate_sync_for_cpu
 

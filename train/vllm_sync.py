@@ -8,8 +8,10 @@ colocated sync through it; vLLM itself is imported only by ``twinloop.infer.vllm
 """
 from __future__ import annotations
 
+import functools
 import types
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from twinloop.infer.vllm_engine import VLLMEngine
 
@@ -45,3 +47,18 @@ def patch_colocate_sync_for_cpu(generation: Any) -> Any:
         return generation
     generation.sync_weights = types.MethodType(sync_weights, generation)
     return generation
+
+
+@contextmanager
+def colocated_llm_kwargs(**extra: Any) -> Iterator[None]:
+    """Extra ``vllm.LLM`` arguments for the colocated engine TRL builds inside ``GRPOTrainer.__init__`` (TRL
+    passes no dtype, and vLLM downcasts float32 checkpoints to 16-bit by default: then its logprobs differ from
+    the float32 trainer's by ~0.1)."""
+    from trl.generation import vllm_generation as vg
+
+    original = vg.LLM
+    vg.LLM = functools.partial(original, **extra)
+    try:
+        yield
+    finally:
+        vg.LLM = original
