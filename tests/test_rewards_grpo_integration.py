@@ -1,4 +1,4 @@
-"""Every reward kind, as is, as reward_funcs of trl.GRPOTrainer for one step on the tiny model."""
+"""Every reward kind, as is, as reward_funcs of trl.GRPOTrainer for one step, then the same objects in best-of-N."""
 import copy
 import math
 
@@ -69,3 +69,15 @@ def test_each_kind_trains_one_grpo_step(tiny_model_dir, hf_engine, head_models, 
         assert math.isfinite(log[f"rewards/{r.name}/mean"]), r.name
     assert math.isfinite(log["loss"])
     assert (tmp_path / "refs.json").exists()
+    # The very same objects then rank candidates in a best-of-N search through the engine.
+    from twinloop.infer.search import best_of_n
+    from twinloop.infer.search.common import Budget, Problem, SearchConfig
+
+    problems = [Problem(prompts[0], {"label_a": 1, "label_b": 0, "rewards": [1, 0]}, id="p0")]
+    for r in rewards:
+        calls = r.usage.calls
+        [res] = best_of_n.run(problems, hf_engine, r, Budget(n=3), SearchConfig(max_tokens=6, sampling_seed=0))
+        scores = [c.score for c in res.candidates]
+        assert len(scores) == 3 and res.selected is not None, r.name
+        assert scores[res.selected] == max(s for s in scores if s is not None), r.name
+        assert r.usage.calls == calls + 1 and res.usage.rm_calls == 3, r.name
