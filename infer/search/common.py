@@ -111,8 +111,8 @@ class SearchConfig:
 
     def sampling(self, n: int = 1, temperature: float | None = None, **over: Any) -> SamplingConfig:
         t = self.temperature if temperature is None else temperature
-        return SamplingConfig(n=n, temperature=t, top_p=self.top_p, max_tokens=self.max_tokens, seed=self.sampling_seed,
-                              **over).validate()
+        fields = {"top_p": self.top_p, "max_tokens": self.max_tokens, "seed": self.sampling_seed} | over
+        return SamplingConfig(n=n, temperature=t, **fields).validate()
 
 
 # --------------------------------------------------------------------------------------------- outputs
