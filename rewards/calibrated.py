@@ -208,6 +208,7 @@ class CalibratedReward(RewardBase):
     calibrated baseline), ``"bon"`` (exp(t·u)) or ``"won"`` (-exp(-t·u)); t is tuned per N and KL budget
     with ``best_t`` (the paper's t values are [check]). A completion whose base reward is None stays None;
     references whose reward is None are skipped; a prompt with no scored reference gives None (counted).
+    With GRPO, turn off per-group std scaling (``scale_rewards="none"``): it would undo Φ's scale.
     """
 
     name = "ctrl_calibrated"

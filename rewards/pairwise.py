@@ -120,13 +120,15 @@ class PairwiseVerifier(RewardBase):
     ``compare(prompt, a, b)`` returns P(A ≻ B); ``judge`` returns the ratings too. As a TRL reward, each
     completion scores its mean P(c ≻ peer) against the other completions of the same prompt (a GRPO
     group); a completion without peers scores ½. Unparseable verdicts count as a tie (½) and are counted.
+    ``both_orders=True`` judges every pair as (A, B) and (B, A) and averages, cancelling position bias.
     """
 
     name = "pairwise_v1"
 
     def __init__(self, engine: Any, lora: str | None = None, temperature: float = 0.0, max_tokens: int = 512,
-                 template: str = PAIRWISE_TEMPLATE) -> None:
+                 template: str = PAIRWISE_TEMPLATE, both_orders: bool = False) -> None:
         super().__init__()
+        self.both_orders = both_orders
         self.engine, self.lora, self.template = engine, lora, template
         self.temperature, self.max_tokens = temperature, max_tokens
 
@@ -151,9 +153,17 @@ class PairwiseVerifier(RewardBase):
             out.append(Judgment(ratings, text))
         return out
 
+    def preferences(self, items: Sequence[tuple[str, str, str]]) -> list[float]:
+        """P(A ≻ B) per (prompt, a, b); averaged over both presentation orders when ``both_orders``."""
+        forward = [v.p_a_wins for v in self.judge(items)]
+        if not self.both_orders:
+            return forward
+        backward = [v.p_a_wins for v in self.judge([(p, b, a) for p, a, b in items])]
+        return [0.5 * (f + 1.0 - r) for f, r in zip(forward, backward)]
+
     def compare(self, prompt: Any, a: Any, b: Any) -> float:
-        """P(A ≻ B) from one verdict; ½ when the verdict is unparseable."""
-        return self.judge([(message_text(prompt), message_text(a), message_text(b))])[0].p_a_wins
+        """P(A ≻ B); ½ when the verdict is unparseable."""
+        return self.preferences([(message_text(prompt), message_text(a), message_text(b))])[0]
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
         self.usage.calls += 1
@@ -164,10 +174,9 @@ class PairwiseVerifier(RewardBase):
         for k, key in enumerate(keys):
             groups.setdefault(key, []).append(k)
         pairs = [(g[x], g[y]) for g in groups.values() for x in range(len(g)) for y in range(x + 1, len(g))]
-        verdicts = self.judge([(keys[i], texts[i], texts[j]) for i, j in pairs])
+        prefs = self.preferences([(keys[i], texts[i], texts[j]) for i, j in pairs])
         wins, counts = [0.0] * len(texts), [0] * len(texts)
-        for (i, j), v in zip(pairs, verdicts):
-            p = v.p_a_wins
+        for (i, j), p in zip(pairs, prefs):
             wins[i] += p
             wins[j] += 1.0 - p
             counts[i] += 1

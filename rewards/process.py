@@ -183,7 +183,12 @@ class TokenClassifierPRM(StepReward):
         logits = self._logits([ids for ids, _ in built])
         self.usage.model_calls += len(built)
         self.usage.input_tokens += sum(len(ids) for ids, _ in built)
-        return [[_good_probability(rows[p]) for p in positions] for (_, positions), rows in zip(built, logits)]
+        out = []
+        for (ids, positions), rows in zip(built, logits):
+            if len(rows) != len(ids) and len(rows) == len(positions):
+                positions = list(range(len(rows)))  # a step-tag pooler (vLLM's native PRM) returns tag rows only
+            out.append([_good_probability(rows[p]) for p in positions])
+        return out
 
 
 PROBE_QUESTION = "\nIs the last step correct? Answer Yes or No.\n"

@@ -108,6 +108,14 @@ def test_compare_and_group_reward_with_scripted_engine():
     assert v.usage.unparseable == 1 and v.usage.calls == 1 and v.usage.items == 4
 
 
+def test_both_orders_cancels_position_bias():
+    # The judge always rates whichever solution is shown first 8 and the second 3: pure position bias.
+    eng = ScriptedEngine(["<rating_A>8</rating_A><rating_B>3</rating_B>"] * 2)
+    v = PairwiseVerifier(eng, both_orders=True)
+    assert v.compare("q", "x", "y") == pytest.approx(0.5)
+    assert "[Solution A]\ny\n" in eng.seen[1] and v.usage.model_calls == 2
+
+
 def test_verifier_training_reward_callable():
     r = VerifierTrainingReward()
     out = r(["p"] * 3, ["<rating_A>9</rating_A><rating_B>3</rating_B>",

@@ -87,6 +87,22 @@ def test_token_classifier_reads_step_ends_and_aggregates(tokenizer):
         TokenClassifierPRM()
 
 
+class TagRowsEngine(PositionLogitEngine):
+    """Like vLLM's native PRM pooler: rows only at step-tag positions (here logits 0.1, 0.2, ...)."""
+
+    def __init__(self, tokenizer, n_steps):
+        super().__init__(tokenizer)
+        self.n_steps = n_steps
+
+    def token_classify(self, prompts):
+        return [[[-5.0, (k + 1) / 10] for k in range(self.n_steps)] for _ in prompts]
+
+
+def test_step_tag_pooler_rows_are_taken_in_order(tokenizer):
+    [scores] = TokenClassifierPRM(engine=TagRowsEngine(tokenizer, 2)).step_scores(["Q"], [["a", "b"]])
+    assert scores == pytest.approx([math.exp(x) / (math.exp(x) + math.exp(-5.0)) for x in (0.1, 0.2)])
+
+
 def test_token_id_delimiter(tokenizer):
     tag_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     prm = TokenClassifierPRM(engine=PositionLogitEngine(tokenizer), delimiter=tag_id)
