@@ -13,8 +13,9 @@ One completion = two processes, each in its own process group (``start_new_sessi
 The candidate process confines itself in its first lines, before the program is read:
 - network: ``unshare(CLONE_NEWNET)``, an empty namespace (127.0.0.1 unreachable); where that is not
   permitted, socket creation is blocked inside the process (best effort);
-- files: as root, ``unshare(CLONE_NEWNS)``; every mount is remounted read-only except a bind mount of
-  the fresh temporary working directory, which is removed afterwards. Directories closed to other users
+- files: as root, ``unshare(CLONE_NEWNS)``; every mount is remounted read-only, and the fresh
+  temporary working directory gets a size-capped tmpfs (gone with the namespace; the directory is
+  removed afterwards). Directories closed to other users
   on the interpreter's path (e.g. a 0700 /root holding pyenv) are replaced by a tmpfs exposing only them;
 - limits: RLIMIT_CPU, RLIMIT_AS, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_NOFILE, no core, NO_NEW_PRIVS;
 - user: RLIMIT_NPROC is per user and root ignores it, so as root every candidate runs under its own
@@ -73,6 +74,7 @@ class SandboxLimits:
     memory_mb: int = 2048  # RLIMIT_AS of the candidate process
     max_processes: int = 16  # RLIMIT_NPROC (processes and threads) of the candidate's uid
     max_file_mb: int = 16  # RLIMIT_FSIZE: largest file the candidate may write
+    workdir_mb: int = 64  # size of the working directory's tmpfs (as root)
     max_reply_mb: int = 16  # largest value the candidate may return in one call
 
 
@@ -241,9 +243,10 @@ def _block_sockets() -> None:
                 setattr(module, name, refuse)
 
 
-def _private_mounts(libc: Any, workdir: str) -> bool:
+def _private_mounts(libc: Any, workdir: str, workdir_options: str) -> bool:
     """In a fresh mount namespace: keep the interpreter reachable for an unprivileged uid (a tmpfs over
-    e.g. a 0700 /root holding only the needed entries), then make every mount but the workdir read-only."""
+    e.g. a 0700 /root holding only the needed entries), put a size-capped tmpfs on the working directory,
+    and make every other mount read-only."""
     ms_rdonly, ms_remount, ms_bind, ms_move, ms_rec, ms_private = 1, 32, 4096, 8192, 16384, 1 << 18
     keep = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
     if libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
@@ -272,7 +275,7 @@ def _private_mounts(libc: Any, workdir: str) -> bool:
             if libc.mount(stash.encode(), child.encode(), None, ms_move, None) != 0:
                 return False
             os.rmdir(stash)
-    if libc.mount(workdir.encode(), workdir.encode(), None, ms_bind, None) != 0:
+    if libc.mount(b"tmpfs", workdir.encode(), b"tmpfs", 2 | 4, workdir_options.encode()) != 0:
         return False
     root_ok = False
     with open("/proc/self/mountinfo") as f:
@@ -287,16 +290,20 @@ def _private_mounts(libc: Any, workdir: str) -> bool:
     return root_ok
 
 
-def _confine(cfg: dict) -> list[str]:
+def _confine(cfg: dict, source: str) -> list[str]:
     """Runs first in the candidate process, before its program is read. Returns what was set up."""
     notes: list[str] = []
     libc = ctypes.CDLL(None, use_errno=True)
     netns = cfg["network_namespace"] and libc.unshare(0x40000000) == 0  # CLONE_NEWNET
     notes.append("net: empty network namespace" if netns else "net: sockets blocked in-process")
     uid = cfg["uid"]
-    if uid is not None and libc.unshare(0x00020000) == 0 and _private_mounts(libc, cfg["workdir"]):
-        notes.append("fs: read-only outside the working directory")
+    wd_options = f"size={cfg['workdir_mb']}m,mode=0700,uid={uid},gid={uid}"
+    if uid is not None and libc.unshare(0x00020000) == 0 and _private_mounts(libc, cfg["workdir"], wd_options):
+        notes.append(f"fs: read-only outside the working directory, a {cfg['workdir_mb']} MiB tmpfs")
         os.chdir(cfg["workdir"])  # the old cwd still points into the now read-only mount
+        with open(cfg["program_path"], "w") as f:  # the file on disk is now hidden by the tmpfs
+            f.write(source)
+        os.chown(cfg["program_path"], uid, uid)
     else:
         notes.append("fs: file permissions only")
     nproc = cfg["max_processes"]
@@ -334,15 +341,16 @@ def _candidate_main(cfg: dict) -> None:
     """Untrusted side: loads the program, then answers calls until the pipe closes."""
     rfd, wfd = cfg["rfd"], cfg["wfd"]
     try:
-        notes = _confine(cfg)
+        with open(cfg["program_path"]) as f:
+            source = f.read()
+        notes = _confine(cfg, source)
     except BaseException as e:  # never run the program unconfined
         _send(wfd, {"isolation": [f"FATAL: confinement failed: {type(e).__name__}: {e}"]}, None)
         os._exit(3)
     _send(wfd, {"isolation": notes}, None)
     namespace: dict[str, Any] = {"__name__": "__candidate__", "__builtins__": builtins}
     try:
-        with open(cfg["program_path"]) as f:
-            exec(compile(f.read(), "candidate.py", "exec"), namespace)
+        exec(compile(source, "candidate.py", "exec"), namespace)
     except BaseException as e:
         _send(wfd, {"load_error": f"{type(e).__name__}: {e}"[:500]}, None)
         os._exit(0)
@@ -477,7 +485,7 @@ class Sandbox:
             cfg = {"rfd": pipes[0], "wfd": pipes[3], "uid": uid, "workdir": workdir, "program_path": path,
                    "network_namespace": self.network_namespace, "cpu_s": lim.cpu_s,
                    "memory": lim.memory_mb << 20, "max_processes": lim.max_processes,
-                   "max_file": lim.max_file_mb << 20, "max_reply": lim.max_reply_mb << 20}
+                   "max_file": lim.max_file_mb << 20, "workdir_mb": lim.workdir_mb, "max_reply": lim.max_reply_mb << 20}
             judge_cfg = {"rfd": pipes[2], "wfd": pipes[1], "max_reply": cfg["max_reply"],
                          "deadline": time.monotonic() + lim.timeout_s}
             procs.append(self._spawn(["-I", "-B", self._candidate_script, cfg], workdir, subprocess.DEVNULL))
@@ -498,11 +506,13 @@ class Sandbox:
                 os.close(pipes.pop())
             for proc in procs:
                 _kill_group(proc.pid)
-            if uid is not None:
-                self._kill_uid(uid)
-            for proc in procs:
-                proc.wait()
-            shutil.rmtree(workdir, ignore_errors=True)
+            try:
+                if uid is not None:
+                    self._kill_uid(uid)
+                for proc in procs:
+                    proc.wait()
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
             with self._lock:
                 self._uids.discard(uid)
         outcome.wall_s = time.monotonic() - start

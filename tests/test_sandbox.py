@@ -300,6 +300,19 @@ def test_writes_only_in_a_fresh_working_directory(sandbox, tmp_path):
     assert not any(os.path.exists(p) for p in outside)
 
 
+@pytest.mark.skipif(not AS_ROOT, reason="the working directory's tmpfs needs root")
+def test_working_directory_size_is_capped():
+    small = Sandbox(SandboxLimits(timeout_s=10.0, max_file_mb=8, workdir_mb=16), workers=1)
+    body = (
+        "    for i in range(8):\n        try:\n            with open(f'big{i}', 'wb') as fh:\n"
+        "                fh.write(bytes(4 << 20))\n        except OSError:\n            return i\n"
+        "    return 'unbounded'\n"
+    )
+    assert probe(small, "    try:\n        open('big', 'wb').write(bytes(9 << 20))\n"
+                 "    except OSError:\n        return 'too big'\n", "too big")  # RLIMIT_FSIZE
+    assert probe(small, body, 3)  # the fourth 4 MiB file does not fit in 16 MiB
+
+
 def test_environment_is_scrubbed(sandbox, monkeypatch):
     monkeypatch.setenv("TWINLOOP_SANDBOX_SECRET", "hunter2")
     assert probe(sandbox, "    return os.environ.get('TWINLOOP_SANDBOX_SECRET', 'absent')\n", "absent")
