@@ -66,12 +66,21 @@ class ScriptedEngine:
     def _rendered_keys(self) -> list[tuple[str, str]]:
         out = []
         for key in self.script:
+            if key.endswith("*"):
+                continue
             out.append((key, key))
             out.append((key, self.tokenizer.apply_chat_template([{"role": "user", "content": key}])))
         return out
 
     def _match(self, text: str) -> tuple[str, str]:
-        """(script key, partial response already in the prompt) for the longest rendered key prefix."""
+        """(script key, partial response already in the prompt) for the longest rendered key prefix.
+
+        A key ending in ``*`` matches any prompt that starts with the rest of it, with no partial response
+        (for prompts built from earlier outputs, such as refinement feedback).
+        """
+        wild = [k for k in self.script if k.endswith("*") and text.startswith(k[:-1])]
+        if wild:
+            return max(wild, key=len), ""
         best = None
         for key, rendered in self._rendered_keys():
             if text.startswith(rendered) and (best is None or len(rendered) > len(best[1])):
