@@ -127,3 +127,35 @@ def renormalize(logprobs: Sequence[float]) -> list[float]:
     m = max(logprobs)
     z = m + math.log(sum(math.exp(x - m) for x in logprobs))
     return [x - z for x in logprobs]
+
+
+def encode_request(tokenizer: Any, request: Request) -> list[int]:
+    """Token ids of a request: given ids as-is, chat messages through the chat template, text as-is."""
+    if request.prompt_ids is not None:
+        return list(request.prompt_ids)
+    if request.messages is not None:
+        ids = tokenizer.apply_chat_template(request.messages, tokenize=True, add_generation_prompt=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in newer transformers
+            ids = ids["input_ids"]
+        return [int(t) for t in ids]
+    return list(tokenizer(request.text, add_special_tokens=False).input_ids)
+
+
+def check_model_dir(model: str) -> None:
+    """One-line error for a model folder that does not exist or lacks a config."""
+    import os
+
+    if not os.path.isdir(model):
+        raise EngineError(f"model folder {model!r} does not exist (build one with `twinloop tinyworld build` "
+                          f"or convert one with `twinloop import-gguf`)")
+    if not os.path.isfile(os.path.join(model, "config.json")):
+        raise EngineError(f"{model!r} has no config.json: not a Hugging Face model folder")
+
+
+VALID_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in VALID_DTYPES:
+        raise EngineError(f"dtype must be one of {', '.join(VALID_DTYPES)}; got {dtype!r}")
+    return dtype

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = cmd.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)
-    except (FileNotFoundError, ValueError) as e:  # user errors: one line, no traceback
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # user errors (EngineError too): one line
         print(f"twinloop {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
