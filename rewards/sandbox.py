@@ -13,7 +13,8 @@ One completion = two processes, each in its own process group (``start_new_sessi
 The candidate process confines itself in its first lines, before the program is read:
 - network: ``unshare(CLONE_NEWNET)``, an empty namespace (127.0.0.1 unreachable); where that is not
   permitted, socket creation is blocked inside the process (best effort);
-- files: as root, ``unshare(CLONE_NEWNS)``; every mount is remounted read-only, and the fresh
+- files: as root, ``unshare(CLONE_NEWNS)``; every mount is remounted read-only, /tmp, /var/tmp, /run
+  and /dev/shm are replaced by empty ones (no other users' files or unix sockets), and the fresh
   temporary working directory gets a size-capped tmpfs (gone with the namespace; the directory is
   removed afterwards). Directories closed to other users
   on the interpreter's path (e.g. a 0700 /root holding pyenv) are replaced by a tmpfs exposing only them;
@@ -245,15 +246,17 @@ def _block_sockets() -> None:
 
 def _private_mounts(libc: Any, workdir: str, workdir_options: str) -> bool:
     """In a fresh mount namespace: keep the interpreter reachable for an unprivileged uid (a tmpfs over
-    e.g. a 0700 /root holding only the needed entries), put a size-capped tmpfs on the working directory,
-    and make every other mount read-only."""
+    e.g. a 0700 /root holding only the needed entries), hide the shared scratch directories (other users'
+    files and unix sockets) behind empty ones, put a size-capped tmpfs on the working directory, and make
+    every other mount read-only."""
     ms_rdonly, ms_remount, ms_bind, ms_move, ms_rec, ms_private = 1, 32, 4096, 8192, 16384, 1 << 18
     keep = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
     if libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
         return False
     hidden: dict[str, set[str]] = {}  # closed directory -> its entries on the interpreter's paths
-    for path in {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.realpath(sys.executable), *sys.path}:
-        parts = os.path.realpath(path or ".").split("/")
+    paths = {os.path.realpath(p or ".") for p in (sys.prefix, sys.base_prefix, sys.executable, *sys.path)}
+    for path in paths:
+        parts = path.split("/")
         for i in range(2, len(parts)):
             parent, child = "/".join(parts[:i]), "/".join(parts[: i + 1])
             if not os.path.isdir(child) or not os.stat(parent).st_mode & 0o001:
@@ -275,6 +278,12 @@ def _private_mounts(libc: Any, workdir: str, workdir_options: str) -> bool:
             if libc.mount(stash.encode(), child.encode(), None, ms_move, None) != 0:
                 return False
             os.rmdir(stash)
+    for shared in ("/tmp", "/var/tmp", "/run", "/dev/shm"):
+        needed = any(p == shared or p.startswith(shared + "/") for p in paths)
+        if os.path.isdir(shared) and not needed and libc.mount(
+                b"tmpfs", shared.encode(), b"tmpfs", 2 | 4 | 8, b"mode=0755,size=64k") != 0:
+            return False
+    os.makedirs(workdir, exist_ok=True)  # in the empty /tmp
     if libc.mount(b"tmpfs", workdir.encode(), b"tmpfs", 2 | 4, workdir_options.encode()) != 0:
         return False
     root_ok = False
@@ -299,7 +308,7 @@ def _confine(cfg: dict, source: str) -> list[str]:
     uid = cfg["uid"]
     wd_options = f"size={cfg['workdir_mb']}m,mode=0700,uid={uid},gid={uid}"
     if uid is not None and libc.unshare(0x00020000) == 0 and _private_mounts(libc, cfg["workdir"], wd_options):
-        notes.append(f"fs: read-only outside the working directory, a {cfg['workdir_mb']} MiB tmpfs")
+        notes.append(f"fs: read-only, shared scratch dirs hidden, workdir a {cfg['workdir_mb']} MiB tmpfs")
         os.chdir(cfg["workdir"])  # the old cwd still points into the now read-only mount
         with open(cfg["program_path"], "w") as f:  # the file on disk is now hidden by the tmpfs
             f.write(source)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -282,6 +283,31 @@ def test_no_network(namespace):
         assert probe(sandbox, body, "blocked", args=str(port))
         with pytest.raises(BlockingIOError):
             server.accept()  # nothing ever reached the listener
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="hiding /tmp needs a mount namespace, which needs root")
+def test_unix_sockets_and_files_in_tmp_are_out_of_reach(sandbox):
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="twinloop-sandbox-test-")
+    path = os.path.join(folder, "server.sock")
+    try:
+        os.chmod(folder, 0o755)
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(path)
+            os.chmod(path, 0o777)
+            server.listen(1)
+            server.setblocking(False)
+            body = (
+                "    seen = os.path.exists(args[0])\n    try:\n        s = socket.socket(socket.AF_UNIX)\n"
+                "        s.connect(args[0])\n        return 'connected'\n"
+                "    except OSError:\n        return 'blocked' if not seen else 'visible'\n"
+            )
+            assert probe(sandbox, body, "blocked", args=repr(path))
+            with pytest.raises(BlockingIOError):
+                server.accept()
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_writes_only_in_a_fresh_working_directory(sandbox, tmp_path):
