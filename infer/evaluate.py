@@ -96,9 +96,14 @@ def task_reward(task: str):
     raise ValueError(f"task {task!r} has no reward() to judge answers")
 
 
-def build_reward(spec: str | None, task: str):
-    """``arith_process`` (exact PRM), ``arith_outcome`` / ``task`` (gold oracles), ``none``, or a reward
-    bundle folder (loaded with twinloop.checkpoints.export.load_reward)."""
+SELF_REWARDS = ("pairwise", "grm", "selfeval")  # judged by the policy model itself (optionally :ADAPTER)
+
+
+def build_reward(spec: str | None, task: str, engine: Any = None):
+    """``arith_process`` (exact PRM), ``arith_outcome`` / ``task`` (gold oracles), ``none``, a reward
+    bundle folder (twinloop.checkpoints.export.load_reward), or a judge run on the policy engine:
+    ``pairwise`` (V1 verifier), ``grm`` (SPCT GRM), ``selfeval`` (self-evaluation probe), each with an
+    optional LoRA adapter as ``NAME:ADAPTER_DIR``."""
     if spec is None or spec == "none":
         return None
     if spec in ("arith_process", "arith_outcome"):
@@ -107,13 +112,32 @@ def build_reward(spec: str | None, task: str):
         return arith.ArithProcessReward() if spec == "arith_process" else arith.ArithOutcomeReward()
     if spec == "task":
         return task_reward(task)
+    kind, _, adapter = spec.partition(":")
+    if kind in SELF_REWARDS:
+        if adapter and not Path(adapter).is_dir():
+            raise FileNotFoundError(f"LoRA adapter folder {adapter} not found")
+        if engine is None:  # validation only
+            return None
+        lora = adapter or None
+        if kind == "pairwise":
+            from twinloop.rewards.pairwise import PairwiseVerifier
+
+            return PairwiseVerifier(engine, lora=lora)
+        if kind == "grm":
+            from twinloop.rewards.generative import GenerativeReward
+
+            return GenerativeReward(engine, lora=lora, mode="group")
+        from twinloop.rewards.selfeval import SelfEvalProbe
+
+        return SelfEvalProbe(engine, lora=lora)
     if Path(spec).is_dir():
         try:
             from twinloop.checkpoints.export import load_reward
         except ImportError as e:
             raise ValueError("loading a reward bundle needs twinloop.checkpoints.export.load_reward") from e
         return load_reward(spec)
-    raise ValueError(f"unknown reward {spec!r}: use arith_process, arith_outcome, task, none or a bundle folder")
+    raise ValueError(f"unknown reward {spec!r}: use arith_process, arith_outcome, task, none, pairwise, grm, "
+                     "selfeval or a bundle folder")
 
 
 def make_judge(task: str) -> Callable[[Problem, str | None], bool]:
@@ -176,13 +200,13 @@ def end_torn_line(path: Path) -> None:
 
 
 def evaluate(problems: Sequence[Problem], engines: Sequence[Any], methods: Sequence[str], budgets: Sequence[int],
-             out_path: Path, judge: Callable[[Problem, str | None], bool], reward_factory: Callable[[], Any],
+             out_path: Path, judge: Callable[[Problem, str | None], bool], reward_factory: Callable[[Any], Any],
              config_for: Callable[[Any], Any], batch: int = 32, caps: dict[str, int | None] | None = None,
              progress: bool = True) -> int:
     """Run every (method, budget) on every problem not yet in ``out_path``; returns rows written.
 
     Problems are split into batches; batches are spread over ``engines`` (one thread per engine, each with
-    its own reward object so usage deltas stay exact). Each finished batch is appended and flushed.
+    its own reward object, built on that engine, so usage deltas stay exact). Each finished batch is appended and flushed.
     """
     from tqdm import tqdm
 
@@ -204,7 +228,8 @@ def evaluate(problems: Sequence[Problem], engines: Sequence[Any], methods: Seque
     written = [0]
 
     def shard_worker(shard: int) -> None:
-        engine, reward = engines[shard], reward_factory()
+        engine = engines[shard]
+        reward = reward_factory(engine)
         for method, n, chunk in jobs[shard::len(engines)]:
             module = load_procedure(method)
             budget = Budget(n=n, generated_tokens=caps.get("generated_tokens"), rm_calls=caps.get("rm_calls"))
@@ -421,7 +446,7 @@ def run(args: argparse.Namespace) -> int:
     engines = build_engines(opts)
     try:
         evaluate(problems, engines, methods, budgets, out / "results.jsonl", judge,
-                 lambda: build_reward(reward_spec, opts["task"]),
+                 lambda engine: build_reward(reward_spec, opts["task"], engine),
                  lambda module: build_config(module, opts["temperature"], opts["max_tokens"], opts["seed"], sets),
                  batch=int(opts["batch"]), caps={"generated_tokens": opts["max_generated_tokens"],
                                                  "rm_calls": opts["max_rm_calls"]})

@@ -20,7 +20,7 @@ def judge(problem, answer):
 
 
 def run_eval(path, engines, methods=("greedy", "majority", "best_of_n"), budgets=(2, 4)):
-    return ev.evaluate(PROBLEMS, engines, list(methods), list(budgets), path, judge, lambda: TableReward(SCORES),
+    return ev.evaluate(PROBLEMS, engines, list(methods), list(budgets), path, judge, lambda engine: TableReward(SCORES),
                        lambda m: m.Config(answer_fn=last_boxed), batch=2, progress=False)
 
 
