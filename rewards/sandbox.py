@@ -2,41 +2,37 @@
 
 One completion = two processes, each in its own process group (``start_new_session=True``):
 - the *candidate* process loads the untrusted program and only answers calls ("call f with these
-  arguments"); values go back as tagged JSON;
-- the *judge* process runs the problem's test code itself, statement by statement, calling the
-  candidate's functions through a pipe and rebuilding their values as plain data (int, float, str, list,
-  tuple, dict, set, ...), so an object with a forged ``__eq__`` never reaches an assertion. The prompt's
-  helpers (e.g. ``encode_cyclic``) and builtins stay the judge's own. The verdict is the judge's stdout,
-  which the candidate cannot reach: ``os._exit(0)``, ``sys.exit(0)``, patched builtins or printed
-  "passed" lines only make the candidate's own calls fail.
+  arguments"), sending values back as tagged JSON;
+- the *judge* process runs the test code itself, statement by statement, and rebuilds the candidate's
+  values as plain data (int, float, str, list, tuple, dict, set, ...), so a forged ``__eq__`` never
+  reaches an assertion; the prompt's helpers (e.g. ``encode_cyclic``) and builtins stay its own. Its
+  verdict goes to our pipe, out of the candidate's reach: ``os._exit(0)``, ``sys.exit(0)``, patched
+  builtins or printed "passed" lines only make the candidate's own calls fail.
 
-The candidate process confines itself in its first lines, before the program is read:
-- network: ``unshare(CLONE_NEWNET)``, an empty namespace (127.0.0.1 unreachable); where that is not
-  permitted, socket creation is blocked inside the process (best effort);
-- files: as root, ``unshare(CLONE_NEWNS)``; every mount is remounted read-only, /tmp, /var/tmp, /run
-  and /dev/shm are replaced by empty ones (no other users' files or unix sockets), and the fresh
-  temporary working directory gets a size-capped tmpfs (gone with the namespace; the directory is
-  removed afterwards). Directories closed to other users
-  on the interpreter's path (e.g. a 0700 /root holding pyenv) are replaced by a tmpfs exposing only them;
+The candidate process confines itself before reading the program:
+- network: ``unshare(CLONE_NEWNET)``, an empty namespace; where not permitted, sockets are blocked
+  inside the process (best effort);
+- files (as root): ``unshare(CLONE_NEWNS)``; every mount read-only; /tmp, /var/tmp, /run and /dev/shm
+  replaced by empty ones (no other users' files or unix sockets); the working directory a size-capped
+  tmpfs (removed afterwards); a directory closed to others on the interpreter's path (a 0700 /root
+  holding pyenv) replaced by a tmpfs exposing only the needed entries;
 - limits: RLIMIT_CPU, RLIMIT_AS, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_NOFILE, no core, NO_NEW_PRIVS;
-- user: RLIMIT_NPROC is per user and root ignores it, so as root every candidate runs under its own
-  fresh unprivileged uid. The process-count limit then holds, and after each job every process of that
-  uid is killed (``kill -KILL -1`` run as that uid), reaching children that left the group with
-  ``setsid`` too. Without root the candidate keeps the caller's uid with RLIMIT_NPROC = that user's
-  current process count + the limit, and only its process group is killed;
+- user: RLIMIT_NPROC is per user and root ignores it, so as root each candidate gets a fresh
+  unprivileged uid: the limit holds, and afterwards ``kill -KILL -1`` run as that uid ends every
+  process of it, even ones that left the group with ``setsid``. Without root the caller's uid is kept
+  with RLIMIT_NPROC = its current process count + the limit, and only the process group is killed;
 - environment: only PATH, HOME/TMPDIR (the working directory), LANG and single-thread settings.
 A wall-clock deadline covers loading and all checks; then both process groups are killed.
 
-Soft reward: the fraction of checks passed. A check is one top-level statement of ``check(candidate)``
-holding an ``assert`` of a non-constant (``assert True`` does not count; a loop of asserts is one check).
+Soft reward: the fraction of checks passed. A check is a top-level statement of ``check(candidate)``
+holding an ``assert`` of a non-constant (``assert True`` does not count; a loop of asserts is one).
 Test code without ``check`` is read as top-level asserts on the entry point (MBPP style).
-``binary=True`` gives pass/fail instead; ``pass_fail`` and ``outcomes`` give the details.
+``binary=True`` gives pass/fail; ``pass_fail`` and ``outcomes`` give the details.
 
-Columns (HumanEval names): ``test``, ``entry_point``, optional ``code_prompt`` or ``prompt`` (code to
-prepend; TRL never forwards ``prompt``, so without them: the positional prompt, or the fenced block in
-it, when that is Python). Completions are plain text or chat-format, possibly
-with a fenced block. A body continuing the prompt is appended to it; a completion defining the entry
-point is placed after it. No code, or a program that does not compile: 0.0, counted as unparseable.
+Columns (HumanEval names): ``test``, ``entry_point``, optional ``code_prompt`` or ``prompt``: code to
+prepend (TRL never forwards ``prompt``; without them, the positional prompt or the fenced block in it,
+when that is Python). A completion (plain or chat, maybe fenced) that continues the prompt is appended
+to it; one defining the entry point goes after it. No code, or no compiling program: 0.0, unparseable.
 """
 # ruff: noqa: BLE001, S102, S110 - a sandbox must catch every failure of the code it runs
 from __future__ import annotations
@@ -151,9 +147,6 @@ class _Opaque:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-
-    def __repr__(self) -> str:
-        return f"<opaque {self.kind}>"
 
 
 def _encode(x: Any, depth: int = 0) -> Any:

@@ -1,6 +1,7 @@
 """The code-execution sandbox: check splitting, value transport, forging attacks, limits, HumanEval."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -9,6 +10,8 @@ import time
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twinloop.rewards.sandbox import (
     CodeExecutionReward,
     Sandbox,
@@ -91,6 +94,44 @@ def test_values_cross_the_pipe_as_plain_data():
         _decode({"t": [1], "d": []})
 
 
+plain_data = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=1 << 60) | st.text()
+    | st.floats(allow_nan=False) | st.binary() | st.complex_numbers(allow_nan=False),
+    lambda inner: st.lists(inner) | st.lists(inner).map(tuple)
+    | st.dictionaries(st.text() | st.integers(), inner) | st.frozensets(st.integers()),
+    max_leaves=10,
+)
+
+
+def canonical(x):
+    """Type and value, with sets in sorted order, so equal sets compare equal whatever their order."""
+    t = type(x)
+    if t in (set, frozenset):
+        return t.__name__, sorted(repr(canonical(v)) for v in x)
+    if t in (list, tuple):
+        return t.__name__, [canonical(v) for v in x]
+    if t is dict:
+        return "dict", [(canonical(k), canonical(v)) for k, v in x.items()]
+    return t.__name__, repr(x)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(plain_data)
+def test_plain_data_survives_the_pipe_exactly(value):
+    assert canonical(_decode(json.loads(json.dumps(_encode(value))))) == canonical(value)
+
+
+fence = st.sampled_from(["```", "```python", "```py\n", "\n```\n", "def f(", "    return 1\n", "\x00", "\t"])
+
+
+@settings(max_examples=500, derandomize=True, deadline=None)
+@given(st.lists(fence | st.text(max_size=20), max_size=12).map("".join), st.text(max_size=30))
+def test_completion_parsing_never_raises(completion, prefix):
+    code = extract_code(completion, "f")
+    program = build_program(code, prefix, "f")
+    assert isinstance(code, str) and (program is None or isinstance(program, str))
+
+
 def test_extract_code_prefers_the_block_defining_the_entry_point():
     text = "Here:\n```text\nnot code\n```\n```python\nx = 1\n```\n```python\ndef f(a):\n    return a\n```\n"
     assert extract_code(text, "f") == "def f(a):\n    return a\n"
@@ -152,7 +193,8 @@ def test_reward_on_humaneval_task_rows_with_chat_prompts(sandbox):
     columns = {"test": [r["test"] for r in rows], "entry_point": [r["entry_point"] for r in rows]}
     prompts = [r["prompt"] for r in rows]  # chat messages holding the code prompt in a fenced block
     reward = CodeExecutionReward(sandbox)
-    assert reward(prompts, answers, code_prompt=[r["code_prompt"] for r in rows], **columns) == [1.0] * 3
+    trl_style = {"completion_ids": [[1]] * 3, "trainer_state": None, "code_prompt": [r["code_prompt"] for r in rows]}
+    assert reward(prompts=prompts, completions=answers, **trl_style, **columns) == [1.0] * 3  # TRL's call
     bodies = [r["canonical_solution"] for r in rows]  # bodies need the prefix: here read from the chat prompt
     assert reward(prompts, bodies, **columns) == [1.0] * 3
     assert reward.usage.unparseable == 0
