@@ -146,7 +146,7 @@ def test_probe_prm_real_engines_agree(vllm_engine, hf_engine):
     assert v[0] == pytest.approx(h[0], abs=1e-4)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def token_classifier_dir(tiny_model_dir, tmp_path_factory):
     import torch
     from transformers import AutoConfig, AutoTokenizer, Qwen2ForTokenClassification
@@ -160,21 +160,26 @@ def token_classifier_dir(tiny_model_dir, tmp_path_factory):
     return out
 
 
-def test_token_classifier_transformers_and_vllm_agree(token_classifier_dir):
+@pytest.fixture(scope="session")
+def token_pooling_engine(token_classifier_dir):
+    """Closed only at session end: closing an in-process vLLM engine tears down the parallel state that the
+    session's other engines share."""
     from twinloop.infer.vllm_engine import VLLMEngine
 
+    eng = VLLMEngine(str(token_classifier_dir), dtype="float32", max_model_len=512, runner="pooling")
+    yield eng
+    eng.close()
+
+
+def test_token_classifier_transformers_and_vllm_agree(token_classifier_dir, token_pooling_engine):
     prompts = ["What is 1 + 2 * 3?", [{"role": "user", "content": "What is 4 - 1?"}]]
     completions = ["2 * 3 = 6\n\n1 + 6 = 7\n\nThe answer is 7.", "4 - 1 = 3\n\nThe answer is 3."]
     hf = TokenClassifierPRM.from_pretrained(str(token_classifier_dir), aggregation="mean")
     steps = [hf.split(c) for c in completions]
     hf_scores = hf.step_scores(prompts, steps)
-    eng = VLLMEngine(str(token_classifier_dir), dtype="float32", max_model_len=512, runner="pooling")
-    try:
-        vl = TokenClassifierPRM(engine=eng, aggregation="mean")
-        vl_scores = vl.step_scores(prompts, steps)
-        assert vl(prompts, completions) == pytest.approx(hf(prompts, completions), abs=1e-4)
-    finally:
-        eng.close()
+    vl = TokenClassifierPRM(engine=token_pooling_engine, aggregation="mean")
+    vl_scores = vl.step_scores(prompts, steps)
+    assert vl(prompts, completions) == pytest.approx(hf(prompts, completions), abs=1e-4)
     assert [len(s) for s in hf_scores] == [3, 2]
     for a, b in zip(hf_scores, vl_scores):
         assert a == pytest.approx(b, abs=1e-4)

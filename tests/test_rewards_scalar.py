@@ -5,7 +5,7 @@ import pytest
 from twinloop.rewards.scalar import ScalarRM, rm_input_ids
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def seqcls_dir(tiny_model_dir, tmp_path_factory):
     """A random tiny Qwen2ForSequenceClassification (num_labels=1) on the tiny model's config and tokenizer."""
     import torch
@@ -33,19 +33,24 @@ def test_rm_input_ids_match_trl_reward_trainer_format(tiny_model_dir):
     assert rm_input_ids(tok, chat, "2") == ids
 
 
-def test_transformers_and_vllm_pooling_agree(seqcls_dir):
+@pytest.fixture(scope="session")
+def seqcls_pooling_engine(seqcls_dir):
+    """Closed only at session end: closing an in-process vLLM engine tears down the parallel state that the
+    session's other engines share."""
     from twinloop.infer.vllm_engine import VLLMEngine
 
+    eng = VLLMEngine(str(seqcls_dir), dtype="float32", max_model_len=512, runner="pooling")
+    yield eng
+    eng.close()
+
+
+def test_transformers_and_vllm_pooling_agree(seqcls_dir, seqcls_pooling_engine):
     prompts = ["What is 12 + 30? ", "What is 12 + 30? ", [{"role": "user", "content": "What is 7 * 6?"}]]
     completions = ["The answer is 42.", "The answer is 41.", [{"role": "assistant", "content": "7 * 6 = 42"}]]
     hf = ScalarRM.from_pretrained(str(seqcls_dir))
     hf_scores = hf(prompts, completions)
-    eng = VLLMEngine(str(seqcls_dir), dtype="float32", max_model_len=512, runner="pooling")
-    try:
-        vl = ScalarRM(engine=eng)
-        vl_scores = vl(prompts, completions)
-    finally:
-        eng.close()
+    vl = ScalarRM(engine=seqcls_pooling_engine)
+    vl_scores = vl(prompts, completions)
     assert vl_scores == pytest.approx(hf_scores, abs=1e-4)
     assert len({round(s, 4) for s in hf_scores}) == 3  # a random head still separates the inputs
     assert hf.usage.model_calls == 3 and hf.usage.input_tokens == vl.usage.input_tokens > 0
