@@ -107,3 +107,17 @@ def test_arith_judge_and_problems():
     judge_fn = ev.make_judge("arith")
     assert judge_fn(problems[0], rows[0]["answer"]) and not judge_fn(problems[0], "-12345")
     assert not judge_fn(problems[0], None)
+
+
+def test_cli_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
+    """`twinloop eval` through the transformers engine: JSONL, table, PNG; a rerun resumes (adds nothing)."""
+    ns = argparse.Namespace(**{k: None for k in ev.DEFAULTS}, recipe=None)
+    ns.checkpoint, ns.task, ns.methods, ns.budgets = str(tiny_model_dir), "arith", "greedy,best_of_n", "2"
+    ns.n_problems, ns.max_tokens, ns.engine, ns.out, ns.reward = 2, 8, "hf", str(tmp_path / "run"), "arith_process"
+    assert ev.run(ns) == 0
+    rows = ev.read_rows(tmp_path / "run" / "results.jsonl")
+    assert len(rows) == 2 * 2 and {r["method"] for r in rows} == {"greedy", "best_of_n"}
+    assert all(r["generated_tokens"] > 0 for r in rows)
+    assert (tmp_path / "run" / "accuracy_vs_tokens.png").exists()
+    assert len(json.loads((tmp_path / "run" / "summary.json").read_text())) == 2
+    assert ev.run(ns) == 0 and len(ev.read_rows(tmp_path / "run" / "results.jsonl")) == 4
