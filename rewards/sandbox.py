@@ -237,6 +237,24 @@ def _block_sockets() -> None:
                 setattr(module, name, refuse)
 
 
+def _interpreter_paths() -> set[str]:
+    return {os.path.realpath(p or ".") for p in (sys.prefix, sys.base_prefix, sys.executable, *sys.path)}
+
+
+def _closed_dirs(paths: set[str]) -> dict[str, set[str]]:
+    """Directories other users cannot enter -> their entries on ``paths``."""
+    closed: dict[str, set[str]] = {}
+    for path in paths:
+        parts = path.split("/")
+        for i in range(2, len(parts)):
+            parent, child = "/".join(parts[:i]), "/".join(parts[: i + 1])
+            if not os.path.isdir(child) or not os.stat(parent).st_mode & 0o001:
+                if os.path.isdir(child):
+                    closed.setdefault(parent, set()).add(child)
+                break
+    return closed
+
+
 def _private_mounts(libc: Any, workdir: str, workdir_options: str) -> bool:
     """In a fresh mount namespace: keep the interpreter reachable for an unprivileged uid (a tmpfs over
     e.g. a 0700 /root holding only the needed entries), hide the shared scratch directories (other users'
@@ -246,17 +264,8 @@ def _private_mounts(libc: Any, workdir: str, workdir_options: str) -> bool:
     keep = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
     if libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
         return False
-    hidden: dict[str, set[str]] = {}  # closed directory -> its entries on the interpreter's paths
-    paths = {os.path.realpath(p or ".") for p in (sys.prefix, sys.base_prefix, sys.executable, *sys.path)}
-    for path in paths:
-        parts = path.split("/")
-        for i in range(2, len(parts)):
-            parent, child = "/".join(parts[:i]), "/".join(parts[: i + 1])
-            if not os.path.isdir(child) or not os.stat(parent).st_mode & 0o001:
-                if os.path.isdir(child):
-                    hidden.setdefault(parent, set()).add(child)
-                break
-    for parent, children in hidden.items():
+    paths = _interpreter_paths()
+    for parent, children in _closed_dirs(paths).items():
         stashes = []
         for k, child in enumerate(sorted(children)):
             stash = os.path.join(workdir, f".stash{k}")
@@ -306,6 +315,9 @@ def _confine(cfg: dict, source: str) -> list[str]:
         with open(cfg["program_path"], "w") as f:  # the file on disk is now hidden by the tmpfs
             f.write(source)
         os.chown(cfg["program_path"], uid, uid)
+    elif uid is not None and _closed_dirs(_interpreter_paths()):
+        raise PermissionError("Python lies in a directory other users cannot enter, and no mount namespace "
+                              "is available to expose it: install it where all users can read it")
     else:
         notes.append("fs: file permissions only")
     nproc = cfg["max_processes"]
@@ -462,7 +474,8 @@ class Sandbox:
         self.as_root = os.geteuid() == 0 and bool(self._kill)  # fresh uids need root and kill(1)
         self._uids: set[int] = set()
         self._lock = threading.Lock()
-        self._candidate_script = _script(_candidate_main, _block_sockets, _private_mounts, _owner, _confine)
+        self._candidate_script = _script(_candidate_main, _block_sockets, _interpreter_paths, _closed_dirs,
+                                         _private_mounts, _owner, _confine)
         self._judge_script = _script(_judge_main, _check_statements)
 
     def run_many(self, jobs: Sequence[dict[str, str]]) -> list[ExecutionOutcome]:
@@ -517,6 +530,8 @@ class Sandbox:
                 shutil.rmtree(workdir, ignore_errors=True)
             with self._lock:
                 self._uids.discard(uid)
+        if outcome.error and outcome.error.startswith("FATAL"):  # the sandbox, not the candidate, failed
+            raise RuntimeError(f"code sandbox: {outcome.error}")
         outcome.wall_s = time.monotonic() - start
         return outcome
 

@@ -264,6 +264,16 @@ def probe(sandbox: Sandbox, body: str, expected: str, args: str = "") -> bool:
     return outcome.all_passed
 
 
+def test_a_sandbox_that_cannot_confine_raises_instead_of_scoring():
+    broken = Sandbox(SandboxLimits(timeout_s=5.0), workers=1)
+    broken._candidate_script = broken._candidate_script.replace(
+        "def _confine(cfg: dict, source: str) -> list[str]:",
+        "def _confine(cfg: dict, source: str) -> list[str]:\n    raise PermissionError('no way')\n\n\n"
+        "def _unused(cfg: dict, source: str) -> list[str]:")
+    with pytest.raises(RuntimeError, match="confinement failed: PermissionError: no way"):
+        broken.run("def f(x):\n    return x * x\n", TEST_SQUARE, "f")
+
+
 def test_timeout_kills_the_whole_process_group(sandbox):
     program = (
         "import subprocess, os\ndef f(x):\n"
