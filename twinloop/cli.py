@@ -15,7 +15,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "smoke": ("twinloop.smoke", "engine smoke run on a tiny model built on the fly"),
     "tinyworld": ("twinloop.tinyworld", "build the tiny arithmetic policy shipped in checkpoints/"),
     "import-gguf": ("twinloop.gguf", "convert SmolLM2-135M-Instruct (GGUF) to a safetensors folder"),
+    "eval": ("twinloop.infer.evaluate", "run search procedures on a task at several budgets (JSONL, table, plot)"),
+    "train": ("twinloop.cli", "train a policy or reward model: `twinloop train METHOD --config RECIPE.yaml`"),
 }
+
+# `twinloop train METHOD ...` -> the trainer module (each runs under `accelerate launch -m` too)
+TRAINERS: dict[str, str] = {
+    "gppo": "twinloop.train.gppo",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("method", choices=sorted(TRAINERS))
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="--config RECIPE.yaml and config flags")
+
+
+def run(args: argparse.Namespace) -> int:
+    trainer = importlib.import_module(TRAINERS[args.method])
+    return int(trainer.main(args.rest) or 0)
 
 
 def _load(name: str):
