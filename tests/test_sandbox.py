@@ -309,13 +309,13 @@ def test_process_count_is_limited_and_a_fork_bomb_is_killed():
 
 
 def test_memory_and_cpu_limits():
-    small = Sandbox(SandboxLimits(timeout_s=20.0, cpu_s=1, memory_mb=256), workers=1)
+    small = Sandbox(SandboxLimits(timeout_s=60.0, cpu_s=1, memory_mb=256), workers=1)
     alloc = "    try:\n        b = bytearray(1 << 30)\n        return 'allocated'\n    except MemoryError:\n        return 'blocked'\n"
     assert probe(small, alloc, "blocked")
     start = time.monotonic()
     outcome = small.run("def f():\n    while True:\n        pass\n", "def check(c):\n    assert c() == 1\n", "f")
-    assert outcome.passed == 0 and not outcome.timed_out  # RLIMIT_CPU ended it, long before the wall limit
-    assert time.monotonic() - start < 8.0
+    # RLIMIT_CPU ended it after 1 s of CPU: long before the 60 s wall limit, even on a loaded machine
+    assert outcome.passed == 0 and not outcome.timed_out and time.monotonic() - start < 45.0
     assert_cleaned_up(outcome)
 
 
