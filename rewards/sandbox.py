@@ -11,7 +11,7 @@ One completion = two processes, each in its own process group (``start_new_sessi
 
 The candidate process confines itself before reading the program:
 - network: ``unshare(CLONE_NEWNET)``, an empty namespace; where not permitted, sockets are blocked
-  inside the process (best effort);
+  inside the process (best effort); a private IPC namespace too, so SysV segments die with it;
 - files (as root): ``unshare(CLONE_NEWNS)``; every mount read-only; /tmp, /var/tmp, /run and /dev/shm
   replaced by empty ones (no other users' files or unix sockets); the working directory a size-capped
   tmpfs (removed afterwards); a directory closed to others on the interpreter's path (a 0700 /root
@@ -307,6 +307,8 @@ def _confine(cfg: dict, source: str) -> list[str]:
     libc = ctypes.CDLL(None, use_errno=True)
     netns = cfg["network_namespace"] and libc.unshare(0x40000000) == 0  # CLONE_NEWNET
     notes.append("net: empty network namespace" if netns else "net: sockets blocked in-process")
+    if libc.unshare(0x08000000) == 0:  # CLONE_NEWIPC: SysV shared memory dies with the candidate
+        notes.append("ipc: private namespace")
     uid = cfg["uid"]
     wd_options = f"size={cfg['workdir_mb']}m,mode=0700,uid={uid},gid={uid}"
     if uid is not None and libc.unshare(0x00020000) == 0 and _private_mounts(libc, cfg["workdir"], wd_options):

@@ -391,6 +391,16 @@ def test_working_directory_size_is_capped():
     assert probe(small, body, 3)  # the fourth 4 MiB file does not fit in 16 MiB
 
 
+@pytest.mark.skipif(not AS_ROOT, reason="a private IPC namespace needs root")
+def test_sysv_shared_memory_does_not_outlive_the_candidate(sandbox):
+    program = "import ctypes\ndef f():\n    return ctypes.CDLL(None).shmget(0, 1 << 20, 0o1000 | 0o600) >= 0\n"
+    outcome = sandbox.run(program, "def check(c):\n    assert c() is True\n", "f")
+    assert outcome.all_passed  # the segment was created ...
+    with open("/proc/sysvipc/shm") as f:
+        owners = [line.split()[7] for line in f.readlines()[1:]]
+    assert str(outcome.uid) not in owners  # ... and is gone with the candidate's IPC namespace
+
+
 def test_environment_is_scrubbed(sandbox, monkeypatch):
     monkeypatch.setenv("TWINLOOP_SANDBOX_SECRET", "hunter2")
     assert probe(sandbox, "    return os.environ.get('TWINLOOP_SANDBOX_SECRET', 'absent')\n", "absent")
