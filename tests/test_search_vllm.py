@@ -14,6 +14,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 LONG = " ".join(f"item {i} is {i * 7 % 13}." for i in range(60))
 PROBLEMS = [Problem(LONG + " What is item 3?", id="a"), Problem(LONG + " What is item 5?", id="b")]
+SHORT = [Problem("What is 2 + 3?", id="c"), Problem([{"role": "user", "content": "What is 4 * 5?"}], id="d")]
 
 
 class LengthPRM:
@@ -80,3 +81,43 @@ def test_budget_cap_on_vllm(vllm_engine):
     res = beam_search.run(PROBLEMS, vllm_engine, LengthPRM(), Budget(n=4, generated_tokens=40), cfg)
     assert all(r.budget_exhausted and r.stop_reason == "budget" for r in res)
     assert all(r.usage.generated_tokens <= 40 + 4 * 8 for r in res)
+
+
+def test_judge_families_on_vllm(vllm_engine):
+    """V1 tournament, GRM voting and adaptive self-evaluation with judges run on the same vLLM engine."""
+    from twinloop.infer.search import adaptive_selfeval, grm_vote, v1_tournament
+    from twinloop.rewards.generative import GenerativeReward
+    from twinloop.rewards.pairwise import PairwiseVerifier
+    from twinloop.rewards.selfeval import SelfEvalProbe
+
+    ver = PairwiseVerifier(vllm_engine, max_tokens=8)
+    v1 = v1_tournament.run(SHORT, vllm_engine, ver, Budget(n=4),
+                           v1_tournament.Config(max_tokens=16, comparisons_per_candidate=1))
+    assert [r.usage.rm_calls for r in v1] == [4, 4] and sum(r.usage.rm_tokens for r in v1) == (
+        ver.usage.input_tokens + ver.usage.output_tokens)
+    assert all(r.selected is not None and len(r.trace[0]["mu"]) == 4 for r in v1)
+    grm = GenerativeReward(vllm_engine, max_tokens=8)
+    gv = grm_vote.run(SHORT, vllm_engine, grm, Budget(n=2), grm_vote.Config(max_tokens=16, k=2))
+    assert [r.usage.rm_calls for r in gv] == [2, 2] and len(gv[0].trace) == 2
+    probe = SelfEvalProbe(vllm_engine)
+    ad = adaptive_selfeval.run(SHORT, vllm_engine, probe, Budget(n=3), adaptive_selfeval.Config(max_tokens=16))
+    for r in ad:
+        assert 1 <= len(r.candidates) <= 3 and r.usage.rm_calls == len(r.candidates)
+        assert all(0.0 <= c.score <= 1.0 for c in r.candidates)
+
+
+def test_refine_and_compute_optimal_on_vllm(vllm_engine):
+    from twinloop.infer.search import compute_optimal, iterative_refine
+
+    prm = LengthPRM()
+    rf = iterative_refine.run(PROBLEMS, vllm_engine, prm, Budget(n=4), iterative_refine.Config(max_tokens=16))
+    assert all(len(r.candidates) == 4 and r.usage.rm_calls == 4 for r in rf)
+    assert all(r.usage.engine_requests == 2 for r in rf)  # two rounds, one request per problem each
+    policy = {"difficulty": "predicted", "edges": [0.5],
+              "bins": [[{"method": "greedy", "budget": 1, "accuracy": 1.0, "generated_tokens": 1.0}],
+                       [{"method": "best_of_n", "budget": 2, "accuracy": 1.0, "generated_tokens": 2.0}]]}
+    co = compute_optimal.run(PROBLEMS, vllm_engine, LengthPRM(), Budget(n=2),
+                             compute_optimal.Config(max_tokens=16, policy=policy, probe_n=2))
+    for r in co:
+        chose = r.trace[0]["chose"]
+        assert chose in (["greedy", 1], ["best_of_n", 2]) and r.usage.rm_calls >= 2  # probe scored 2 samples
