@@ -274,11 +274,45 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def format_table(summary: Sequence[dict[str, Any]]) -> str:
+    """The summary as a text table; with greedy in the run, a column of accuracy gained over it."""
+    greedy = next((s["accuracy"] for s in summary if s["method"] == "greedy"), None)
     head = f"{'method':<18} {'N':>4} {'probs':>5} {'accuracy':>8} {'gen tok':>9} {'RM calls':>8} {'wall s':>8}"
+    head += f" {'vs greedy':>9}" if greedy is not None else ""
     lines = [head, "-" * len(head)]
     for s in summary:
-        lines.append(f"{s['method']:<18} {s['budget']:>4} {s['problems']:>5} {s['accuracy']:>8.3f} "
-                     f"{s['generated_tokens']:>9.1f} {s['rm_calls']:>8.1f} {s['wall_seconds']:>8.1f}")
+        line = (f"{s['method']:<18} {s['budget']:>4} {s['problems']:>5} {s['accuracy']:>8.3f} "
+                f"{s['generated_tokens']:>9.1f} {s['rm_calls']:>8.1f} {s['wall_seconds']:>8.1f}")
+        lines.append(line + (f" {s['accuracy'] - greedy:>+9.3f}" if greedy is not None else ""))
+    return "\n".join(lines)
+
+
+def tokens_to_reach(summary: Sequence[dict[str, Any]], method: str = "best_of_n", budget: int = 32) -> dict[str, Any]:
+    """Per method, the fewest mean generated tokens at which its accuracy reaches ``method@budget``'s
+    (None when no budget of it does), and that as a fraction of the reference's tokens."""
+    ref = next((s for s in summary if s["method"] == method and s["budget"] == budget), None)
+    if ref is None:
+        return {}
+    out: dict[str, Any] = {"reference": f"{method}@{budget}", "accuracy": ref["accuracy"],
+                           "generated_tokens": ref["generated_tokens"], "methods": {}}
+    for name in sorted({s["method"] for s in summary}):
+        hits = [s for s in summary if s["method"] == name and s["accuracy"] >= ref["accuracy"] - 1e-12]
+        best = min(hits, key=lambda s: s["generated_tokens"]) if hits else None
+        out["methods"][name] = None if best is None else {
+            "budget": best["budget"], "generated_tokens": best["generated_tokens"],
+            "fraction": best["generated_tokens"] / ref["generated_tokens"] if ref["generated_tokens"] else None}
+    return out
+
+
+def format_reach(reach: dict[str, Any]) -> str:
+    if not reach:
+        return ""
+    title = (f"tokens to reach {reach['reference']} accuracy {reach['accuracy']:.3f} "
+             f"({reach['generated_tokens']:.1f} tokens):")
+    lines = [title]
+    for name, hit in reach["methods"].items():
+        lines.append(f"  {name:<18} " + ("never" if hit is None else
+                                         f"N={hit['budget']:<4} {hit['generated_tokens']:>9.1f} tokens "
+                                         f"({hit['fraction']:.2f}x)"))
     return "\n".join(lines)
 
 
@@ -457,6 +491,9 @@ def run(args: argparse.Namespace) -> int:
     chosen = [r for r in read_rows(out / "results.jsonl") if r["method"] in methods and str(r["problem_id"]) in ids]
     summary = summarize(chosen)
     print(format_table(summary))
+    reach = tokens_to_reach(summary, "best_of_n", max(budgets))
+    if reach:
+        print(format_reach(reach))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if not opts["no_plot"] and summary:
         print(f"plot: {plot(summary, out / 'accuracy_vs_tokens.png', title=str(opts['task']))}")

@@ -55,13 +55,17 @@ def test_summary_table_and_plot(tmp_path):
              "budget_exhausted": False},
             {"method": "m", "budget": 4, "correct": False, "generated_tokens": 30, "rm_calls": 2, "wall_seconds": 0.25,
              "budget_exhausted": True},
-            {"method": "g", "budget": 1, "correct": True, "generated_tokens": 5, "rm_calls": 0, "wall_seconds": 0.1,
+            {"method": "greedy", "budget": 1, "correct": True, "generated_tokens": 5, "rm_calls": 0, "wall_seconds": 0.1,
              "budget_exhausted": False}]
     s = ev.summarize(rows)
     assert s[1] == {"method": "m", "budget": 4, "problems": 2, "accuracy": 0.5, "generated_tokens": 20.0,
                     "rm_calls": 3.0, "wall_seconds": 0.75, "exhausted": 0.5}
     table = ev.format_table(s)
     assert "m" in table and "0.500" in table and "20.0" in table
+    assert "vs greedy" in table and "-0.500" in table
+    reach = ev.tokens_to_reach(s + [{"method": "m", "budget": 8, "accuracy": 1.0, "generated_tokens": 50.0}], "m", 4)
+    assert reach["methods"]["m"]["generated_tokens"] == 20.0 and reach["methods"]["greedy"]["fraction"] == 0.25
+    assert "never" not in ev.format_reach(reach) and ev.tokens_to_reach(s, "best_of_n", 32) == {}
     png = ev.plot(s, tmp_path / "p.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 
