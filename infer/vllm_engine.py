@@ -26,6 +26,28 @@ def _refresh_tied_lm_head(worker: Any) -> bool:
     return False
 
 
+def _release(llm: Any, last: bool) -> None:
+    """Free an in-process engine. vLLM's own shutdown also destroys the process-wide distributed state
+    (cleanup_dist_env_and_memory), which breaks every other live engine: do that only for the last one."""
+    client = llm.llm_engine.engine_core
+    if last:
+        client.shutdown()
+        return
+    finalizer = getattr(client, "_finalizer", None)
+    if finalizer is not None:
+        finalizer.detach()
+    core = getattr(client, "engine_core", None)
+    if core is None:  # multiprocess mode: the engine lives in its own process
+        client.shutdown()
+        return
+    core.structured_output_manager.clear_backend()
+    if core.model_executor:
+        core.model_executor.shutdown()
+    if core.scheduler:
+        core.scheduler.shutdown()
+    gc.unfreeze()  # vLLM froze the startup objects; let the collector see them again
+
+
 def _has_cuda() -> bool:
     import torch
 
@@ -38,6 +60,8 @@ class VLLMEngine:
     ``runner="generate"`` serves causal LMs (generate, continuation/next-token logprobs);
     ``runner="pooling"`` serves classifiers (``classify`` for scalar RMs, ``token_classify`` for PRMs).
     """
+
+    _live = 0  # in-process engines share vLLM's parallel state: only the last one to close tears it down
 
     def __init__(self, model: str, *, dtype: str = "auto", max_model_len: int = 2048, seed: int = 0,
                  enable_prefix_caching: bool = True, enable_lora: bool = False, max_lora_rank: int = 16,
@@ -79,6 +103,7 @@ class VLLMEngine:
             raise EngineError(f"vLLM could not load {model!r}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
         self.tokenizer = self.llm.get_tokenizer()
         self._lora_ids: dict[str, int] = {}
+        VLLMEngine._live += 1
 
     # ---- generation -------------------------------------------------------------------------------------
     def _lora_request(self, path: str | None):
@@ -219,12 +244,15 @@ class VLLMEngine:
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
-        if llm is not None:
-            try:
-                llm.llm_engine.engine_core.shutdown()
-            except Exception:  # noqa: BLE001 - best-effort teardown
-                pass
-            self.llm = None
+        if llm is None:
+            return
+        self.llm = None
+        VLLMEngine._live -= 1
+        try:
+            _release(llm, last=VLLMEngine._live == 0)
+        except Exception:  # noqa: BLE001 - best-effort teardown
+            pass
+        del llm
         gc.collect()
 
     def __enter__(self) -> "VLLMEngine":
