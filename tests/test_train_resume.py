@@ -76,5 +76,41 @@ def test_sigkill_mid_run_resumes_on_the_same_curve(tmp_path):
         torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_a_save_that_dies_midway_leaves_no_checkpoint(tmp_path, monkeypatch):
+    """The model weights of checkpoint-2 are written, then the save dies: checkpoint-2 must not exist (resume
+    would pick it up and fail), checkpoint-1 stays the last one, and a resumed run publishes checkpoint-2."""
+    import pytest
+    import torch
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from twinloop.tiny import build_random_tiny
+    from twinloop.train.checkpointing import STAGING_DIR
+    from twinloop.train.gppo import GPPOTrainer, main
+
+    torch.set_num_threads(1)
+    model = build_random_tiny(tmp_path / "model")
+    out = tmp_path / "run"
+    argv = _argv(out, model)
+    argv[argv.index("--max_steps") + 1] = "2"
+    argv[argv.index("--save_steps") + 1] = "1"
+    original = GPPOTrainer._save_optimizer_and_scheduler
+
+    def dies_on_second_save(self, output_dir):
+        if self.state.global_step == 2:
+            raise RuntimeError("simulated crash mid-save")
+        return original(self, output_dir)
+
+    monkeypatch.setattr(GPPOTrainer, "_save_optimizer_and_scheduler", dies_on_second_save)
+    with pytest.raises(RuntimeError, match="mid-save"):
+        main(argv)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert (out / STAGING_DIR / "checkpoint-2" / "model.safetensors").is_file()  # the half-written one
+    assert get_last_checkpoint(str(out)) == str(out / "checkpoint-1")
+    monkeypatch.setattr(GPPOTrainer, "_save_optimizer_and_scheduler", original)
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert (out / "checkpoint-2" / "optimizer.pt").is_file() and not (out / STAGING_DIR / "checkpoint-2").exists()
+
+
 if __name__ == "__main__":
     sys.exit(_child(sys.argv[1], sys.argv[2], int(sys.argv[3])))
