@@ -16,13 +16,11 @@ from twinloop.rewards.sandbox import (
     CodeExecutionReward,
     Sandbox,
     SandboxLimits,
-    _decode,
-    _encode,
-    _Opaque,
     build_program,
     count_checks,
     extract_code,
 )
+from twinloop.rewards.sandbox_harness import _decode, _encode, _Opaque
 
 AS_ROOT = os.geteuid() == 0
 TEST_SQUARE = """
@@ -301,7 +299,8 @@ def test_process_count_is_limited_and_a_fork_bomb_is_killed():
     outcome = limited.run(counting, "def check(candidate):\n    assert 1 <= candidate() <= 7\n", "f")
     assert outcome.all_passed  # forking stopped at the limit (8 processes including the candidate)
     assert_cleaned_up(outcome)  # the children left the group with setsid() and still died
-    bomb = "import os\ndef f():\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n"
+    bomb = ("import os\ndef f():\n    while True:\n        try:\n            os.fork()\n"
+            "        except OSError:\n            pass\n")
     start = time.monotonic()
     outcome = limited.run(bomb, "def check(candidate):\n    assert candidate() == 1\n", "f")
     assert outcome.timed_out and outcome.passed == 0 and time.monotonic() - start < 10.0
@@ -310,7 +309,8 @@ def test_process_count_is_limited_and_a_fork_bomb_is_killed():
 
 def test_memory_and_cpu_limits():
     small = Sandbox(SandboxLimits(timeout_s=60.0, cpu_s=1, memory_mb=256), workers=1)
-    alloc = "    try:\n        b = bytearray(1 << 30)\n        return 'allocated'\n    except MemoryError:\n        return 'blocked'\n"
+    alloc = ("    try:\n        b = bytearray(1 << 30)\n        return 'allocated'\n"
+             "    except MemoryError:\n        return 'blocked'\n")
     assert probe(small, alloc, "blocked")
     start = time.monotonic()
     outcome = small.run("def f():\n    while True:\n        pass\n", "def check(c):\n    assert c() == 1\n", "f")
