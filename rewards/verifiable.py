@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from twinloop.rewards.base import RewardBase
 
@@ -198,7 +199,8 @@ class NumericReward(_GoldReward):
 
     name = "numeric"
 
-    def __init__(self, rel_tol: float = 1e-6, abs_tol: float = 1e-9, gold_columns: Sequence[str] | None = None) -> None:
+    def __init__(self, rel_tol: float = 1e-6, abs_tol: float = 1e-9,
+                 gold_columns: Sequence[str] | None = None) -> None:
         super().__init__(gold_columns)
         self.rel_tol, self.abs_tol = rel_tol, abs_tol
 
@@ -225,7 +227,8 @@ class ExactMatchReward(_GoldReward):
 
     name = "exact_match"
 
-    def __init__(self, extract: bool = True, ignore_case: bool = True, gold_columns: Sequence[str] | None = None) -> None:
+    def __init__(self, extract: bool = True, ignore_case: bool = True,
+                 gold_columns: Sequence[str] | None = None) -> None:
         super().__init__(gold_columns)
         self.extract, self.ignore_case = extract, ignore_case
 
@@ -305,7 +308,8 @@ class ReasoningGymReward(RewardBase):
         entry = row.get("entry")
         if entry is None:
             if "answer" not in row or "metadata" not in row:
-                raise ValueError(f"{self.name} needs an 'entry' column or 'answer' and 'metadata' columns; got {sorted(row)}")
+                raise ValueError(f"{self.name} needs an 'entry' column or 'answer' and 'metadata' columns; "
+                                 f"got {sorted(row)}")
             entry = {"answer": row["answer"], "metadata": row["metadata"], "question": row.get("question", "")}
         answer = _reasoning_gym_answer(completion)
         if answer is None:

@@ -18,6 +18,7 @@ def test_import_gguf_then_vllm_chat_on_gsm8k(tmp_path):
     from twinloop.infer.engine import Request, SamplingConfig
     from twinloop.infer.vllm_engine import VLLMEngine
     from twinloop.rewards.verifiable import MathReward
+
     from twinloop.tasks import gsm8k
 
     out = tmp_path / "smollm2"

@@ -3,10 +3,9 @@ import random
 from collections import Counter
 
 import pytest
-
 from twinloop.rewards.base import ProcessReward, Reward
-from twinloop.tasks import arith
 
+from twinloop.tasks import arith
 
 # ---------------------------------------------------------------- arithmetic task
 
@@ -123,7 +122,8 @@ def test_process_reward_scores_steps_and_whole_solutions():
 
 def test_outcome_reward():
     r = arith.ArithOutcomeReward()
-    out = r(["p"] * 4, ["Answer: \\boxed{86}", "Answer: \\boxed{85}", "86", [{"role": "assistant", "content": "\\boxed{ 86 }"}]],
+    chat = [{"role": "assistant", "content": "\\boxed{ 86 }"}]
+    out = r(["p"] * 4, ["Answer: \\boxed{86}", "Answer: \\boxed{85}", "86", chat],
             answer=["86"] * 4)
     assert out == [1.0, 0.0, 0.0, 1.0] and r.usage.unparseable == 1
 
@@ -183,4 +183,5 @@ def test_reasoning_gym_splits_are_seeded_disjoint_and_scored(name):
     assert len(train) == 40 and not {r["question"] for r in test} & {r["question"] for r in train}
     reward = rgym.reward(name)
     completions = [f"\\boxed{{{r['answer']}}}" for r in test[:3]] + ["no answer"]
-    assert reward([r["prompt"] for r in test[:4]], completions, entry=[r["entry"] for r in test[:4]]) == [1.0] * 3 + [0.0]
+    scores = reward([r["prompt"] for r in test[:4]], completions, entry=[r["entry"] for r in test[:4]])
+    assert scores == [1.0] * 3 + [0.0]

@@ -1,7 +1,7 @@
 """Verifiable rewards: answer extraction edge cases, math-verify equivalence, counters, never raising."""
 import pytest
-from hypothesis import given, settings, strategies as st
-
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twinloop.rewards.base import Reward
 from twinloop.rewards.verifiable import (
     BoxedFormatReward,
@@ -89,7 +89,8 @@ def test_numeric_reward_tolerance():
 
 def test_exact_match_reward():
     r = ExactMatchReward()
-    assert r(["p"] * 3, [r"\boxed{Paris}", r"\boxed{ paris }", r"\boxed{Rome}"], answer=["paris"] * 3) == [1.0, 1.0, 0.0]
+    out = r(["p"] * 3, [r"\boxed{Paris}", r"\boxed{ paris }", r"\boxed{Rome}"], answer=["paris"] * 3)
+    assert out == [1.0, 1.0, 0.0]
     raw = ExactMatchReward(extract=False)
     assert raw(["p", "p"], ["  yes ", "no"], answer=["Yes", "yes"]) == [1.0, 0.0]
 

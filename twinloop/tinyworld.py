@@ -64,7 +64,8 @@ def length_bucketed_batches(examples: list, batch_size: int, bucket_batches: int
     chunk = batch_size * bucket_batches
     for start in range(0, len(examples), chunk):
         part = sorted(examples[start:start + chunk], key=lambda e: len(e[0]))
-        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size) if len(part[i:i + batch_size]) == batch_size]
+        cuts = [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+        batches += [b for b in cuts if len(b) == batch_size]
     rng.shuffle(batches)
     return batches
 
@@ -92,7 +93,8 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
     return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def greedy_accuracy(model, tokenizer, rows: list[dict[str, Any]], max_new_tokens: int = 96, batch_size: int = 100) -> float:
+def greedy_accuracy(model, tokenizer, rows: list[dict[str, Any]], max_new_tokens: int = 96,
+                    batch_size: int = 100) -> float:
     """Greedy accuracy with transformers generate (left padding), for the model card."""
     import torch
     from tqdm import tqdm

@@ -7,8 +7,9 @@ in rewards/sandbox.py). Modules import their data lazily, so this import stays c
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from twinloop.tasks import arith, gsm8k, humaneval, mmath, rgym
 

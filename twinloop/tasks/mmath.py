@@ -20,7 +20,8 @@ def data_file(language: str = "en") -> Path:
     return path
 
 
-def load(split: str = "test", n: int | None = None, source: str | None = None, language: str = "en") -> list[dict[str, Any]]:
+def load(split: str = "test", n: int | None = None, source: str | None = None,
+         language: str = "en") -> list[dict[str, Any]]:
     """Rows with ``prompt`` (chat messages), ``question``, ``answer`` and ``data_source``; only a test split."""
     if split != "test":
         raise ValueError(f"mmath has only a 'test' split, not {split!r}")

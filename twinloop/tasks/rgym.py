@@ -13,7 +13,8 @@ DEFAULT_SIZES = {"train": 1000, "test": 200}
 INSTRUCTION = "Put your final answer within \\boxed{}."
 
 
-def load(name: str, split: str = "test", n: int | None = None, seed: int | None = None, **config: Any) -> list[dict[str, Any]]:
+def load(name: str, split: str = "test", n: int | None = None, seed: int | None = None,
+         **config: Any) -> list[dict[str, Any]]:
     """Rows with ``prompt`` (chat messages), ``question``, ``answer``, ``metadata`` and the whole ``entry``
     (what ``score_answer`` reads). Train rows never repeat a test question. ``config`` goes to the generator."""
     import reasoning_gym
