@@ -35,6 +35,7 @@ def test_each_kind_trains_one_grpo_step(tiny_model_dir, hf_engine, head_models, 
     from twinloop.rewards.generative import GenerativeReward, SPCTTrainingReward
     from twinloop.rewards.pairwise import PairwiseVerifier, VerifierTrainingReward
     from twinloop.rewards.process import TokenClassifierPRM, YesNoProbePRM
+    from twinloop.rewards.sandbox import CodeExecutionReward
     from twinloop.rewards.scalar import ScalarRM
     from twinloop.rewards.selfeval import SelfEvalProbe
 
@@ -52,9 +53,13 @@ def test_each_kind_trains_one_grpo_step(tiny_model_dir, hf_engine, head_models, 
                          ReferenceSamples(hf_engine, tmp_path / "refs.json", m=3, max_tokens=6), transform="bon", t=2.0),
         VerifierTrainingReward(),
         SPCTTrainingReward(),
+        CodeExecutionReward(),
     ]
     prompts = [[{"role": "user", "content": f"What is {a} + {b}?"}] for a, b in [(1, 2), (3, 4)]]
-    ds = Dataset.from_dict({"prompt": prompts, "label_a": [1, 0], "label_b": [0, 1], "rewards": [[1, 0], [0, 1]]})
+    code = {"code_prompt": 'def add(a, b):\n    """a + b"""\n', "entry_point": "add",  # a HumanEval-style problem
+            "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n"}
+    ds = Dataset.from_dict({"prompt": prompts, "label_a": [1, 0], "label_b": [0, 1], "rewards": [[1, 0], [0, 1]],
+                            **{k: [v, v] for k, v in code.items()}})
     cfg = GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, per_device_train_batch_size=4,
                      num_generations=4, max_completion_length=8, max_steps=1, learning_rate=1e-4,
                      logging_steps=1, report_to="none", save_strategy="no", bf16=False, seed=0,
@@ -73,7 +78,7 @@ def test_each_kind_trains_one_grpo_step(tiny_model_dir, hf_engine, head_models, 
     from twinloop.infer.search import best_of_n
     from twinloop.infer.search.common import Budget, Problem, SearchConfig
 
-    problems = [Problem(prompts[0], {"label_a": 1, "label_b": 0, "rewards": [1, 0]}, id="p0")]
+    problems = [Problem(prompts[0], {"label_a": 1, "label_b": 0, "rewards": [1, 0], **code}, id="p0")]
     for r in rewards:
         calls = r.usage.calls
         [res] = best_of_n.run(problems, hf_engine, r, Budget(n=3), SearchConfig(max_tokens=6, sampling_seed=0))
