@@ -1,0 +1,147 @@
+"""Reward-model trainers: preference pairs and Monte-Carlo step labels from policy samples, ORM (TRL
+RewardTrainer) and PRM (token classification) training, export, and reload as twinloop Reward objects."""
+import json
+import re
+
+import pytest
+import torch
+
+from twinloop.infer.engine import Completion, Request, Result, SamplingConfig, Usage
+from twinloop.tasks.arith import ArithOutcomeReward, load, split_steps, step_correctness
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(request, tmp_path_factory):
+    try:
+        return str(request.getfixturevalue("tiny_model_dir"))
+    except pytest.FixtureLookupError:
+        from twinloop.tiny import build_random_tiny
+
+        return str(build_random_tiny(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+def _wrong(row, j):
+    """The gold solution with step j's result off by one and a wrong final answer."""
+    steps = split_steps(row["solution"])
+    steps[j] = re.sub(r"= (-?\d+)$", lambda m: f"= {int(m.group(1)) + 1}", steps[j])
+    steps[-1] = f"Answer: \\boxed{{{int(row['answer']) + 1}}}"
+    return "\n\n".join(steps)
+
+
+class OracleEngine:
+    """An Engine double for MC labelling: from a prefix whose steps are all correct it continues with the gold
+    solution; from any other prefix it answers wrongly. Its MC labels must equal exact prefix correctness."""
+
+    def __init__(self, tokenizer, rows):
+        self.tokenizer = tokenizer
+        self.gold = {r["expression"]: split_steps(r["solution"]) for r in rows}
+        self.calls = 0
+
+    def generate(self, requests, sampling):
+        self.calls += 1
+        out = []
+        for req in requests:
+            text = self.tokenizer.decode(req.prompt_ids)
+            expr = re.search(r"Compute (.*) step by step\.", text).group(1)
+            steps = split_steps(text.split("assistant\n", 1)[1])
+            ok = all(x == 1.0 for x in step_correctness(expr, steps))
+            cont = "\n\n".join(self.gold[expr][len(steps):]) if ok else "Answer: \\boxed{-1}"
+            comps = [Completion(token_ids=[], text=cont, finish_reason="stop") for _ in range(sampling.n)]
+            out.append(Result(prompt_ids=list(req.prompt_ids), completions=comps, usage=Usage()))
+        return out
+
+
+def test_preference_pairs_chosen_correct_rejected_wrong():
+    from twinloop.train.rm_data import preference_pairs, score_completions
+
+    rows = load("train", n=3, seed=7)
+    comps = [[r["solution"], _wrong(r, 0), r["solution"], "no answer here"] for r in rows]
+    scores = score_completions(ArithOutcomeReward(), rows, comps)
+    assert scores[0] == [1.0, 0.0, 1.0, 0.0]
+    pairs = preference_pairs(rows, comps, scores, max_pairs_per_prompt=4)
+    assert len(pairs) == 3 * 2  # one distinct correct text x two distinct wrong texts per prompt
+    reward = ArithOutcomeReward()
+    for p in pairs:
+        answer = next(r["answer"] for r in rows if r["prompt"] == p["prompt"])
+        assert reward([p["prompt"]], [p["chosen"]], answer=[answer]) == [1.0]
+        assert reward([p["prompt"]], [p["rejected"]], answer=[answer]) == [0.0]
+    assert preference_pairs(rows, [[r["solution"]] for r in rows], [[1.0]] * 3) == []  # no wrong sample
+
+
+def test_mc_step_labels_match_exact_prefix_correctness(tiny_dir):
+    from transformers import AutoTokenizer
+
+    from twinloop.train.prm import with_exact_labels
+    from twinloop.train.rm_data import mc_step_labels
+
+    rows = load("train", n=4, seed=3)
+    engine = OracleEngine(AutoTokenizer.from_pretrained(tiny_dir), rows)
+    comps = [[r["solution"], _wrong(r, 1)] for r in rows]
+    examples = with_exact_labels("twinloop.tasks.arith",
+                                 mc_step_labels(engine, ArithOutcomeReward(), rows, comps, rollouts=2))
+    assert engine.calls == 1  # every prefix's rollouts in one batch
+    assert len(examples) == 8
+    for e in examples:
+        assert e["labels"] == e["exact"]
+        assert all(r in (0.0, 1.0) for r in e["rates"])
+    assert examples[0]["labels"] == [1] * len(examples[0]["steps"])
+    assert examples[1]["labels"][:2] == [1, 0] and examples[1]["labels"][-1] == 0
+
+
+def test_orm_trains_exports_and_reloads_as_scalar_rm(tiny_dir, tmp_path):
+    from twinloop.rewards.scalar import ScalarRM
+    from twinloop.train.orm import ORMConfig, ORMScriptArguments, pair_accuracy, train_orm
+    from twinloop.train.rm_data import preference_pairs, score_completions
+
+    def pairs_for(split, n, seed):
+        rows = load(split, n=n, seed=seed)
+        comps = [[r["solution"], "I think\n\nAnswer: \\boxed{0}"] for r in rows]
+        return preference_pairs(rows, comps, score_completions(ArithOutcomeReward(), rows, comps))
+
+    train, held_out = pairs_for("train", 24, 1), pairs_for("dev", 12, 2)
+    script = ORMScriptArguments(policy_dir=tiny_dir, export_dir=str(tmp_path / "rm"))
+    cfg = ORMConfig(output_dir=str(tmp_path / "out"), use_cpu=True, per_device_train_batch_size=8,
+                    num_train_epochs=3, learning_rate=1e-3, save_strategy="no", logging_steps=1, seed=0,
+                    disable_tqdm=True)
+    export, metrics = train_orm(script, cfg, train, held_out)
+    assert metrics["train_pair_accuracy"] >= 0.9 and metrics["eval_pair_accuracy"] >= 0.9
+    spec = json.loads((tmp_path / "rm" / "twinloop_reward.json").read_text())
+    assert spec["kind"] == "outcome" and spec["class"] == "twinloop.rewards.scalar:ScalarRM"
+    assert "ORM" in (tmp_path / "rm" / "README.md").read_text()
+    a, b = ScalarRM.from_pretrained(export), ScalarRM.from_pretrained(export)
+    prompts, comps = [p["prompt"] for p in held_out], [p["chosen"] for p in held_out]
+    assert a(prompts, comps) == b(prompts, comps)  # reload gives the same scores, bit for bit
+    assert pair_accuracy(a, held_out) == metrics["eval_pair_accuracy"]
+
+
+def test_prm_trains_exports_and_reloads_as_token_classifier_prm(tiny_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from twinloop.rewards.process import TokenClassifierPRM
+    from twinloop.train.prm import PRMConfig, PRMScriptArguments, step_accuracy, train_prm, with_exact_labels
+    from twinloop.train.rm_data import mc_step_labels
+
+    def examples(split, n, seed):
+        rows = load(split, n=n, seed=seed)
+        engine = OracleEngine(AutoTokenizer.from_pretrained(tiny_dir), rows)
+        comps = [[r["solution"], _wrong(r, 0)] for r in rows]
+        return with_exact_labels("twinloop.tasks.arith", mc_step_labels(engine, ArithOutcomeReward(), rows, comps,
+                                                                         rollouts=1))
+
+    train, held_out = examples("train", 16, 1), examples("dev", 8, 2)
+    script = PRMScriptArguments(policy_dir=tiny_dir, export_dir=str(tmp_path / "prm"))
+    cfg = PRMConfig(output_dir=str(tmp_path / "out"), use_cpu=True, per_device_train_batch_size=8,
+                    num_train_epochs=4, learning_rate=2e-3, save_strategy="no", logging_steps=1, seed=0,
+                    disable_tqdm=True)
+    export, metrics = train_prm(script, cfg, train, held_out)
+    base_rate = sum(lab for e in held_out for lab in e["labels"]) / sum(len(e["labels"]) for e in held_out)
+    assert metrics["train_step_accuracy_mc"] > max(base_rate, 1 - base_rate)  # beats the majority label
+    assert metrics["eval_step_accuracy_exact"] == metrics["eval_step_accuracy_mc"]  # oracle: MC == exact
+    spec = json.loads((tmp_path / "prm" / "twinloop_reward.json").read_text())
+    assert spec["kind"] == "process" and spec["kwargs"]["delimiter"] == "\n\n"
+    prm = TokenClassifierPRM.from_pretrained(export, **spec["kwargs"])
+    assert step_accuracy(prm, held_out) == metrics["eval_step_accuracy_mc"]
+    scores = prm([e["prompt"] for e in held_out[:2]], ["\n\n".join(e["steps"]) for e in held_out[:2]])
+    assert all(0.0 <= s <= 1.0 for s in scores)

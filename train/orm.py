@@ -1,0 +1,129 @@
+"""Outcome reward model (scalar ORM): Bradley-Terry on the policy's own samples, via TRL's RewardTrainer.
+
+    python -m twinloop.train.orm --policy_dir checkpoints/tiny-arith-policy --output_dir runs/orm-tiny-arith
+    twinloop train orm --config RECIPE.yaml      (TrlParser: YAML values, command-line flags override)
+
+Pairs: chosen = a verified-correct sample, rejected = a verified-wrong sample of the same prompt
+(``twinloop.train.rm_data``). The model is the policy with a fresh ``num_labels=1`` head. The export is an HF
+sequence-classification folder plus ``twinloop_reward.json``; ``ScalarRM.from_pretrained(folder)`` (or
+``ScalarRM(engine=VLLMEngine(folder, runner="pooling"))``) scores with it, in training and in search.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from trl import RewardConfig, RewardTrainer
+
+from twinloop.train.checkpointing import AtomicCheckpointMixin
+from twinloop.train.gppo import load_object
+from twinloop.train.rm_data import (make_engine, preference_pairs, sample_completions, score_completions,
+                                    write_reward_bundle)
+
+
+@dataclass
+class ORMScriptArguments:
+    policy_dir: str = field(default="checkpoints/tiny-arith-policy", metadata={"help": "policy to sample from and "
+                                                                                      "initialise the RM with."})
+    task: str = field(default="twinloop.tasks.arith", metadata={"help": "module with load(split, n, seed)."})
+    verifier: str = field(default="twinloop.tasks.arith:ArithOutcomeReward", metadata={"help": "module:Class."})
+    train_problems: int = 256
+    eval_problems: int = 64
+    samples_per_problem: int = 8
+    sample_temperature: float = 1.0
+    sample_max_tokens: int = 128
+    max_pairs_per_prompt: int = 4
+    engine: str = field(default="vllm", metadata={"help": "'vllm' or 'hf' for sampling."})
+    export_dir: str | None = field(default=None, metadata={"help": "HF RM folder (default: OUTPUT_DIR/rm)."})
+
+
+@dataclass
+class ORMConfig(RewardConfig):
+    """TRL RewardConfig; CPU-sized defaults."""
+
+    learning_rate: float = 1e-4
+    per_device_train_batch_size: int = 16
+    num_train_epochs: float = 2.0
+    max_length: int | None = 256
+    report_to: Any = "none"
+
+
+class ORMTrainer(AtomicCheckpointMixin, RewardTrainer):
+    _card_method = "ORM"
+
+
+def build_pairs(script: ORMScriptArguments, split: str, n: int, engine: Any, verifier: Any, seed: int
+                ) -> list[dict[str, Any]]:
+    rows = importlib.import_module(script.task).load(split, n=n)
+    comps = sample_completions(engine, rows, script.samples_per_problem, script.sample_temperature,
+                               script.sample_max_tokens, seed=seed)
+    return preference_pairs(rows, comps, score_completions(verifier, rows, comps), script.max_pairs_per_prompt, seed)
+
+
+def pair_accuracy(rm: Any, pairs: Sequence[dict[str, Any]]) -> float:
+    """Fraction of pairs where the RM scores chosen above rejected."""
+    if not pairs:
+        return float("nan")
+    prompts = [p["prompt"] for p in pairs] * 2
+    scores = rm(prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
+    n = len(pairs)
+    return sum(1.0 for a, b in zip(scores[:n], scores[n:]) if a > b) / n
+
+
+def train_orm(script: ORMScriptArguments, cfg: ORMConfig, train_pairs: Sequence[dict[str, Any]],
+              eval_pairs: Sequence[dict[str, Any]] = (), callbacks=None) -> tuple[str, dict[str, float]]:
+    """Train, export the RM folder, reload it as a twinloop ScalarRM and measure held-out pair accuracy."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from twinloop.rewards.scalar import ScalarRM
+
+    if not train_pairs:
+        raise ValueError("no preference pairs: the policy produced no prompt with both a correct and a wrong sample")
+    tok = AutoTokenizer.from_pretrained(script.policy_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(script.policy_dir, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id
+    trainer = ORMTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(list(train_pairs)),
+                         processing_class=tok, callbacks=callbacks)
+    trainer.train()
+    export = script.export_dir or os.path.join(cfg.output_dir, "rm")
+    trainer.save_model(export)
+    metrics = {"train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs)}
+    if trainer.args.should_save:
+        tok.save_pretrained(export)
+        write_reward_bundle(export, {"kind": "outcome", "class": "twinloop.rewards.scalar:ScalarRM",
+                                     "kwargs": {"sigmoid": False}}, "ORM", script.policy_dir,
+                            {"global_step": trainer.state.global_step, "learning_rate": cfg.learning_rate,
+                             "train_pairs": len(train_pairs)})
+        rm = ScalarRM.from_pretrained(export)
+        metrics["eval_pair_accuracy"] = pair_accuracy(rm, eval_pairs)
+        metrics["train_pair_accuracy"] = pair_accuracy(rm, list(train_pairs)[:256])
+    return export, metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+    from trl import TrlParser
+
+    torch.set_num_threads(int(os.environ.get("TWINLOOP_TORCH_THREADS", "1")))
+    script, cfg = TrlParser((ORMScriptArguments, ORMConfig)).parse_args_and_config(
+        list(sys.argv[1:] if argv is None else argv))
+    if not os.path.isdir(script.policy_dir):
+        raise FileNotFoundError(f"policy folder not found: {script.policy_dir}")
+    verifier = load_object(script.verifier)()
+    engine = make_engine(script.engine, script.policy_dir, seed=cfg.seed)
+    train_pairs = build_pairs(script, "train", script.train_problems, engine, verifier, cfg.seed)
+    eval_pairs = build_pairs(script, "dev", script.eval_problems, engine, verifier, cfg.seed + 1)
+    engine.close() if hasattr(engine, "close") else None
+    export, metrics = train_orm(script, cfg, train_pairs, eval_pairs)
+    print(f"[orm] exported {export}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                                   for k, v in metrics.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Process reward model (PRM) from Monte-Carlo step labels on the policy's own samples.
+
+    python -m twinloop.train.prm --policy_dir checkpoints/tiny-arith-policy --output_dir runs/prm-tiny-arith
+    twinloop train prm --config RECIPE.yaml      (TrlParser: YAML values, command-line flags override)
+
+Labels come from ``twinloop.train.rm_data.mc_step_labels``. The model is the policy with a fresh 2-label
+token-classification head, trained (HF Trainer, cross-entropy) only at the step-tag position after each step;
+the inputs are built by ``rewards.process.build_step_inputs``, the same function ``TokenClassifierPRM`` reads
+with, so training and scoring see identical ids. The export is an HF token-classification folder plus
+``twinloop_reward.json``; ``TokenClassifierPRM.from_pretrained(folder, delimiter=..., aggregation=...)`` loads it.
+"""
+from __future__ import annotations
+
+import importlib
+import itertools
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from transformers import Trainer, TrainingArguments
+
+from twinloop.train.checkpointing import AtomicCheckpointMixin
+from twinloop.train.gppo import load_object
+from twinloop.train.rm_data import make_engine, mc_step_labels, sample_completions, write_reward_bundle
+
+
+@dataclass
+class PRMScriptArguments:
+    policy_dir: str = field(default="checkpoints/tiny-arith-policy", metadata={"help": "policy to sample from and "
+                                                                                      "initialise the PRM with."})
+    task: str = field(default="twinloop.tasks.arith", metadata={"help": "module with load(split, n, seed)."})
+    verifier: str = field(default="twinloop.tasks.arith:ArithOutcomeReward", metadata={"help": "module:Class."})
+    train_problems: int = 128
+    eval_problems: int = 32
+    samples_per_problem: int = 4
+    rollouts: int = 8
+    threshold: float | None = field(default=None, metadata={"help": "[check] success rate for a good step; "
+                                                                   "None = at least one success."})
+    delimiter: str = "\n\n"
+    aggregation: str = field(default="min", metadata={"help": "how the exported PRM reduces step scores."})
+    sample_temperature: float = 1.0
+    sample_max_tokens: int = 128
+    engine: str = field(default="vllm", metadata={"help": "'vllm' or 'hf' for sampling."})
+    max_length: int = 512
+    export_dir: str | None = field(default=None, metadata={"help": "HF PRM folder (default: OUTPUT_DIR/prm)."})
+
+
+@dataclass
+class PRMConfig(TrainingArguments):
+    learning_rate: float = 1e-4
+    per_device_train_batch_size: int = 16
+    num_train_epochs: float = 2.0
+    report_to: Any = "none"
+    remove_unused_columns: bool = False
+
+
+class PRMTrainer(AtomicCheckpointMixin, Trainer):
+    _card_method = "PRM"
+
+
+def tokenize_example(tokenizer: Any, example: dict[str, Any], tag_ids: Sequence[int], max_length: int
+                     ) -> dict[str, list[int]]:
+    """input_ids with a label (0/1) at each step's tag position and -100 elsewhere; cut from the left."""
+    from twinloop.rewards.process import build_step_inputs
+
+    ids, positions = build_step_inputs(tokenizer, example["prompt"], example["steps"], tag_ids)
+    labels = [-100] * len(ids)
+    for pos, lab in zip(positions, example["labels"]):
+        labels[pos] = int(lab)
+    return {"input_ids": ids[-max_length:], "labels": labels[-max_length:]}
+
+
+def step_accuracy(prm: Any, examples: Sequence[dict[str, Any]], truth_key: str = "labels") -> float:
+    """Fraction of steps where P(good) > 0.5 agrees with the 0/1 label in ``truth_key``."""
+    if not examples:
+        return float("nan")
+    scores = prm.step_scores([e["prompt"] for e in examples], [e["steps"] for e in examples])
+    pairs = [(s > 0.5, bool(t)) for e, row in zip(examples, scores) for s, t in zip(row, e[truth_key])]
+    return sum(a == b for a, b in pairs) / max(1, len(pairs))
+
+
+def with_exact_labels(task: str, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add the task's exact label per step (``exact`` key) when the task can check steps (arith can): 1 while
+    every step so far is correct, which is what a Monte-Carlo label estimates (can this prefix still succeed)."""
+    module = importlib.import_module(task)
+    if not hasattr(module, "step_correctness"):
+        return examples
+    for e in examples:
+        if "expression" in e:
+            e["exact"] = [int(x >= 1.0) for x in itertools.accumulate(module.step_correctness(e["expression"],
+                                                                                              e["steps"]), min)]
+    return examples
+
+
+def train_prm(script: PRMScriptArguments, cfg: PRMConfig, train_examples: Sequence[dict[str, Any]],
+              eval_examples: Sequence[dict[str, Any]] = (), callbacks=None) -> tuple[str, dict[str, float]]:
+    """Train, export, reload as a twinloop TokenClassifierPRM and measure held-out step accuracy."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
+
+    from twinloop.rewards.process import TokenClassifierPRM, text_ids
+
+    if not train_examples:
+        raise ValueError("no PRM examples: the policy produced no completion with a step")
+    tok = AutoTokenizer.from_pretrained(script.policy_dir)
+    tok.padding_side = "right"
+    tag_ids = text_ids(tok, script.delimiter)
+    data = Dataset.from_list([tokenize_example(tok, e, tag_ids, script.max_length) for e in train_examples])
+    model = AutoModelForTokenClassification.from_pretrained(script.policy_dir, num_labels=2, dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id
+    trainer = PRMTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok,
+                         data_collator=DataCollatorForTokenClassification(tok), callbacks=callbacks)
+    trainer.train()
+    export = script.export_dir or os.path.join(cfg.output_dir, "prm")
+    trainer.save_model(export)
+    metrics: dict[str, float] = {"train_examples": len(train_examples), "eval_examples": len(eval_examples)}
+    if trainer.args.should_save:
+        tok.padding_side = "left"
+        tok.save_pretrained(export)
+        write_reward_bundle(export, {"kind": "process", "class": "twinloop.rewards.process:TokenClassifierPRM",
+                                     "kwargs": {"delimiter": script.delimiter, "aggregation": script.aggregation}},
+                            "PRM", script.policy_dir, {"global_step": trainer.state.global_step,
+                                                       "rollouts": script.rollouts, "threshold": script.threshold})
+        prm = TokenClassifierPRM.from_pretrained(export, delimiter=script.delimiter, aggregation=script.aggregation)
+        metrics["eval_step_accuracy_mc"] = step_accuracy(prm, eval_examples)
+        if eval_examples and all("exact" in e for e in eval_examples):
+            metrics["eval_step_accuracy_exact"] = step_accuracy(prm, eval_examples, "exact")
+        metrics["train_step_accuracy_mc"] = step_accuracy(prm, list(train_examples)[:128])
+    return export, metrics
+
+
+def build_examples(script: PRMScriptArguments, split: str, n: int, engine: Any, verifier: Any, seed: int):
+    rows = importlib.import_module(script.task).load(split, n=n)
+    comps = sample_completions(engine, rows, script.samples_per_problem, script.sample_temperature,
+                               script.sample_max_tokens, seed=seed)
+    examples = mc_step_labels(engine, verifier, rows, comps, script.rollouts, script.threshold, script.delimiter,
+                              script.sample_temperature, script.sample_max_tokens, seed=seed)
+    return with_exact_labels(script.task, examples)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+    from trl import TrlParser
+
+    torch.set_num_threads(int(os.environ.get("TWINLOOP_TORCH_THREADS", "1")))
+    script, cfg = TrlParser((PRMScriptArguments, PRMConfig)).parse_args_and_config(
+        list(sys.argv[1:] if argv is None else argv))
+    if not os.path.isdir(script.policy_dir):
+        raise FileNotFoundError(f"policy folder not found: {script.policy_dir}")
+    verifier = load_object(script.verifier)()
+    engine = make_engine(script.engine, script.policy_dir, seed=cfg.seed)
+    train = build_examples(script, "train", script.train_problems, engine, verifier, cfg.seed)
+    held_out = build_examples(script, "dev", script.eval_problems, engine, verifier, cfg.seed + 1)
+    engine.close() if hasattr(engine, "close") else None
+    export, metrics = train_prm(script, cfg, train, held_out)
+    print(f"[prm] exported {export}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                                   for k, v in metrics.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Reward-model training data from the policy's own samples (no preference or PRM datasets exist offline).
+
+- Outcome RM: Bradley-Terry pairs, chosen = a verified-correct sample, rejected = a verified-wrong sample of
+  the same prompt.
+- Process RM: Monte-Carlo step labels (Math-Shepherd style): from the prefix ending at step k, ``rollouts``
+  continuations are sampled; step k is good when their success rate is ≥ ``threshold``. The default
+  threshold is "at least one success" (hard estimation) [check: configurable]. The final step is labelled by
+  the completion's own outcome.
+All sampling goes through an Engine (``VLLMEngine`` or ``HFEngine``); the verifier is any twinloop Reward.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Sequence
+
+from twinloop.infer.engine import Request, SamplingConfig
+from twinloop.rewards.process import encode_prompt, split_steps, text_ids
+
+CORRECT = 1.0  # a verifiable reward this high is "verified correct"; ≤ WRONG is "verified wrong"
+WRONG = 0.0
+
+
+def sample_completions(engine: Any, rows: Sequence[dict[str, Any]], n: int, temperature: float = 1.0,
+                       max_tokens: int = 128, seed: int | None = 0) -> list[list[str]]:
+    """``n`` sampled completion texts per row (rows carry a chat ``prompt``)."""
+    results = engine.generate([Request(messages=list(r["prompt"])) for r in rows],
+                              SamplingConfig(n=n, temperature=temperature, max_tokens=max_tokens, seed=seed))
+    return [[c.text for c in res.completions] for res in results]
+
+
+def score_completions(reward: Any, rows: Sequence[dict[str, Any]], completions: Sequence[Sequence[str]]
+                      ) -> list[list[float | None]]:
+    """The reward of every completion, one call for everything (rows' columns forwarded, as TRL does)."""
+    flat_rows = [r for r, cs in zip(rows, completions) for _ in cs]
+    flat = [c for cs in completions for c in cs]
+    if not flat:
+        return [[] for _ in rows]
+    cols = {k: [r[k] for r in flat_rows] for k in flat_rows[0] if k != "prompt"}
+    scores = reward([r["prompt"] for r in flat_rows], flat, **cols)
+    out, i = [], 0
+    for cs in completions:
+        out.append(list(scores[i:i + len(cs)]))
+        i += len(cs)
+    return out
+
+
+def preference_pairs(rows: Sequence[dict[str, Any]], completions: Sequence[Sequence[str]],
+                     scores: Sequence[Sequence[float | None]], max_pairs_per_prompt: int = 4, seed: int = 0
+                     ) -> list[dict[str, Any]]:
+    """Chosen/rejected pairs in TRL's conversational preference format (distinct texts, unscorable skipped)."""
+    rng = random.Random(seed)
+    pairs = []
+    for row, comps, sc in zip(rows, completions, scores):
+        good = sorted({c for c, s in zip(comps, sc) if s is not None and s >= CORRECT})
+        bad = sorted({c for c, s in zip(comps, sc) if s is not None and s <= WRONG})
+        rng.shuffle(good)
+        rng.shuffle(bad)
+        for i in range(min(max_pairs_per_prompt, len(good) * len(bad))):
+            pairs.append({"prompt": list(row["prompt"]),
+                          "chosen": [{"role": "assistant", "content": good[i % len(good)]}],
+                          "rejected": [{"role": "assistant", "content": bad[(i // len(good)) % len(bad)]}]})
+    return pairs
+
+
+def mc_step_labels(engine: Any, reward: Any, rows: Sequence[dict[str, Any]], completions: Sequence[Sequence[str]],
+                   rollouts: int = 8, threshold: float | None = None, delimiter: str = "\n\n",
+                   temperature: float = 1.0, max_tokens: int = 128, seed: int | None = 0) -> list[dict[str, Any]]:
+    """One example per completion with at least one step: ``{"prompt", "steps", "labels", "rates"}``.
+
+    ``labels[k]`` is 1 when the success rate of rollouts continuing after step k is ≥ ``threshold`` (None: at
+    least one success), else 0; the last step's label is the completion's own outcome. All rollouts of all
+    prefixes go to the engine in one batch, as token ids (prompt + steps so far + delimiter).
+    """
+    tok = engine.tokenizer
+    items = []  # (row, steps)
+    for row, comps in zip(rows, completions):
+        for c in comps:
+            steps = split_steps(c, delimiter)
+            if steps:
+                items.append((row, steps))
+    prefixes, owners = [], []
+    for i, (row, steps) in enumerate(items):
+        base = encode_prompt(tok, row["prompt"])
+        for k in range(len(steps) - 1):
+            prefixes.append(base + text_ids(tok, delimiter.join(steps[:k + 1]) + delimiter))
+            owners.append((i, k))
+    conts: list[list[str]] = []
+    if prefixes:
+        res = engine.generate([Request(prompt_ids=p) for p in prefixes],
+                              SamplingConfig(n=rollouts, temperature=temperature, max_tokens=max_tokens, seed=seed))
+        conts = [[c.text for c in r.completions] for r in res]
+    # verify: rollout completions are the step prefix plus the continuation
+    texts, text_rows = [], []
+    for (i, k), cs in zip(owners, conts):
+        row, steps = items[i]
+        head = delimiter.join(steps[:k + 1]) + delimiter
+        texts += [head + c for c in cs]
+        text_rows += [row] * len(cs)
+    finals = [delimiter.join(steps) for _, steps in items]
+    all_rows = text_rows + [row for row, _ in items]
+    cols = {key: [r[key] for r in all_rows] for key in all_rows[0] if key != "prompt"} if all_rows else {}
+    scores = reward([r["prompt"] for r in all_rows], texts + finals, **cols) if all_rows else []
+    rates: list[list[float]] = [[0.0] * len(steps) for _, steps in items]
+    j = 0
+    for (i, k), cs in zip(owners, conts):
+        got = [s for s in scores[j:j + len(cs)] if s is not None]
+        rates[i][k] = sum(1.0 for s in got if s >= CORRECT) / max(1, len(cs))
+        j += len(cs)
+    out = []
+    for i, (row, steps) in enumerate(items):
+        final = scores[j + i]
+        rates[i][-1] = 1.0 if final is not None and final >= CORRECT else 0.0
+        cut = threshold if threshold is not None else 1e-9
+        labels = [int(r >= cut) for r in rates[i]]
+        out.append({"prompt": list(row["prompt"]), "steps": steps, "labels": labels, "rates": rates[i],
+                    **{k: v for k, v in row.items() if k != "prompt"}})
+    return out
+
+
+def make_engine(kind: str, model_dir: str, max_model_len: int = 1024, seed: int = 0) -> Any:
+    """The sampling engine for data building: "vllm" (fast) or "hf" (transformers, no vLLM needed)."""
+    if kind == "vllm":
+        from twinloop.infer.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model_dir, dtype="float32", max_model_len=max_model_len, seed=seed)
+    if kind == "hf":
+        from twinloop.infer.hf_engine import HFEngine
+
+        return HFEngine(model_dir, dtype="float32")
+    raise ValueError(f"engine must be 'vllm' or 'hf'; got {kind!r}")
+
+
+def write_reward_bundle(folder: str, spec: dict[str, Any], method: str, base_model: str | None,
+                        settings: dict[str, Any]) -> None:
+    """``twinloop_reward.json`` (which Reward class loads the folder, and with which arguments) + model card."""
+    import json
+    from pathlib import Path
+
+    from twinloop.train.checkpointing import write_model_card
+
+    Path(folder, "twinloop_reward.json").write_text(json.dumps(spec, indent=1))
+    write_model_card(folder, method=method, base_model=base_model, step=int(settings.get("global_step", 0)),
+                     settings=settings)
