@@ -54,7 +54,7 @@ def _run(kind: str, model: str, args, out: str) -> list[float]:
 
     common = dict(output_dir=out, use_cpu=True, per_device_train_batch_size=args.batch, num_generations=args.gens,
                   max_completion_length=args.max_len, max_steps=args.steps, learning_rate=1e-5, logging_steps=1,
-                  report_to="none", save_strategy="no", seed=0, disable_tqdm=True, epsilon_high=0.28,
+                  report_to="none", save_strategy="no", seed=0, disable_tqdm=True, epsilon_high=0.28, bf16=False,
                   model_init_kwargs={"dtype": "float32"})
     if kind == "grpo":
         cfg, cls = GRPOConfig(loss_type="dapo", **common), GRPOTrainer

@@ -43,7 +43,7 @@ def _config(out, **kw):
 
     base = dict(output_dir=str(out), use_cpu=True, per_device_train_batch_size=8, num_generations=4,
                 max_completion_length=12, max_steps=2, learning_rate=1e-3, logging_steps=1, report_to="none",
-                save_strategy="no", seed=0, disable_tqdm=True)
+                save_strategy="no", seed=0, disable_tqdm=True, bf16=False)
     base.update(kw)
     return GPPOConfig(**base)
 
@@ -70,7 +70,8 @@ def test_ppo_mode_is_trl_dapo_exactly(tiny_dir, tmp_path):
     gppo, logs_g, _ = _train(GPPOTrainer, tiny_dir, cfg, _reward("digits"))
     kw = {k: getattr(cfg, k) for k in ("use_cpu", "per_device_train_batch_size", "num_generations",
                                        "max_completion_length", "max_steps", "learning_rate", "logging_steps",
-                                       "save_strategy", "seed", "num_iterations", "epsilon_high", "disable_tqdm")}
+                                       "save_strategy", "seed", "num_iterations", "epsilon_high", "disable_tqdm",
+                                       "bf16")}
     trl_cfg = GRPOConfig(output_dir=str(tmp_path / "b"), report_to="none", loss_type="dapo", **kw)
     grpo, logs_t, _ = _train(GRPOTrainer, tiny_dir, trl_cfg, _reward("digits"))
     assert [r["loss"] for r in logs_g] == pytest.approx([r["loss"] for r in logs_t], abs=1e-6)

@@ -44,11 +44,14 @@ def test_colocated_vllm_follows_the_trainer_weights(tiny_dir, tmp_path):
     cfg = GPPOConfig(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=8, num_generations=4,
                      max_completion_length=12, max_steps=2, learning_rate=1e-2, logging_steps=1, report_to="none",
                      save_strategy="no", seed=0, disable_tqdm=True, use_vllm=True, vllm_mode="colocate",
-                     vllm_max_model_length=128, vllm_dtype="float32", positive_loss_coeff=0.0)
+                     vllm_max_model_length=128, vllm_dtype="float32", positive_loss_coeff=0.0,
+                     bf16=False)  # TRL defaults to bf16 autocast: trainer logprobs would be off by ~0.03
     trainer = GPPOTrainer(model=tiny_dir, reward_funcs=[Digits()], args=cfg, train_dataset=Dataset.from_list(rows))
     trainer.train()
     logs = [r for r in trainer.state.log_history if "loss" in r]
     assert len(logs) == 2 and all(r["completions/mean_length"] > 0 for r in logs)
+    # step 2 sampled with the weights synced after step 1: vLLM's sampling logprobs match the trainer's
+    assert logs[-1]["sampling/sampling_logp_difference/max"] < 1e-2
 
     engine = AttachedVLLMEngine(trainer.vllm_generation.llm)
     tok = trainer.processing_class

@@ -66,10 +66,16 @@ class GPPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         cfg = kwargs.get("args", args[2] if len(args) > 2 else None)
-        if cfg is not None and cfg.use_vllm and cfg.vllm_mode == "colocate" and cfg.vllm_dtype is not None:
+        extra: dict[str, Any] = {}
+        if cfg is not None and cfg.use_vllm and cfg.vllm_mode == "colocate":
+            if cfg.vllm_dtype is not None:
+                extra["dtype"] = cfg.vllm_dtype
+            if not torch.cuda.is_available():
+                extra["enforce_eager"] = True  # CPU: torch.compile warm-up costs far more than it saves here
+        if extra:
             from twinloop.train.vllm_sync import colocated_llm_kwargs
 
-            with colocated_llm_kwargs(dtype=cfg.vllm_dtype):
+            with colocated_llm_kwargs(**extra):
                 super().__init__(*args, **kwargs)
         else:
             super().__init__(*args, **kwargs)
