@@ -17,10 +17,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from twinloop.checkpoints.manifest import write_manifest
 from twinloop.checkpoints.manifest import verify as verify_manifest
-from twinloop.checkpoints.spec import (KINDS, SPEC_FILE, check_spec, class_for, constructor_kwargs, make_spec,
-                                       reward_class, settings_of)
+from twinloop.checkpoints.manifest import write_manifest
+from twinloop.checkpoints.spec import (
+    KINDS,
+    SPEC_FILE,
+    check_spec,
+    class_for,
+    constructor_kwargs,
+    from_trainer_spec,
+    make_spec,
+    reward_class,
+    settings_of,
+)
 
 AUTO_CLASSES = {"sequence_classification": "AutoModelForSequenceClassification",
                 "token_classification": "AutoModelForTokenClassification", "causal_lm": "AutoModelForCausalLM"}
@@ -98,8 +107,8 @@ def consolidate_zero_checkpoint(folder: str | os.PathLike, head: str, config_dir
     state = {k.removeprefix("module."): v for k, v in state.items()}
     model = _auto(head).from_config(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or []) if getattr(config, "tie_word_embeddings", False) else set()
-    missing = [k for k in missing if k not in tied and not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    missing = [k for k in missing if k not in tied]
     if missing or unexpected:
         raise ValueError(f"ZeRO checkpoint {folder} does not match its config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
@@ -110,7 +119,8 @@ def consolidate_zero_checkpoint(folder: str | os.PathLike, head: str, config_dir
 def _adapter_base(adapter_dir: Path, base_model: str | None) -> Path:
     base = base_model or _read_json(adapter_dir / "adapter_config.json").get("base_model_name_or_path")
     if not base or not Path(base).is_dir():
-        raise FileNotFoundError(f"base model {base!r} of adapter {adapter_dir} is not a local folder; pass --base-model")
+        raise FileNotFoundError(f"base model {base!r} of adapter {adapter_dir} is not a local folder; "
+                                "pass --base-model")
     return Path(base)
 
 
@@ -250,9 +260,11 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, kind: str, *, 
     architecture = (_read_json(config_dir / "config.json").get("architectures") or [None])[0]
     head = _adapter_head(src) if adapter else _head_of(architecture)
     if architecture:  # an adapter's head may differ from its base's (e.g. a SEQ_CLS LoRA on a causal LM)
-        architecture = f"{architecture.rsplit('For', 1)[0]}For{AUTO_CLASSES[head].removeprefix('AutoModelFor')}"
+        head_name = AUTO_CLASSES[head].removeprefix("AutoModelFor")
+        architecture = f"{architecture.rsplit('For', 1)[0]}For{head_name}"
     cls_name = class_for(kind, architecture)
-    wanted = {"ScalarRM": "sequence_classification", "TokenClassifierPRM": "token_classification"}.get(cls_name, "causal_lm")
+    wanted = {"ScalarRM": "sequence_classification",
+              "TokenClassifierPRM": "token_classification"}.get(cls_name, "causal_lm")
     if head != wanted:
         raise ValueError(f"a {kind!r} reward ({cls_name}) needs a {wanted} model; {src} holds a {head} model")
     if reward is not None:
@@ -260,6 +272,8 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, kind: str, *, 
             raise ValueError(f"the reward object is a {type(reward).__name__}, but a {kind!r} export of {src} "
                              f"holds a {cls_name}")
         settings = settings_of(reward)
+    elif settings is None:
+        settings = _source_settings(src, cls_name)
     tok_dir = src if (src / "tokenizer_config.json").is_file() else config_dir
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     if head == "causal_lm" and not getattr(tokenizer, "chat_template", None) and cls_name != "YesNoProbePRM":
@@ -331,6 +345,7 @@ def _copy_meta_rm(meta: Path, stage: Path, cls_name: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ import
 def read_spec(folder: str | os.PathLike) -> dict[str, Any]:
+    """The folder's reward spec; a trainer's own ``twinloop_reward.json`` (not an export) is read too."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"reward folder {folder} not found")
@@ -338,8 +353,23 @@ def read_spec(folder: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{folder} has no {SPEC_FILE}: not a twinloop reward export")
     spec = _read_json(path)
+    if isinstance(spec, dict) and "class" in spec and "reward_class" not in spec:
+        config = folder / "config.json"
+        arch = (_read_json(config).get("architectures") or [None])[0] if config.is_file() else None
+        return from_trainer_spec(spec, arch)
     check_spec(spec, str(path))
     return spec
+
+
+def _source_settings(src: Path, cls_name: str) -> dict[str, Any] | None:
+    """Settings recorded beside the checkpoint (a trainer's or an earlier export's spec), if for this class."""
+    if not (src / SPEC_FILE).is_file():
+        return None
+    try:
+        spec = read_spec(src)
+    except ValueError:
+        return None
+    return dict(spec["settings"]) if spec["reward_class"].endswith("." + cls_name) else None
 
 
 def _require_safetensors(folder: Path, lora: bool) -> None:
@@ -367,7 +397,8 @@ def load_reward(folder: str | os.PathLike, *, engine: Any = None, backend: str =
     spec = read_spec(folder)
     if backend not in ("transformers", "vllm"):
         raise ValueError(f"backend must be 'transformers' or 'vllm', got {backend!r}")
-    if check_manifest:
+    # an export always has a manifest; a trainer's own output folder (its spec has no format_version) may not
+    if check_manifest and ("format_version" in spec or (folder / "manifest.json").is_file()):
         problems = verify_manifest(folder)
         if problems:
             raise ValueError(f"{folder} fails its manifest check: {'; '.join(problems[:5])}")

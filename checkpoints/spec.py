@@ -165,6 +165,22 @@ def make_spec(kind: str, cls: str, settings: dict[str, Any], tokenizer: Any, *, 
             "call": call_description(kind, cls, settings, tokenizer, meta_rm)}
 
 
+TRAINER_KINDS = {"outcome": "orm", "process": "prm", **{k: k for k in KINDS}}
+
+
+def from_trainer_spec(doc: dict[str, Any], architecture: str | None) -> dict[str, Any]:
+    """A spec as twinloop's trainers write it next to their output (``{"kind": "outcome", "class":
+    "module:Class", "kwargs": {...}}``), in export form (weights full, no call block)."""
+    cls = str(doc.get("class", "")).replace(":", ".").rsplit(".", 1)[-1]
+    kind = TRAINER_KINDS.get(str(doc.get("kind")))
+    if kind is None or cls not in CLASSES[kind]:
+        raise ValueError(f"trainer reward spec names kind {doc.get('kind')!r} and class {doc.get('class')!r}, "
+                         f"which twinloop cannot load")
+    return {"kind": kind, "reward_class": f"{MODULES[cls]}.{cls}",
+            "model": {"architecture": architecture, "head": HEADS[cls], "weights": "full", "base_model": None},
+            "settings": dict(doc.get("kwargs") or {}), "call": {}}
+
+
 def check_spec(spec: Any, where: str) -> None:
     """One-line error for a document that is not a twinloop reward spec this version reads."""
     if not isinstance(spec, dict) or spec.get("kind") not in KINDS or "reward_class" not in spec:

@@ -128,6 +128,25 @@ def test_token_classifier_prm_round_trip(tokcls, tmp_path):
     assert call["step_delimiter"] == "\n\n" and call["aggregation"] == "min"
 
 
+def test_trainer_output_spec_is_read_and_carried_into_the_export(tokcls, tmp_path):
+    """twinloop's PRM trainer writes {"kind": "process", "class": "module:Class", "kwargs": ...} beside its
+    model: load_reward reads that folder as is, and export keeps those settings."""
+    import shutil
+
+    from twinloop.rewards.process import TokenClassifierPRM
+
+    src = tmp_path / "prm-run"
+    shutil.copytree(tokcls[0], src)
+    (src / "twinloop_reward.json").write_text(json.dumps({
+        "kind": "process", "class": "twinloop.rewards.process:TokenClassifierPRM",
+        "kwargs": {"delimiter": "\n\n", "aggregation": "prod"}}))
+    direct = load_reward(src)
+    assert isinstance(direct, TokenClassifierPRM) and direct.aggregation == "prod"
+    out = export(src, tmp_path / "prm", "prm")
+    assert read_spec(out)["settings"]["aggregation"] == "prod"
+    assert load_reward(out)(PROMPTS, COMPLETIONS) == direct(PROMPTS, COMPLETIONS)
+
+
 def test_token_id_delimiter_and_yes_no_probe_prm_round_trip(tiny_model_dir, hf_engine, tmp_path):
     from twinloop.rewards.process import YesNoProbePRM
 
@@ -246,7 +265,8 @@ engine.backward(engine(input_ids=torch.tensor([[1, 2, 3, 4]])).logits.sum())
 engine.step()
 engine.save_checkpoint(sys.argv[2])
 with deepspeed.zero.GatheredParameters(list(model.parameters())):
-    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, sys.argv[2] + "/expected.bin.st")
+    weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+save_file(weights, sys.argv[2] + "/expected.bin.st")
 engine.destroy(); dist.destroy_process_group()
 '''
 

@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from twinloop.checkpoints.spec import KINDS
 
     parser.add_argument("--checkpoint", required=True,
-                        help="HF model folder, peft adapter, trainer output (last checkpoint-N) or DeepSpeed ZeRO checkpoint")
+                        help="HF model folder, peft adapter, trainer output (last checkpoint-N) or DeepSpeed "
+                             "ZeRO checkpoint")
     parser.add_argument("--kind", required=True, choices=KINDS)
     parser.add_argument("--out", required=True, help="export folder to write (must be absent or empty)")
     parser.add_argument("--merge-lora", action="store_true", help="merge a LoRA adapter into its base model")
