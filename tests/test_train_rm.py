@@ -71,13 +71,12 @@ def test_preference_pairs_chosen_correct_rejected_wrong():
 
 
 def test_mc_step_labels_match_exact_prefix_correctness(tiny_dir):
-    from transformers import AutoTokenizer
-
+    from twinloop.train.gppo import load_tokenizer
     from twinloop.train.prm import with_exact_labels
     from twinloop.train.rm_data import mc_step_labels
 
     rows = load("train", n=4, seed=3)
-    engine = OracleEngine(AutoTokenizer.from_pretrained(tiny_dir), rows)
+    engine = OracleEngine(load_tokenizer(tiny_dir), rows)
     comps = [[r["solution"], _wrong(r, 1)] for r in rows]
     examples = with_exact_labels("twinloop.tasks.arith",
                                  mc_step_labels(engine, ArithOutcomeReward(), rows, comps, rollouts=2))
@@ -91,7 +90,10 @@ def test_mc_step_labels_match_exact_prefix_correctness(tiny_dir):
 
 
 def test_orm_trains_exports_and_reloads_as_scalar_rm(tiny_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
     from twinloop.rewards.scalar import ScalarRM
+    from twinloop.train.gppo import load_tokenizer
     from twinloop.train.orm import ORMConfig, ORMScriptArguments, pair_accuracy, train_orm
     from twinloop.train.rm_data import preference_pairs, score_completions
 
@@ -110,22 +112,24 @@ def test_orm_trains_exports_and_reloads_as_scalar_rm(tiny_dir, tmp_path):
     spec = json.loads((tmp_path / "rm" / "twinloop_reward.json").read_text())
     assert spec["kind"] == "outcome" and spec["class"] == "twinloop.rewards.scalar:ScalarRM"
     assert "ORM" in (tmp_path / "rm" / "README.md").read_text()
-    a, b = ScalarRM.from_pretrained(export), ScalarRM.from_pretrained(export)
+    a, b = (ScalarRM(model=AutoModelForSequenceClassification.from_pretrained(export).eval(),
+                     tokenizer=load_tokenizer(export)) for _ in range(2))
     prompts, comps = [p["prompt"] for p in held_out], [p["chosen"] for p in held_out]
     assert a(prompts, comps) == b(prompts, comps)  # reload gives the same scores, bit for bit
     assert pair_accuracy(a, held_out) == metrics["eval_pair_accuracy"]
 
 
 def test_prm_trains_exports_and_reloads_as_token_classifier_prm(tiny_dir, tmp_path):
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForTokenClassification
 
     from twinloop.rewards.process import TokenClassifierPRM
+    from twinloop.train.gppo import load_tokenizer
     from twinloop.train.prm import PRMConfig, PRMScriptArguments, step_accuracy, train_prm, with_exact_labels
     from twinloop.train.rm_data import mc_step_labels
 
     def examples(split, n, seed):
         rows = load(split, n=n, seed=seed)
-        engine = OracleEngine(AutoTokenizer.from_pretrained(tiny_dir), rows)
+        engine = OracleEngine(load_tokenizer(tiny_dir), rows)
         comps = [[r["solution"], _wrong(r, 0)] for r in rows]
         return with_exact_labels("twinloop.tasks.arith", mc_step_labels(engine, ArithOutcomeReward(), rows, comps,
                                                                          rollouts=1))
@@ -141,7 +145,8 @@ def test_prm_trains_exports_and_reloads_as_token_classifier_prm(tiny_dir, tmp_pa
     assert metrics["eval_step_accuracy_exact"] == metrics["eval_step_accuracy_mc"]  # oracle: MC == exact
     spec = json.loads((tmp_path / "prm" / "twinloop_reward.json").read_text())
     assert spec["kind"] == "process" and spec["kwargs"]["delimiter"] == "\n\n"
-    prm = TokenClassifierPRM.from_pretrained(export, **spec["kwargs"])
+    prm = TokenClassifierPRM(model=AutoModelForTokenClassification.from_pretrained(export).eval(),
+                             tokenizer=load_tokenizer(export), **spec["kwargs"])
     assert step_accuracy(prm, held_out) == metrics["eval_step_accuracy_mc"]
     scores = prm([e["prompt"] for e in held_out[:2]], ["\n\n".join(e["steps"]) for e in held_out[:2]])
     assert all(0.0 <= s <= 1.0 for s in scores)

@@ -196,6 +196,23 @@ def load_object(spec: str) -> Any:
         raise ValueError(f"cannot load {spec!r}: {e}") from e
 
 
+def load_tokenizer(model_dir: str) -> Any:
+    """The folder's own tokenizer. transformers 5 maps a Qwen2 config to Qwen2Tokenizer even when the folder
+    saved a plain ``TokenizersBackend`` (twinloop's tiny BPE), and Qwen2's pre-tokenizer then splits numbers
+    into digits the model never saw; load such folders as the plain fast tokenizer they are."""
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = os.path.join(model_dir, "tokenizer_config.json")
+    if os.path.isfile(path) and json.load(open(path)).get("tokenizer_class") in ("TokenizersBackend",
+                                                                                  "PreTrainedTokenizerFast"):
+        tok = PreTrainedTokenizerFast.from_pretrained(model_dir)
+        tok.padding_side = "left"
+        return tok
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
 def build_rewards(specs: Sequence[str]) -> list[Any]:
     return [load_object(s)() for s in specs]
 
@@ -215,7 +232,7 @@ def build_trainer(script: GPPOScriptArguments, cfg: GPPOConfig, rewards: Sequenc
     return GPPOTrainer(model=script.model_name_or_path,
                        reward_funcs=list(rewards) if rewards is not None else build_rewards(script.reward_funcs),
                        args=cfg, train_dataset=train_dataset if train_dataset is not None else build_dataset(script),
-                       callbacks=callbacks)
+                       processing_class=load_tokenizer(script.model_name_or_path), callbacks=callbacks)
 
 
 def cpu_overrides(argv: Sequence[str]) -> list[str]:

@@ -52,7 +52,7 @@ def run_variant(name: str, args, rows_eval, log) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from twinloop.tasks.arith import ArithOutcomeReward, load
-    from twinloop.train.gppo import GPPOTrainer, parse
+    from twinloop.train.gppo import GPPOTrainer, load_tokenizer, parse
 
     _, cfg = parse(["--config", str(REPO / "recipes/gppo/tiny-arith.yaml"), "--model_name_or_path", args.policy,
                     "--output_dir", str(Path(args.out) / name), "--max_steps", str(args.steps), "--save_strategy",
@@ -88,7 +88,8 @@ def run_variant(name: str, args, rows_eval, log) -> None:
             if state.global_step % args.eval_every == 0 or state.global_step == args.steps:
                 self.evaluate(state, model, processing_class)
 
-    trainer = cls(model=args.policy, reward_funcs=[reward], args=cfg, train_dataset=train, callbacks=[Eval()])
+    trainer = cls(model=args.policy, reward_funcs=[reward], args=cfg, train_dataset=train, callbacks=[Eval()],
+                  processing_class=load_tokenizer(args.policy))
     trainer.train()
     if args.vllm:
         trainer.vllm_generation.llm.llm_engine.engine_core.shutdown()

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from trl import RewardConfig, RewardTrainer
 
 from twinloop.train.checkpointing import AtomicCheckpointMixin
-from twinloop.train.gppo import load_object
+from twinloop.train.gppo import load_object, load_tokenizer
 from twinloop.train.rm_data import (make_engine, preference_pairs, sample_completions, score_completions,
                                     write_reward_bundle)
 
@@ -78,13 +78,13 @@ def train_orm(script: ORMScriptArguments, cfg: ORMConfig, train_pairs: Sequence[
     """Train, export the RM folder, reload it as a twinloop ScalarRM and measure held-out pair accuracy."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     from twinloop.rewards.scalar import ScalarRM
 
     if not train_pairs:
         raise ValueError("no preference pairs: the policy produced no prompt with both a correct and a wrong sample")
-    tok = AutoTokenizer.from_pretrained(script.policy_dir)
+    tok = load_tokenizer(script.policy_dir)
     model = AutoModelForSequenceClassification.from_pretrained(script.policy_dir, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
     trainer = ORMTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(list(train_pairs)),
@@ -99,7 +99,8 @@ def train_orm(script: ORMScriptArguments, cfg: ORMConfig, train_pairs: Sequence[
                                      "kwargs": {"sigmoid": False}}, "ORM", script.policy_dir,
                             {"global_step": trainer.state.global_step, "learning_rate": cfg.learning_rate,
                              "train_pairs": len(train_pairs)})
-        rm = ScalarRM.from_pretrained(export)
+        reloaded = AutoModelForSequenceClassification.from_pretrained(export, num_labels=1).eval()
+        rm = ScalarRM(model=reloaded, tokenizer=load_tokenizer(export))
         metrics["eval_pair_accuracy"] = pair_accuracy(rm, eval_pairs)
         metrics["train_pair_accuracy"] = pair_accuracy(rm, list(train_pairs)[:256])
     return export, metrics

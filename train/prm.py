@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from transformers import Trainer, TrainingArguments
 
 from twinloop.train.checkpointing import AtomicCheckpointMixin
-from twinloop.train.gppo import load_object
+from twinloop.train.gppo import load_object, load_tokenizer
 from twinloop.train.rm_data import make_engine, mc_step_labels, sample_completions, write_reward_bundle
 
 
@@ -98,13 +98,13 @@ def train_prm(script: PRMScriptArguments, cfg: PRMConfig, train_examples: Sequen
     """Train, export, reload as a twinloop TokenClassifierPRM and measure held-out step accuracy."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
+    from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
 
     from twinloop.rewards.process import TokenClassifierPRM, text_ids
 
     if not train_examples:
         raise ValueError("no PRM examples: the policy produced no completion with a step")
-    tok = AutoTokenizer.from_pretrained(script.policy_dir)
+    tok = load_tokenizer(script.policy_dir)
     tok.padding_side = "right"
     tag_ids = text_ids(tok, script.delimiter)
     data = Dataset.from_list([tokenize_example(tok, e, tag_ids, script.max_length) for e in train_examples])
@@ -123,7 +123,9 @@ def train_prm(script: PRMScriptArguments, cfg: PRMConfig, train_examples: Sequen
                                      "kwargs": {"delimiter": script.delimiter, "aggregation": script.aggregation}},
                             "PRM", script.policy_dir, {"global_step": trainer.state.global_step,
                                                        "rollouts": script.rollouts, "threshold": script.threshold})
-        prm = TokenClassifierPRM.from_pretrained(export, delimiter=script.delimiter, aggregation=script.aggregation)
+        reloaded = AutoModelForTokenClassification.from_pretrained(export).eval()
+        prm = TokenClassifierPRM(model=reloaded, tokenizer=load_tokenizer(export), delimiter=script.delimiter,
+                                 aggregation=script.aggregation)
         metrics["eval_step_accuracy_mc"] = step_accuracy(prm, eval_examples)
         if eval_examples and all("exact" in e for e in eval_examples):
             metrics["eval_step_accuracy_exact"] = step_accuracy(prm, eval_examples, "exact")

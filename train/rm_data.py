@@ -119,14 +119,18 @@ def mc_step_labels(engine: Any, reward: Any, rows: Sequence[dict[str, Any]], com
 
 def make_engine(kind: str, model_dir: str, max_model_len: int = 1024, seed: int = 0) -> Any:
     """The sampling engine for data building: "vllm" (fast) or "hf" (transformers, no vLLM needed)."""
+    from twinloop.train.gppo import load_tokenizer
+
     if kind == "vllm":
         from twinloop.infer.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_dir, dtype="float32", max_model_len=max_model_len, seed=seed)
+        engine = VLLMEngine(model_dir, dtype="float32", max_model_len=max_model_len, seed=seed)
+        engine.tokenizer = load_tokenizer(model_dir)  # prompts are encoded here; see load_tokenizer
+        return engine
     if kind == "hf":
         from twinloop.infer.hf_engine import HFEngine
 
-        return HFEngine(model_dir, dtype="float32")
+        return HFEngine(model_dir, tokenizer=load_tokenizer(model_dir), dtype="float32")
     raise ValueError(f"engine must be 'vllm' or 'hf'; got {kind!r}")
 
 
