@@ -31,11 +31,11 @@ BUDGET_FREE = {"greedy"}  # one sample whatever the budget
 DEFAULTS: dict[str, Any] = {
     "checkpoint": None, "task": "arith", "split": "test", "methods": "greedy,majority,best_of_n",
     "budgets": "4,8,16,32", "reward": None, "n_problems": None, "out": None, "batch": 32, "temperature": 0.7,
-    "max_tokens": 512, "engine": "vllm", "servers": None, "dtype": "float32", "max_model_len": 2048, "seed": 0,
-    "max_generated_tokens": None, "max_rm_calls": None, "set": None, "no_plot": False,
+    "max_tokens": 512, "engine": "vllm", "servers": None, "dtype": "float32", "max_model_len": None, "seed": 0,
+    "max_generated_tokens": None, "max_rm_calls": None, "set": None, "no_plot": False, "tokenizer": None,
 }
-SETTINGS = ("checkpoint", "task", "split", "temperature", "max_tokens", "reward", "set", "max_generated_tokens",
-            "max_rm_calls")  # a results file is only resumed under the same values of these
+SETTINGS = ("checkpoint", "tokenizer", "task", "split", "temperature", "max_tokens", "reward", "set",
+            "max_generated_tokens", "max_rm_calls")  # a results file is only resumed under the same values of these
 
 
 # ------------------------------------------------------------------------------------------ methods
@@ -64,7 +64,8 @@ def build_config(module: Any, temperature: float, max_tokens: int, seed: int, ov
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - names)
     if unknown:
-        raise ValueError(f"{module.__name__.rsplit('.', 1)[-1]} has no setting {unknown[0]!r}; settings: {sorted(names)}")
+        name = module.__name__.rsplit(".", 1)[-1]
+        raise ValueError(f"{name} has no setting {unknown[0]!r}; settings: {sorted(names)}")
     return cls(temperature=temperature, max_tokens=max_tokens, seed=seed, **overrides)
 
 
@@ -74,7 +75,8 @@ def task_module(task: str):
     try:
         return importlib.import_module(f"twinloop.tasks.{name}")
     except ModuleNotFoundError as e:
-        raise ValueError(f"unknown task {task!r}; tasks live in twinloop/tasks/ (arith, gsm8k, mmath, rgym:NAME)") from e
+        raise ValueError(f"unknown task {task!r}; tasks live in twinloop/tasks/ "
+                         "(arith, gsm8k, mmath, humaneval, rgym:NAME)") from e
 
 
 def load_rows(task: str, split: str, n: int | None) -> list[dict[str, Any]]:
@@ -171,7 +173,8 @@ def result_row(method: str, n: int, problem: Problem, res: SearchResult, correct
     return {"method": method, "budget": n, "problem_id": problem.id, "correct": bool(correct), "answer": res.answer,
             "gold": problem.columns.get("answer"), "generated_tokens": u.generated_tokens,
             "prompt_tokens": u.prompt_tokens, "cached_prompt_tokens": u.cached_prompt_tokens, "rm_calls": u.rm_calls,
-            "rm_tokens": u.rm_tokens, "wall_seconds": round(u.wall_seconds, 4), "budget_exhausted": res.budget_exhausted,
+            "rm_tokens": u.rm_tokens, "wall_seconds": round(u.wall_seconds, 4),
+            "budget_exhausted": res.budget_exhausted,
             "stop_reason": res.stop_reason, "n_candidates": len(res.candidates), "shard": shard}
 
 
@@ -206,7 +209,8 @@ def evaluate(problems: Sequence[Problem], engines: Sequence[Any], methods: Seque
     """Run every (method, budget) on every problem not yet in ``out_path``; returns rows written.
 
     Problems are split into batches; batches are spread over ``engines`` (one thread per engine, each with
-    its own reward object, built on that engine, so usage deltas stay exact). Each finished batch is appended and flushed.
+    its own reward object, built on that engine, so usage deltas stay exact). Each finished batch is
+    appended and flushed.
     """
     from tqdm import tqdm
 
@@ -376,8 +380,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--set", action="append", metavar="KEY=VALUE", help="procedure setting, e.g. --set width=4 (repeatable)")
     a("--engine", choices=["vllm", "hf"], help="offline engine when no --servers (default vllm)")
     a("--servers", help="comma list of vLLM server URLs to shard over (OpenAI-compatible)")
+    a("--tokenizer", help="tokenizer folder, when it is not the checkpoint's own")
     a("--dtype", help="model dtype (default float32)")
-    a("--max-model-len", type=int, help="engine context length (default 2048)")
+    a("--max-model-len", type=int, help="engine context length (default: the model's, at most 4096)")
     a("--seed", type=int, help="engine and procedure seed (default 0)")
     a("--recipe", help="YAML file with any of these options; flags given on the command line win")
     a("--no-plot", action="store_true", default=None, help="skip the PNG")
@@ -431,15 +436,27 @@ def build_engines(opts: dict[str, Any]) -> list[Any]:
     if opts["servers"]:
         from twinloop.infer.openai_engine import OpenAIEngine
 
-        return [OpenAIEngine(url.strip(), tokenizer=ckpt) for url in str(opts["servers"]).split(",") if url.strip()]
+        tok = opts["tokenizer"] or ckpt
+        return [OpenAIEngine(url.strip(), tokenizer=tok) for url in str(opts["servers"]).split(",") if url.strip()]
     if opts["engine"] == "hf":
+        from transformers import AutoTokenizer
         from twinloop.infer.hf_engine import HFEngine
 
-        return [HFEngine(ckpt, dtype=opts["dtype"])]
+        tok = AutoTokenizer.from_pretrained(opts["tokenizer"]) if opts["tokenizer"] else None
+        return [HFEngine(ckpt, tokenizer=tok, dtype=opts["dtype"])]
     from twinloop.infer.vllm_engine import VLLMEngine
 
-    return [VLLMEngine(ckpt, dtype=opts["dtype"], max_model_len=opts["max_model_len"], seed=opts["seed"],
-                       enable_prefix_caching=True)]
+    return [VLLMEngine(ckpt, dtype=opts["dtype"], max_model_len=opts["max_model_len"] or model_context(ckpt),
+                       seed=opts["seed"], enable_prefix_caching=True, tokenizer=opts["tokenizer"])]
+
+
+def model_context(folder: str, cap: int = 4096) -> int:
+    """The model's own context length (max_position_embeddings), capped: the engine's default length."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return 2048
+    return int(min(cap, config.get("max_position_embeddings") or 2048))
 
 
 def check_settings(out: Path, opts: dict[str, Any]) -> None:

@@ -55,8 +55,8 @@ def test_summary_table_and_plot(tmp_path):
              "budget_exhausted": False},
             {"method": "m", "budget": 4, "correct": False, "generated_tokens": 30, "rm_calls": 2, "wall_seconds": 0.25,
              "budget_exhausted": True},
-            {"method": "greedy", "budget": 1, "correct": True, "generated_tokens": 5, "rm_calls": 0, "wall_seconds": 0.1,
-             "budget_exhausted": False}]
+            {"method": "greedy", "budget": 1, "correct": True, "generated_tokens": 5, "rm_calls": 0,
+             "wall_seconds": 0.1, "budget_exhausted": False}]
     s = ev.summarize(rows)
     assert s[1] == {"method": "m", "budget": 4, "problems": 2, "accuracy": 0.5, "generated_tokens": 20.0,
                     "rm_calls": 3.0, "wall_seconds": 0.75, "exhausted": 0.5}

@@ -37,9 +37,13 @@ class ScriptedGRM:
                 for _ in items]
 
 
+def cfg(k):
+    return GRMVoteConfig(answer_fn=last_boxed, k=k)
+
+
 def test_voting_at_k_worked_example():
     grm = ScriptedGRM([(7, 4), (5, 6), (8, 3)])
-    [r] = grm_vote.run([Problem("P")], ScriptedEngine(SCRIPT), grm, Budget(n=2), GRMVoteConfig(answer_fn=last_boxed, k=3))
+    [r] = grm_vote.run([Problem("P")], ScriptedEngine(SCRIPT), grm, Budget(n=2), cfg(3))
     assert [c.score for c in r.candidates] == [20.0, 13.0] and r.answer == "1" and r.selected == 0
     assert r.usage.rm_calls == 3 and r.usage.rm_tokens == 30 and grm.calls[0][1] == 3
     assert len(r.trace) == 3 and r.trace[1]["scores"] == [5, 6]
@@ -47,10 +51,10 @@ def test_voting_at_k_worked_example():
 
 def test_invalid_judgments_do_not_vote():
     grm = ScriptedGRM([None, (2, 9), None])
-    [r] = grm_vote.run([Problem("P")], ScriptedEngine(SCRIPT), grm, Budget(n=2), GRMVoteConfig(answer_fn=last_boxed, k=3))
+    [r] = grm_vote.run([Problem("P")], ScriptedEngine(SCRIPT), grm, Budget(n=2), cfg(3))
     assert r.answer == "2"
     none = ScriptedGRM([None, None])
-    [r] = grm_vote.run([Problem("P")], ScriptedEngine(SCRIPT), none, Budget(n=2), GRMVoteConfig(answer_fn=last_boxed, k=2))
+    [r] = grm_vote.run([Problem("P")], ScriptedEngine(SCRIPT), none, Budget(n=2), cfg(2))
     assert r.answer is None and r.selected is None
 
 

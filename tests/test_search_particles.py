@@ -96,7 +96,8 @@ def test_epf_anneals_when_weights_collapse():
 
 
 def test_lookahead_costs_one_step_and_one_prm_call_per_particle():
-    plain = epf.run([Problem("Q")], ScriptedEngine({"Q": Q}), TablePRM(EXACT), Budget(n=4), EPFConfig(answer_fn=last_boxed))[0]
+    plain = epf.run([Problem("Q")], ScriptedEngine({"Q": Q}), TablePRM(EXACT), Budget(n=4),
+                    EPFConfig(answer_fn=last_boxed))[0]
     eng = ScriptedEngine({"Q": Q})
     ahead = epf.run([Problem("Q")], eng, TablePRM(EXACT), Budget(n=4),
                     EPFConfig(answer_fn=last_boxed, lookahead="mean"))[0]

@@ -94,9 +94,9 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
                     keep.append(partial[best])
             for pi in {pi for pi, _ in partial}:
                 trace[pi].append({"pruned": sum(1 for q, _ in partial if q == pi) - sum(1 for q, _ in keep if q == pi)})
-            more = tracker.generate(engine, [(pi, Request(prompt_ids=prompt_ids[pi] + list(c.token_ids), lora=config.lora))
-                                             for pi, c in keep],
-                                    config.sampling(n=1, max_tokens=max(1, config.max_tokens - config.prune_tokens)))
+            resumed = [(pi, Request(prompt_ids=prompt_ids[pi] + list(c.token_ids), lora=config.lora)) for pi, c in keep]
+            rest = max(1, config.max_tokens - config.prune_tokens)
+            more = tracker.generate(engine, resumed, config.sampling(n=1, max_tokens=rest))
             for (pi, c), res in zip(keep, more):
                 d = res.completions[0]
                 fresh.append((pi, Completion(list(c.token_ids) + list(d.token_ids), c.text + d.text, d.finish_reason)))

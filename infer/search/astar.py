@@ -70,7 +70,8 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
     wanted = max(1, budget.n // k)
     tracker, forest = Tracker(problems, budget), P.Forest(len(problems))
     order = itertools.count()
-    heaps: list[list[tuple[float, int, int, P.Path]]] = [[(0.0, 0, next(order), P.root(i))] for i in range(len(problems))]
+    heaps: list[list[tuple[float, int, int, P.Path]]] = [[(0.0, 0, next(order), P.root(i))]
+                                                         for i in range(len(problems))]
     solutions: list[list[P.Path]] = [[] for _ in problems]
     pops: list[list[dict[str, Any]]] = [[] for _ in problems]
     live, exhausted = [True] * len(problems), [False] * len(problems)

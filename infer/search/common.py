@@ -256,7 +256,8 @@ def item_columns(problems: Sequence[Problem], owners: Sequence[int]) -> dict[str
     return {k: [problems[pi].columns.get(k) for pi in owners] for k in names}
 
 
-def score_outcomes(reward: Any, tracker: Tracker, engine: Engine, items: Sequence[tuple[int, str]]) -> list[float | None]:
+def score_outcomes(reward: Any, tracker: Tracker, engine: Engine,
+                   items: Sequence[tuple[int, str]]) -> list[float | None]:
     """Outcome scores of (problem index, completion text) items in one batched reward call."""
     if not items:
         return []
@@ -310,7 +311,8 @@ def argbest(scores: Sequence[float | None], lowest: bool = False) -> int | None:
     return best
 
 
-def vote(answers: Sequence[str | None], weights: Sequence[float | None] | None = None) -> tuple[str | None, dict[str, float]]:
+def vote(answers: Sequence[str | None],
+         weights: Sequence[float | None] | None = None) -> tuple[str | None, dict[str, float]]:
     """Mode (or weight-summed mode) over canonical answers; None answers and None weights do not vote.
 
     Ties go to the answer that appears first in candidate order. Returns the winning

@@ -50,7 +50,8 @@ def select(problems: Sequence[Problem], engine: Engine, grm: Any, budget: Budget
         prompts, texts = [], []
         for (query, responses), js in zip(items, judged):
             for j in js:
-                prompts.append(format_grm_prompt(query, [responses[i] for i in j.order], binary=getattr(grm, "binary", False)))
+                shown = [responses[i] for i in j.order]
+                prompts.append(format_grm_prompt(query, shown, binary=getattr(grm, "binary", False)))
                 texts.append(j.text)
         raw = tracker.charge_reward(meta_rm, owners, lambda: meta_rm(prompts, texts))
         flat = [float("-inf") if s is None else float(s) for s in raw]

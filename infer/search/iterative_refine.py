@@ -100,7 +100,7 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
                 continue
             left[pi] = None if left[pi] is None else left[pi] - 1
             scored.append((pi, c))
-        for (pi, c), s in zip(scored, score_outcomes(reward, tracker, engine, [(pi, c.text) for pi, c in scored])):
+        for (_, c), s in zip(scored, score_outcomes(reward, tracker, engine, [(pi, c.text) for pi, c in scored])):
             c.score = s
         for pi, c in new:
             cands[pi].append(c)

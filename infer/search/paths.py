@@ -78,7 +78,8 @@ def child(path: Path, prompt_ids: list[int], c: Completion, config: SearchConfig
     stepper = config.stepper
     outcome = stepper.outcome(c)
     step = stepper.step_text(c)
-    new = Path(problem=path.problem, prompt_ids=list(path.prompt_ids if path.prompt_ids is not None else prompt_ids), gen_ids=path.gen_ids + list(c.token_ids),
+    prompt = path.prompt_ids if path.prompt_ids is not None else prompt_ids
+    new = Path(problem=path.problem, prompt_ids=list(prompt), gen_ids=path.gen_ids + list(c.token_ids),
                text=path.text + c.text, steps=path.steps + ([step] if step.strip() else []),
                step_scores=list(path.step_scores), parent=path.node)
     if outcome == EOS:
