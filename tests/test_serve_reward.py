@@ -140,3 +140,40 @@ def test_cli_refuses_a_folder_that_is_not_an_export(tmp_path):
     res = subprocess.run([sys.executable, "-m", "twinloop.serve_reward_cli", str(tmp_path), "--port", "1"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "twinloop_reward.json" in res.stderr
+
+
+def test_prm_pairwise_and_grm_endpoints(in_thread, lora_dirs, tiny_model_dir, tmp_path):
+    """Each kind's extra method over HTTP equals the in-process call on a fresh load of the same export."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, Qwen2ForTokenClassification
+    from twinloop.checkpoints.export import read_spec
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = AutoConfig.from_pretrained(tiny_model_dir)
+    cfg.num_labels, cfg.architectures, cfg.pad_token_id = 2, ["Qwen2ForTokenClassification"], tok.pad_token_id
+    torch.manual_seed(22)
+    Qwen2ForTokenClassification(cfg).float().save_pretrained(tmp_path / "tok")
+    tok.save_pretrained(tmp_path / "tok")
+    prm = export(tmp_path / "tok", tmp_path / "prm", "prm")
+    url = in_thread(load_reward(prm), read_spec(prm))
+    steps = [["2 + 3 = 5", "Answer: 5"]]
+    r = requests.post(url + "/step_scores", json={"prompts": ["What is 2 + 3?"], "steps": steps}, timeout=30)
+    assert r.status_code == 200 and r.json()["step_scores"] == load_reward(prm).step_scores(["What is 2 + 3?"], steps)
+    r = requests.post(url + "/step_scores", json={"prompts": ["p"], "steps": [[]]}, timeout=30)
+    assert r.status_code == 400 and "non-empty list of step strings" in r.json()["error"]
+
+    _, merged = lora_dirs
+    pair = export(merged, tmp_path / "pair", "pairwise", settings={"max_tokens": 6})
+    url = in_thread(load_reward(pair), read_spec(pair))
+    r = requests.post(url + "/compare", json={"prompt": "What is 2 + 3?", "a": "5", "b": "6"}, timeout=60)
+    assert r.status_code == 200 and r.json()["p_a_wins"] == load_reward(pair).compare("What is 2 + 3?", "5", "6")
+
+    grm = export(merged, tmp_path / "grm", "grm", settings={"k": 2, "temperature": 0.0, "max_tokens": 6})
+    url = in_thread(load_reward(grm), read_spec(grm))
+    r = requests.post(url + "/vote", json={"query": "What is 2 + 3?", "responses": ["5", "6"]}, timeout=60)
+    expected = load_reward(grm).vote("What is 2 + 3?", ["5", "6"])
+    body = r.json()
+    assert r.status_code == 200 and body["totals"] == expected.totals and body["best"] == expected.best
+    assert [j["text"] for j in body["judgments"]] == [j.text for j in expected.judgments]
+    assert requests.post(url + "/vote", json={"query": "q", "responses": ["a"], "k": 0}, timeout=10).status_code == 400
+    assert requests.post(url + "/step_scores", json={"prompts": [], "steps": []}, timeout=10).status_code == 404
