@@ -31,7 +31,7 @@ from twinloop.infer.search.common import (
 
 @dataclass
 class AStarConfig(SearchConfig):
-    k: int = 4  # next steps sampled per popped node
+    k: int = 2  # next steps sampled per popped node [check]
     g: str = "mean_cost"  # [check]: mean_cost / sum_cost / depth / zero
     g_weight: float = 1.0
     select: str = "best"
