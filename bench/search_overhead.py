@@ -47,6 +47,7 @@ def raw_generate_seconds(engine, prompt_ids: list[list[int]], n: int, tokens_per
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="policy folder (default: the shipped tiny policy, else a random tiny model)")
+    ap.add_argument("--tokenizer", help="tokenizer folder, when it is not the model's own")
     ap.add_argument("--problems", type=int, default=32)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=128)
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         model = str(build_random_tiny(Path(tempfile.mkdtemp()) / "tiny", seed=0))
         stepper = Stepper(tokens_per_step=16)
         print(f"no tiny policy shipped yet: random tiny model, {stepper.tokens_per_step}-token steps")
-    engine = VLLMEngine(model, dtype="float32", max_model_len=1024, seed=0, enable_prefix_caching=True)
+    engine = VLLMEngine(model, dtype="float32", max_model_len=1024, seed=0, enable_prefix_caching=True,
+                        tokenizer=args.tokenizer)
     problems = to_problems(arith.load("test", n=args.problems))
     prm = arith.ArithProcessReward(aggregation="last")
     prompt_ids = [engine.generate([p.request()], _one_token())[0].prompt_ids for p in problems]  # warm-up too
