@@ -48,9 +48,9 @@ def _collect_profiling() -> None:
 def _run(kind: str, model: str, args, out: str) -> list[float]:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
+    from twinloop.train.gppo import GPPOConfig, GPPOTrainer
 
     from twinloop.tasks.arith import ArithOutcomeReward
-    from twinloop.train.gppo import GPPOConfig, GPPOTrainer
 
     common = dict(output_dir=out, use_cpu=True, per_device_train_batch_size=args.batch, num_generations=args.gens,
                   max_completion_length=args.max_len, max_steps=args.steps, learning_rate=1e-5, logging_steps=1,

@@ -62,7 +62,6 @@ def test_ppo_mode_is_trl_dapo_exactly(tiny_dir, tmp_path):
     """With the GPPO additions off and a hard clip, the trainer reproduces TRL's own GRPOTrainer(loss_type="dapo"):
     only the policy loss is replaced, everything around it is TRL's."""
     from trl import GRPOConfig, GRPOTrainer
-
     from twinloop.train.gppo import GPPOTrainer
 
     cfg = _config(tmp_path / "a", clip_mode="ppo", dual_clip_c=None, positive_loss_coeff=0.0,

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-
 from twinloop.train.losses import (
     clip_stats,
     clipped_ratio,

@@ -24,7 +24,6 @@ def _argv(out, model):
 def _child(out, model, kill_at):
     import torch
     from transformers import TrainerCallback
-
     from twinloop.train.gppo import main
 
     torch.set_num_threads(1)
@@ -82,10 +81,10 @@ def test_a_save_that_dies_midway_leaves_no_checkpoint(tmp_path, monkeypatch):
     import pytest
     import torch
     from transformers.trainer_utils import get_last_checkpoint
-
-    from twinloop.tiny import build_random_tiny
     from twinloop.train.checkpointing import STAGING_DIR
     from twinloop.train.gppo import GPPOTrainer, main
+
+    from twinloop.tiny import build_random_tiny
 
     torch.set_num_threads(1)
     model = build_random_tiny(tmp_path / "model")

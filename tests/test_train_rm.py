@@ -5,8 +5,8 @@ import re
 
 import pytest
 import torch
+from twinloop.infer.engine import Completion, Result, Usage
 
-from twinloop.infer.engine import Completion, Request, Result, SamplingConfig, Usage
 from twinloop.tasks.arith import ArithOutcomeReward, load, split_steps, step_correctness
 
 torch.set_num_threads(1)
@@ -91,7 +91,6 @@ def test_mc_step_labels_match_exact_prefix_correctness(tiny_dir):
 
 def test_orm_trains_exports_and_reloads_as_scalar_rm(tiny_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
-
     from twinloop.rewards.scalar import ScalarRM
     from twinloop.train.gppo import load_tokenizer
     from twinloop.train.orm import ORMConfig, ORMScriptArguments, pair_accuracy, train_orm
@@ -121,7 +120,6 @@ def test_orm_trains_exports_and_reloads_as_scalar_rm(tiny_dir, tmp_path):
 
 def test_prm_trains_exports_and_reloads_as_token_classifier_prm(tiny_dir, tmp_path):
     from transformers import AutoModelForTokenClassification
-
     from twinloop.rewards.process import TokenClassifierPRM
     from twinloop.train.gppo import load_tokenizer
     from twinloop.train.prm import PRMConfig, PRMScriptArguments, step_accuracy, train_prm, with_exact_labels

@@ -29,7 +29,6 @@ def _hf_logprobs(model, prefix, cont):
 
 def test_colocated_vllm_follows_the_trainer_weights(tiny_dir, tmp_path):
     from datasets import Dataset
-
     from twinloop.rewards.base import RewardBase
     from twinloop.train.gppo import GPPOConfig, GPPOTrainer
     from twinloop.train.vllm_sync import AttachedVLLMEngine

@@ -3,7 +3,8 @@
 Launch (TrlParser style: the YAML recipe sets values, command-line flags override them):
 
     python -m twinloop.train.gppo --config recipes/gppo/tiny-arith.yaml [--max_steps 20 ...]
-    accelerate launch --config_file recipes/accelerate/cpu2.yaml -m twinloop.train.gppo --config recipes/gppo/tiny-arith.yaml
+    accelerate launch --config_file recipes/accelerate/cpu2.yaml -m twinloop.train.gppo \
+        --config recipes/gppo/tiny-arith.yaml
 
 Only the policy loss changes (see ``twinloop.train.losses``); generation (transformers, vLLM colocated, vLLM
 server), reward computation, advantages, logging (``report_to``, progress bars) and checkpointing are TRL's and
@@ -16,15 +17,21 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
-
 from twinloop.train.checkpointing import AtomicCheckpointMixin
-from twinloop.train.losses import (CLIP_MODES, clip_stats, nonzero_std_groups, policy_per_token_loss,
-                                   positive_nll, token_mean)
+from twinloop.train.losses import (
+    CLIP_MODES,
+    clip_stats,
+    nonzero_std_groups,
+    policy_per_token_loss,
+    positive_nll,
+    token_mean,
+)
 
 
 @dataclass
@@ -34,7 +41,8 @@ class GPPOConfig(GRPOConfig):
 
     clip_mode: str = field(default="gppo", metadata={"help": "'gppo' (gradient-preserving) or 'ppo' (hard clip, "
                                                               "= TRL dapo plus dual clip) for side-by-side runs."})
-    gppo_beta1: float = field(default=1.0, metadata={"help": "[check] gradient scale below 1-ε_l; README 1, Klear code 0.25."})
+    gppo_beta1: float = field(default=1.0, metadata={"help": "[check] gradient scale below 1-ε_l; README 1, "
+                                                              "Klear code 0.25."})
     gppo_beta2: float = field(default=1.0, metadata={"help": "gradient scale above 1+ε_h."})
     dual_clip_c: float | None = field(default=10.0, metadata={"help": "dual clip c for Â<0 (None: off)."})
     positive_loss_coeff: float = field(default=0.1, metadata={"help": "NLL coefficient on fully-correct samples."})
@@ -51,7 +59,8 @@ class GPPOConfig(GRPOConfig):
         if self.clip_mode not in CLIP_MODES:
             raise ValueError(f"clip_mode must be one of {CLIP_MODES}; got {self.clip_mode!r}")
         if self.loss_type != "dapo":
-            raise ValueError(f"GPPO aggregates by token-mean over the global batch (loss_type='dapo'); got {self.loss_type!r}")
+            raise ValueError("GPPO aggregates by token-mean over the global batch (loss_type='dapo'); "
+                             f"got {self.loss_type!r}")
         if self.dual_clip_c is not None and self.dual_clip_c <= 1.0:
             raise ValueError(f"dual_clip_c must be > 1 or None; got {self.dual_clip_c}")
         if self.use_vllm and self.vllm_mode not in ("colocate", "server"):

@@ -5,7 +5,8 @@
 GRPO is TRL's own ``GRPOTrainer(loss_type="dapo")`` with the same ε_l/ε_h, rollouts, batch, learning rate and
 seed; GPPO is ``GPPOTrainer`` with its defaults (recipes/gppo/tiny-arith.yaml). Greedy accuracy is measured on
 the task's held-out test split (200 problems) before training and every ``--eval-every`` steps. Writes
-``curve.jsonl`` and ``curve.png`` under ``--out`` and prints a table.
+``curve.jsonl`` and ``curve.png`` under ``--out`` and prints a table. Other flags go to both trainers' configs
+(e.g. ``--temperature 0.7 --steps_per_generation 4``).
 """
 from __future__ import annotations
 
@@ -50,15 +51,15 @@ def run_variant(name: str, args, rows_eval, log) -> None:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
+    from twinloop.train.gppo import GPPOTrainer, load_tokenizer, parse
 
     from twinloop.tasks.arith import ArithOutcomeReward, load
-    from twinloop.train.gppo import GPPOTrainer, load_tokenizer, parse
 
     _, cfg = parse(["--config", str(REPO / "recipes/gppo/tiny-arith.yaml"), "--model_name_or_path", args.policy,
                     "--output_dir", str(Path(args.out) / name), "--max_steps", str(args.steps), "--save_strategy",
                     "no", "--logging_steps", "10", "--learning_rate", str(args.lr), "--disable_tqdm", "true",
                     "--use_vllm", str(args.vllm).lower(), "--vllm_dtype", "float32", "--vllm_max_model_length",
-                    "512", "--per_device_train_batch_size", str(args.batch)])
+                    "512", "--per_device_train_batch_size", str(args.batch), *args.recipe_flags])
     cfg.model_init_kwargs = {"dtype": "float32"}
     if name == "grpo":
         keep = {f: getattr(cfg, f) for f in GRPOConfig.__dataclass_fields__ if f in cfg.__dict__
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
     ap.add_argument("--vllm", action="store_true", help="colocated vLLM generation")
     ap.add_argument("--eval-size", type=int, default=200)
     ap.add_argument("--out", default="runs/curve")
-    args = ap.parse_args(argv)
+    args, args.recipe_flags = ap.parse_known_args(argv)  # the rest: recipe flags, e.g. --temperature 0.7
     torch.set_num_threads(int(os.environ.get("TWINLOOP_TORCH_THREADS", "1")))
     if not Path(args.policy).is_dir():
         raise FileNotFoundError(f"policy folder not found: {args.policy}")

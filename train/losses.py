@@ -85,7 +85,8 @@ def policy_per_token_loss(
     return loss
 
 
-def token_mean(values: torch.Tensor, mask: torch.Tensor, num_tokens: torch.Tensor | float | None = None) -> torch.Tensor:
+def token_mean(values: torch.Tensor, mask: torch.Tensor,
+               num_tokens: torch.Tensor | float | None = None) -> torch.Tensor:
     """Σ values·mask / ΣT. ``num_tokens`` overrides ΣT (the global token count when a batch is split over
     processes or accumulation steps); it is clamped at 1 so an all-masked batch gives 0, not NaN."""
     total = (values * mask).sum()

@@ -13,15 +13,20 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from trl import RewardConfig, RewardTrainer
-
 from twinloop.train.checkpointing import AtomicCheckpointMixin
 from twinloop.train.gppo import load_object, load_tokenizer
-from twinloop.train.rm_data import (make_engine, preference_pairs, sample_completions, score_completions,
-                                    write_reward_bundle)
+from twinloop.train.rm_data import (
+    make_engine,
+    preference_pairs,
+    sample_completions,
+    score_completions,
+    write_reward_bundle,
+)
 
 
 @dataclass
@@ -79,7 +84,6 @@ def train_orm(script: ORMScriptArguments, cfg: ORMConfig, train_pairs: Sequence[
     import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
-
     from twinloop.rewards.scalar import ScalarRM
 
     if not train_pairs:

@@ -15,11 +15,11 @@ import importlib
 import itertools
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from transformers import Trainer, TrainingArguments
-
 from twinloop.train.checkpointing import AtomicCheckpointMixin
 from twinloop.train.gppo import load_object, load_tokenizer
 from twinloop.train.rm_data import make_engine, mc_step_labels, sample_completions, write_reward_bundle
@@ -99,7 +99,6 @@ def train_prm(script: PRMScriptArguments, cfg: PRMConfig, train_examples: Sequen
     import torch
     from datasets import Dataset
     from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
-
     from twinloop.rewards.process import TokenClassifierPRM, text_ids
 
     if not train_examples:

@@ -11,7 +11,8 @@ All sampling goes through an Engine (``VLLMEngine`` or ``HFEngine``); the verifi
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twinloop.infer.engine import Request, SamplingConfig
 from twinloop.rewards.process import encode_prompt, split_steps, text_ids

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 import types
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from twinloop.infer.vllm_engine import VLLMEngine
 
