@@ -1,10 +1,10 @@
 """`twinloop tinyworld build`: train the tiny arithmetic policy shipped in checkpoints/tiny-arith-policy/.
 
 Three stages, each with a progress bar: a byte-level BPE tokenizer with a chat template, SFT of a ~1M
-parameter Qwen2-style model on the arithmetic chain-of-thought data (CPU, seeded, a fixed number of
-steps), then save safetensors + tokenizer + a model card. The recipe follows STACK.md's measured run:
-bf16 autocast, batches of similar length padded to a multiple of 8, uniformly drawn operation counts,
-randomised step order, results up to 199.
+parameter Qwen2-style model on the arithmetic chain-of-thought data (CPU, seeded, a fixed number of steps),
+then save safetensors + tokenizer + a model card (as the identical Llama model, see ``to_llama``).
+The recipe follows STACK.md's measured run: bf16 autocast, batches of similar length padded to a
+multiple of 8, uniformly drawn operation counts, randomised step order, results up to 199.
 """
 from __future__ import annotations
 
@@ -114,6 +114,40 @@ def greedy_accuracy(model, tokenizer, rows: list[dict[str, Any]], max_new_tokens
     return correct / len(rows)
 
 
+def to_llama(model):
+    """The same network as a LlamaForCausalLM (q/k/v biases kept, a zero o_proj bias added).
+
+    Why: transformers 5 loads every ``qwen2`` checkpoint's tokenizer as Qwen2Tokenizer, which rebuilds the
+    pre-tokenizer (one token per digit) and so no longer matches the BPE the model was trained with. A
+    ``llama`` checkpoint keeps the saved tokenizer.json as it is, in transformers and in vLLM alike.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    q = model.config
+    config = LlamaConfig(
+        vocab_size=q.vocab_size, hidden_size=q.hidden_size, intermediate_size=q.intermediate_size,
+        num_hidden_layers=q.num_hidden_layers, num_attention_heads=q.num_attention_heads,
+        num_key_value_heads=q.num_key_value_heads, head_dim=q.head_dim, hidden_act=q.hidden_act,
+        max_position_embeddings=q.max_position_embeddings, rms_norm_eps=q.rms_norm_eps,
+        rope_parameters=dict(q.rope_parameters), tie_word_embeddings=q.tie_word_embeddings,
+        attention_bias=True, mlp_bias=False, bos_token_id=None, eos_token_id=q.eos_token_id,
+        pad_token_id=q.pad_token_id,
+    )
+    llama = LlamaForCausalLM(config).float()
+    state = dict(model.state_dict())
+    for i in range(q.num_hidden_layers):
+        state[f"model.layers.{i}.self_attn.o_proj.bias"] = torch.zeros(q.hidden_size)
+    missing, unexpected = llama.load_state_dict(state, strict=False)
+    if unexpected or any(k != "lm_head.weight" for k in missing):
+        raise ValueError(f"Qwen2 -> Llama conversion mismatch: missing {missing}, unexpected {unexpected}")
+    llama.tie_weights()
+    llama.generation_config.eos_token_id = q.eos_token_id
+    llama.generation_config.pad_token_id = q.pad_token_id
+    llama.generation_config.bos_token_id = None
+    return llama.eval()
+
+
 def build(cfg: BuildConfig, out_dir: Path) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
@@ -163,6 +197,7 @@ def build(cfg: BuildConfig, out_dir: Path) -> dict[str, Any]:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = None
+    model = to_llama(model)
     test_acc = greedy_accuracy(model, tokenizer, arith.load("test", n=cfg.eval_size)) if cfg.eval_size else float("nan")
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -183,6 +218,7 @@ def build(cfg: BuildConfig, out_dir: Path) -> dict[str, Any]:
 
 def model_card(stats: dict[str, Any]) -> str:
     cfg = stats["config"]
+    ops = f"{arith.ArithConfig().min_ops}-{arith.ArithConfig().max_ops}"
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -191,9 +227,12 @@ tags: [twinloop, arithmetic, tiny, from-scratch]
 # tiny-arith-policy
 
 A {stats['params'] / 1e6:.2f}M-parameter Qwen2-style causal LM trained from scratch by `twinloop tinyworld build`
-(seed {cfg['seed']}, {cfg['steps']} steps, CPU). It solves twinloop's step-checkable arithmetic task: integer
-expressions with {arith.ArithConfig().min_ops}-{arith.ArithConfig().max_ops} operations (+, -, * with one factor
-<= 9), numbers up to 99 and every intermediate result in [0, 199].
+(seed {cfg['seed']}, {cfg['steps']} steps, CPU). It is trained as a Qwen2 model and saved as the identical
+LlamaForCausalLM (q/k/v biases, zero o_proj bias): transformers 5 would load a `qwen2` checkpoint's tokenizer
+as Qwen2Tokenizer, whose digit-splitting pre-tokenizer does not match the BPE trained here.
+
+It solves twinloop's step-checkable arithmetic task: integer expressions with
+{ops} operations (+, -, * with one factor <= 9), numbers up to 99 and every intermediate result in [0, 199].
 
 ## Format
 Chat template (ChatML, EOS `<|im_end|>`). The user message is `Compute <expression> step by step.`; the
