@@ -88,6 +88,33 @@ def test_scalar_rm_export_is_a_trl_reward_model_path(seqcls, tmp_path, tiny_mode
     assert trl_logit == pytest.approx(ours_logit, abs=1e-6)
 
 
+@pytest.mark.parametrize("merge", [False, True])
+def test_scalar_rm_lora_adapter_kept_or_merged(tiny_model_dir, tmp_path, merge):
+    """A SEQ_CLS LoRA (score head in modules_to_save): kept, scores are bit-identical; merged, the folder is a
+    plain classifier whose scores differ only by the merge arithmetic."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from twinloop.rewards.scalar import ScalarRM
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(13)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    base.config.pad_token_id = tok.pad_token_id
+    peft_model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    before = ScalarRM(model=peft_model.eval(), tokenizer=tok)
+    scores = before(PROMPTS, COMPLETIONS)
+    out = export(tmp_path / "adapter", tmp_path / "orm", "orm", merge_lora=merge)
+    after = load_reward(out)
+    assert read_spec(out)["model"]["weights"] == ("full" if merge else "lora")
+    if merge:
+        assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+        assert after(PROMPTS, COMPLETIONS) == pytest.approx(scores, abs=1e-5)
+    else:
+        assert after(PROMPTS, COMPLETIONS) == scores
+
+
 def test_meta_rm_round_trip_and_grm_carries_it(seqcls, lora_dirs, tmp_path):
     from twinloop.rewards.generative import GenerativeReward, format_grm_prompt
     from twinloop.rewards.scalar import ScalarRM
@@ -175,9 +202,9 @@ def test_grm_round_trip_from_lora_adapter(lora_dirs, tiny_model_dir, tmp_path, m
 
     adapter, merged = lora_dirs
     if merge:  # the same maths before and after: merged weights, or the base with the adapter applied
-        before = GenerativeReward(HFEngine(str(merged)), k=2, max_tokens=12, mode="group", seed=5)
+        before = GenerativeReward(HFEngine(str(merged)), k=2, max_tokens=8, mode="group", seed=5)
     else:
-        before = GenerativeReward(HFEngine(str(tiny_model_dir)), lora=str(adapter), k=2, max_tokens=12,
+        before = GenerativeReward(HFEngine(str(tiny_model_dir)), lora=str(adapter), k=2, max_tokens=8,
                                   mode="group", seed=5)
     expected = _grm_texts(before)
     out = export(adapter, tmp_path / "grm", "grm", reward=before, merge_lora=merge)
