@@ -3,7 +3,7 @@
     twinloop serve-reward exports/orm-arith --port 8123 &
     curl -s http://127.0.0.1:8123/score -H 'Content-Type: application/json' \
          -d '{"prompts": ["What is 2 + 3?"], "completions": ["2 + 3 = 5\n\nAnswer: \\boxed{5}"]}'
-    # -> {"scores": [0.73]}
+    # -> {"scores": [2.638...]}   (a raw logit; `sigmoid=true` exports give (0, 1))
 
 Endpoints and error behaviour: twinloop.checkpoints.serve. The reward runs on the vLLM engine by default
 (pooling for classifiers, generation for GRM/pairwise/probe PRMs); ``--backend transformers`` needs no vLLM.
