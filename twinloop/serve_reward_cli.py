@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     parser.add_argument("--backend", choices=("vllm", "transformers"), default="vllm")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="weights dtype; vLLM's auto serves fp32 checkpoints in 16-bit, so pass float32 to "
+                             "match transformers fp32 scores")
     parser.add_argument("--base-model", help="base model folder of a LoRA export (default: the one recorded)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the folder")
     parser.add_argument("--no-verify", action="store_true", help="skip the manifest check at start-up")
