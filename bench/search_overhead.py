@@ -7,7 +7,9 @@ Goals (issue 5): best-of-N and majority <= 1.10; beam, PF, ePF, A* <= 1.5 with p
 The model defaults to the shipped tiny arithmetic policy, else a random tiny model built on the fly
 (then steps are fixed 16-token chunks, since a random model never writes the step delimiter). The
 PRM is the arithmetic task's exact process reward (CPU, cheap). The raw baseline runs the same prompts
-with n = N and exactly the procedure's mean tokens per sample (``ignore_eos``, ``min_tokens``). Both
+with n = N, the same temperature and max_tokens, in one batch, and its time is scaled to the
+procedure's token count (a fixed-length ``ignore_eos`` batch would instead credit the baseline with
+perfectly even sequence lengths, which no sampler gets). Both
 sides are repeated (``--repeats``) alternately and the fastest run of each is compared, because the CPU
 machines are shared. Note: vLLM's CPU prefix cache works in 128-token blocks, so short arithmetic
 prompts show no cached tokens.
@@ -31,12 +33,12 @@ GOALS = {"best_of_n": 1.10, "majority": 1.10, "beam_search": 1.5, "particle_filt
          "dvts": 1.5}
 
 
-def raw_generate_seconds(engine, prompt_ids: list[list[int]], n: int, tokens_per_sample: int) -> tuple[float, int]:
-    """Wall seconds of one raw ``LLM.generate`` batch producing n × tokens_per_sample tokens per prompt."""
+def raw_generate_seconds(engine, prompt_ids: list[list[int]], n: int, max_tokens: int) -> tuple[float, int]:
+    """Wall seconds and generated tokens of one raw ``LLM.generate`` batch: the same prompts, n samples each,
+    the same temperature and max_tokens, ending at EOS as the model likes (same length distribution)."""
     llm = engine.llm
     params_cls = type(llm.get_default_sampling_params())  # SamplingParams without importing vllm here
-    params = params_cls(n=n, temperature=0.7, max_tokens=tokens_per_sample, min_tokens=tokens_per_sample,
-                        ignore_eos=True)
+    params = params_cls(n=n, temperature=0.7, max_tokens=max_tokens)
     prompts = [{"prompt_token_ids": p} for p in prompt_ids]
     start = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
@@ -95,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             walls.append(time.perf_counter() - start)
             gen = sum(r.usage.generated_tokens for r in results)
             cached = sum(r.usage.cached_prompt_tokens for r in results)
-            per_sample = max(1, round(gen / (len(problems) * args.n)))
-            raw, raw_tokens = raw_generate_seconds(engine, prompt_ids, args.n, per_sample)
+            raw, raw_tokens = raw_generate_seconds(engine, prompt_ids, args.n, args.max_tokens)
             raws.append(raw * gen / max(1, raw_tokens))  # scaled to exactly the procedure's token count
         wall, raw = min(walls), min(raws)
         ratio = wall / raw
