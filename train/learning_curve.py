@@ -86,8 +86,11 @@ def run_variant(name: str, args, rows_eval, log) -> None:
             self.evaluate(state, model, processing_class)
 
         def on_step_end(self, a, state, control, model=None, processing_class=None, **kw):
-            if state.global_step % args.eval_every == 0 or state.global_step == args.steps:
+            out_of_time = time.time() - t0 > args.max_minutes * 60
+            if state.global_step % args.eval_every == 0 or state.global_step == args.steps or out_of_time:
                 self.evaluate(state, model, processing_class)
+            if out_of_time:
+                control.should_training_stop = True
 
     trainer = cls(model=args.policy, reward_funcs=[reward], args=cfg, train_dataset=train, callbacks=[Eval()],
                   processing_class=load_tokenizer(args.policy))
@@ -128,6 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="gppo,grpo")
     ap.add_argument("--vllm", action="store_true", help="colocated vLLM generation")
     ap.add_argument("--eval-size", type=int, default=200)
+    ap.add_argument("--max-minutes", type=float, default=20.0, help="wall-clock budget per variant")
     ap.add_argument("--out", default="runs/curve")
     args, args.recipe_flags = ap.parse_known_args(argv)  # the rest: recipe flags, e.g. --temperature 0.7
     torch.set_num_threads(int(os.environ.get("TWINLOOP_TORCH_THREADS", "1")))

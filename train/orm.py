@@ -53,7 +53,6 @@ class ORMConfig(RewardConfig):
     per_device_train_batch_size: int = 16
     num_train_epochs: float = 2.0
     max_length: int | None = 256
-    report_to: Any = "none"
 
 
 class ORMTrainer(AtomicCheckpointMixin, RewardTrainer):

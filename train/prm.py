@@ -51,7 +51,6 @@ class PRMConfig(TrainingArguments):
     learning_rate: float = 1e-4
     per_device_train_batch_size: int = 16
     num_train_epochs: float = 2.0
-    report_to: Any = "none"
     remove_unused_columns: bool = False
 
 
