@@ -46,3 +46,10 @@ def test_astar_budget_returns_best_partial():
                     AStarConfig(answer_fn=last_boxed, k=2))
     assert r.budget_exhausted and r.stop_reason == "budget" and r.usage.rm_calls == 2
     assert r.candidates[0].finish_reason == "budget" and r.text == "s1 good\n\n"
+
+
+def test_astar_pops_several_nodes_per_round():
+    eng = ScriptedEngine({"Q": Q})
+    [r] = astar.run([Problem("Q")], eng, TablePRM(TABLE), Budget(n=2), AStarConfig(answer_fn=last_boxed, k=2,
+                                                                                   pops_per_round=2))
+    assert r.answer == "5" and len(eng.calls[1].prompts) == 2  # the two best children expand together

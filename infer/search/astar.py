@@ -1,8 +1,8 @@
 """A*-decoding (arXiv 2505.13672): a global priority queue per problem over partial trajectories with
 f = g + h, h = 1 - PRM(prefix). Each round pops the lowest-f node of every problem (one engine call for
-all problems), samples k next steps from it, scores them and pushes them. A popped finished trajectory
-is a solution; the search stops after ``max(1, N // k)`` solutions (the nominal-N mapping is [check])
-and answers with ``select`` over them.
+all problems; ``pops_per_round`` nodes each when > 1), samples k next steps from it, scores them and
+pushes them. A popped finished trajectory is a solution; the search stops after ``max(1, N // k)``
+solutions (the nominal-N mapping is [check]) and answers with ``select`` over them.
 
 The exact g is [check] in ALGORITHMS.md; ``g`` picks it: ``mean_cost`` (default: mean of 1 - step
 score over the path, so depth itself costs nothing), ``sum_cost``, ``depth`` (``g_weight`` per step) or
@@ -34,6 +34,7 @@ class AStarConfig(SearchConfig):
     k: int = 2  # next steps sampled per popped node [check]
     g: str = "mean_cost"  # [check]: mean_cost / sum_cost / depth / zero
     g_weight: float = 1.0
+    pops_per_round: int = 1  # active nodes expanded per problem per engine call (> 1 batches better, less strict)
     select: str = "best"
     final_aggregation: str = "last"
 
@@ -79,15 +80,17 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
     while any(live):
         to_expand: list[P.Path] = []
         for pi in range(len(problems)):
-            while live[pi]:
+            taken = 0
+            while live[pi] and taken < config.pops_per_round:
                 if not heaps[pi]:
-                    live[pi] = False
+                    live[pi] = taken > 0  # nodes taken this round may still push children
                     break
                 f, _, _, node = heapq.heappop(heaps[pi])
                 pops[pi].append({"node": node.node, "f": f})
                 if node.active:
                     to_expand.append(node)
-                    break
+                    taken += 1
+                    continue
                 solutions[pi].append(node)
                 if len(solutions[pi]) >= wanted:
                     live[pi] = False
