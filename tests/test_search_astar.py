@@ -53,3 +53,17 @@ def test_astar_pops_several_nodes_per_round():
     [r] = astar.run([Problem("Q")], eng, TablePRM(TABLE), Budget(n=2), AStarConfig(answer_fn=last_boxed, k=2,
                                                                                    pops_per_round=2))
     assert r.answer == "5" and len(eng.calls[1].prompts) == 2  # the two best children expand together
+
+
+def test_reinsertion_resamples_a_good_prefix_and_cap_stops():
+    r_script = {"R": ["x good\n\ny bad\n\nAnswer: \\boxed{1}", "x good\n\ny good\n\nAnswer: \\boxed{2}"]}
+    table = {"bad": 0.1, "good": 0.9, "boxed{1}": 0.2, "boxed{2}": 0.95}
+    again = astar.run([Problem("R")], ScriptedEngine(r_script), TablePRM(table), Budget(n=1),
+                      AStarConfig(answer_fn=last_boxed, k=1))[0]
+    assert again.answer == "2" and not again.budget_exhausted  # "x good" sampled twice
+    once = astar.run([Problem("R")], ScriptedEngine(r_script), TablePRM(table), Budget(n=1),
+                     AStarConfig(answer_fn=last_boxed, k=1, reinsert_penalty=None))[0]
+    assert once.answer == "1"  # without reinsertion the only way on is the bad step
+    capped = astar.run([Problem("R")], ScriptedEngine(r_script), TablePRM(table), Budget(n=1),
+                       AStarConfig(answer_fn=last_boxed, k=1, expansions_per_n=2))[0]
+    assert capped.budget_exhausted and capped.usage.engine_requests == 2

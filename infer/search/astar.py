@@ -2,7 +2,10 @@
 f = g + h, h = 1 - PRM(prefix). Each round pops the lowest-f node of every problem (one engine call for
 all problems; ``pops_per_round`` nodes each when > 1), samples k next steps from it, scores them and
 pushes them. A popped finished trajectory is a solution; the search stops after ``max(1, N // k)``
-solutions (the nominal-N mapping is [check]) and answers with ``select`` over them.
+solutions (the nominal-N mapping is [check]) and answers with ``select`` over them. A popped prefix
+goes back into the queue with f + ``reinsert_penalty``·(times expanded), so a promising prefix whose
+samples all failed is sampled again before worse ones ([check]); expansions per problem are capped at
+``expansions_per_n``·N (reaching the cap counts as running out of budget).
 
 The exact g is [check] in ALGORITHMS.md; ``g`` picks it: ``mean_cost`` (default: mean of 1 - step
 score over the path, so depth itself costs nothing), ``sum_cost``, ``depth`` (``g_weight`` per step) or
@@ -35,6 +38,8 @@ class AStarConfig(SearchConfig):
     g: str = "mean_cost"  # [check]: mean_cost / sum_cost / depth / zero
     g_weight: float = 1.0
     pops_per_round: int = 1  # active nodes expanded per problem per engine call (> 1 batches better, less strict)
+    reinsert_penalty: float | None = 0.05  # [check] a popped prefix returns with f + penalty·expansions (None: never)
+    expansions_per_n: int = 4  # cap on expansions per problem: expansions_per_n · N (the nominal budget)
     select: str = "best"
     final_aggregation: str = "last"
 
@@ -75,6 +80,9 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
                                                          for i in range(len(problems))]
     solutions: list[list[P.Path]] = [[] for _ in problems]
     pops: list[list[dict[str, Any]]] = [[] for _ in problems]
+    expanded: dict[int, int] = {}  # id(node) -> times expanded
+    spent = [0] * len(problems)
+    cap = max(1, config.expansions_per_n * budget.n)
     live, exhausted = [True] * len(problems), [False] * len(problems)
 
     while any(live):
@@ -87,9 +95,14 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
                     break
                 f, _, _, node = heapq.heappop(heaps[pi])
                 pops[pi].append({"node": node.node, "f": f})
+                if node.active and spent[pi] >= cap:  # the nominal budget is spent: stop before expanding
+                    heapq.heappush(heaps[pi], (f, -len(node.steps), next(order), node))
+                    live[pi], exhausted[pi] = False, True
+                    break
                 if node.active:
                     to_expand.append(node)
                     taken += 1
+                    spent[pi] += 1
                     continue
                 solutions[pi].append(node)
                 if len(solutions[pi]) >= wanted:
@@ -99,6 +112,11 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
         P.score(reward, tracker, engine, flat, config.aggregation, forest)
         for c in flat:
             heapq.heappush(heaps[c.problem], (priority(c, config), -len(c.steps), next(order), c))
+        if config.reinsert_penalty is not None:  # a prefix may be sampled again later, at a growing cost
+            for node in to_expand:
+                times = expanded[id(node)] = expanded.get(id(node), 0) + 1
+                f = priority(node, config) + config.reinsert_penalty * times
+                heapq.heappush(heaps[node.problem], (f, -len(node.steps), next(order), node))
         for pi in range(len(problems)):
             if live[pi] and tracker.exhausted(pi):
                 live[pi], exhausted[pi] = False, True
