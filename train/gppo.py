@@ -77,6 +77,11 @@ class GPPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         cfg = kwargs.get("args", args[2] if len(args) > 2 else None)
         extra: dict[str, Any] = {}
         if cfg is not None and cfg.use_vllm and cfg.vllm_mode == "colocate":
+            single = os.environ.get("WORLD_SIZE", "1") == "1" and not torch.distributed.is_initialized()
+            if single and os.environ.get("MASTER_PORT", "29500") in ("29500", "auto", "0"):
+                from twinloop.train.vllm_sync import free_port
+
+                os.environ["MASTER_PORT"] = free_port()  # parallel runs must not share TRL's default 29500
             if cfg.vllm_dtype is not None:
                 extra["dtype"] = cfg.vllm_dtype
             if not torch.cuda.is_available():

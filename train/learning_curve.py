@@ -92,8 +92,17 @@ def run_variant(name: str, args, rows_eval, log) -> None:
             if out_of_time:
                 control.should_training_stop = True
 
-    trainer = cls(model=args.policy, reward_funcs=[reward], args=cfg, train_dataset=train, callbacks=[Eval()],
+    kwargs = dict(model=args.policy, reward_funcs=[reward], args=cfg, train_dataset=train, callbacks=[Eval()],
                   processing_class=load_tokenizer(args.policy))
+    if name == "grpo" and args.vllm:  # stock TRL needs the same CPU fixes as GPPOTrainer applies to itself
+        from twinloop.train.vllm_sync import colocated_llm_kwargs, free_port, patch_colocate_sync_for_cpu
+
+        os.environ["MASTER_PORT"] = free_port()
+        with colocated_llm_kwargs(dtype="float32", enforce_eager=True):
+            trainer = cls(**kwargs)
+        patch_colocate_sync_for_cpu(trainer.vllm_generation)
+    else:
+        trainer = cls(**kwargs)
     trainer.train()
     if args.vllm:
         trainer.vllm_generation.llm.llm_engine.engine_core.shutdown()
