@@ -125,6 +125,8 @@ def train_prm(script: PRMScriptArguments, cfg: PRMConfig, train_examples: Sequen
         prm = TokenClassifierPRM(model=reloaded, tokenizer=load_tokenizer(export), delimiter=script.delimiter,
                                  aggregation=script.aggregation)
         metrics["eval_step_accuracy_mc"] = step_accuracy(prm, eval_examples)
+        labels = [lab for e in eval_examples for lab in e["labels"]]
+        metrics["eval_good_step_rate"] = sum(labels) / max(1, len(labels))  # majority baseline = max(p, 1-p)
         if eval_examples and all("exact" in e for e in eval_examples):
             metrics["eval_step_accuracy_exact"] = step_accuracy(prm, eval_examples, "exact")
         metrics["train_step_accuracy_mc"] = step_accuracy(prm, list(train_examples)[:128])
