@@ -192,6 +192,8 @@ class GPPOScriptArguments:
 
     model_name_or_path: str = field(default="checkpoints/tiny-arith-policy", metadata={"help": "HF model folder."})
     task: str = field(default="twinloop.tasks.arith", metadata={"help": "module with load(split, n, seed)."})
+    task_name: str | None = field(default=None, metadata={"help": "for task families (twinloop.tasks.rgym): the "
+                                                                    "dataset name, given to load() and reward()."})
     train_size: int = field(default=512, metadata={"help": "training problems."})
     task_seed: int | None = field(default=None, metadata={"help": "seed of the task's train split."})
     reward_funcs: list[str] = field(default_factory=lambda: ["twinloop.tasks.arith:ArithOutcomeReward"],
@@ -227,15 +229,27 @@ def load_tokenizer(model_dir: str) -> Any:
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def build_rewards(specs: Sequence[str]) -> list[Any]:
-    return [load_object(s)() for s in specs]
+def build_rewards(specs: Sequence[str], task: str | None = None, task_name: str | None = None) -> list[Any]:
+    """Construct each ``module:Class`` with no arguments; the task module's own ones get ``task_name``."""
+    return [load_object(s)(task_name) if task_name and s.split(":")[0] == task else load_object(s)() for s in specs]
+
+
+def arrow_safe(value: Any) -> Any:
+    """Rows go through Arrow: keep JSON-like values, write anything else (Fraction, ...) as its string."""
+    if isinstance(value, dict):
+        return {str(k): arrow_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [arrow_safe(v) for v in value]
+    return value if value is None or isinstance(value, (str, bool, int, float)) else str(value)
 
 
 def build_dataset(script: GPPOScriptArguments):
     from datasets import Dataset
 
-    rows = importlib.import_module(script.task).load("train", n=script.train_size, seed=script.task_seed)
-    return Dataset.from_list(rows)
+    module = importlib.import_module(script.task)
+    head = [script.task_name] if script.task_name else []
+    rows = module.load(*head, "train", n=script.train_size, seed=script.task_seed)
+    return Dataset.from_list([arrow_safe(r) for r in rows])
 
 
 def build_trainer(script: GPPOScriptArguments, cfg: GPPOConfig, rewards: Sequence[Any] | None = None,
@@ -244,7 +258,8 @@ def build_trainer(script: GPPOScriptArguments, cfg: GPPOConfig, rewards: Sequenc
         raise FileNotFoundError(f"model folder not found: {script.model_name_or_path}")
     cfg.model_init_kwargs = {**(cfg.model_init_kwargs or {}), "dtype": script.dtype}
     return GPPOTrainer(model=script.model_name_or_path,
-                       reward_funcs=list(rewards) if rewards is not None else build_rewards(script.reward_funcs),
+                       reward_funcs=list(rewards) if rewards is not None
+                       else build_rewards(script.reward_funcs, script.task, script.task_name),
                        args=cfg, train_dataset=train_dataset if train_dataset is not None else build_dataset(script),
                        processing_class=load_tokenizer(script.model_name_or_path), callbacks=callbacks)
 
