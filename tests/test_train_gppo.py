@@ -182,3 +182,22 @@ def test_main_runs_a_recipe_end_to_end(tiny_dir, tmp_path):
     assert "GPPO" in (ckpt / "README.md").read_text()
     assert not any((out / ".staging").iterdir())
     assert (out / "model.safetensors").is_file()
+
+
+def test_task_family_rows_are_arrow_safe_and_rewards_get_the_task_name():
+    from fractions import Fraction
+
+    from twinloop.train.gppo import GPPOScriptArguments, arrow_safe, build_dataset, build_rewards
+
+    assert arrow_safe({"a": Fraction(1, 2), "b": [1, (2.5, None)], 3: "x"}) == {"a": "1/2", "b": [1, [2.5, None]],
+                                                                                 "3": "x"}
+    script = GPPOScriptArguments(task="twinloop.tasks.rgym", task_name="gsm_symbolic", train_size=4,
+                                 reward_funcs=["twinloop.tasks.rgym:reward"])
+    ds = build_dataset(script)
+    (reward,) = build_rewards(script.reward_funcs, script.task, script.task_name)
+    rows = list(ds)  # as TRL hands them to rewards: one dict per example
+    cols = {k: [r[k] for r in rows] for k in ds.column_names if k != "prompt"}
+    right = [f"\\boxed{{{r['answer']}}}" for r in rows]
+    assert reward([r["prompt"] for r in rows], right, **cols) == [1.0] * 4
+    with pytest.raises(ValueError, match="module:attribute"):
+        build_rewards(["no_colon"])
