@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=16, help="nominal N for every sampling/search method")
     p.add_argument("--n-problems", type=int, default=200, help="held-out test problems")
     p.add_argument("--n-dev", type=int, default=100, help="dev problems used to tune the voting temperature")
-    p.add_argument("--temperatures", default="0.5,0.7,1.0", help="candidates for the voting temperature")
+    p.add_argument("--temperatures", default="0.3,0.5,0.7,1.0", help="candidates for the voting temperature")
     p.add_argument("--bon-temperature", type=float, default=1.0, help="sampling temperature for best-of-N")
     p.add_argument("--max-tokens", type=int, default=160)
     p.add_argument("--out", default=None, help="output folder (default runs/<timestamp>)")
