@@ -66,7 +66,8 @@ def _run(kind: str, model: str, args, out: str) -> list[float]:
                   train_dataset=Dataset.from_list(_rows(args.batch * args.steps)))
     GEN_TIMES.clear()
     trainer.train()
-    gen = GEN_TIMES.get("vLLM.generate" if kind == "gppo_vllm" else "transformers.generate", [])
+    block = "vLLM.generate" if kind == "gppo_vllm" else "transformers.generate"  # names are "<Trainer>.<block>"
+    gen = [t for name, times in GEN_TIMES.items() if name.endswith("." + block) for t in times]
     GEN_ALL.setdefault(kind, []).extend(gen[1:])
     times = [r["step_time"] for r in trainer.state.log_history if "step_time" in r]
     if kind == "gppo_vllm":
