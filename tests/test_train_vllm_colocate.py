@@ -28,6 +28,20 @@ def _hf_logprobs(model, prefix, cont):
 
 
 def test_colocated_vllm_follows_the_trainer_weights(tiny_dir, tmp_path):
+    """Runs in a fresh process: TRL's colocated engine sets up vLLM's distributed state for itself, which
+    clashes with the session's other in-process engines (a user's training process has only this one)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    code = (f"import sys; sys.path.insert(0, {str(here)!r}); import test_train_vllm_colocate as t; "
+            f"t.colocate_check({tiny_dir!r}, {str(tmp_path)!r}); print('colocate-ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0 and "colocate-ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def colocate_check(tiny_dir, tmp_path):
     from datasets import Dataset
     from twinloop.rewards.base import RewardBase
     from twinloop.train.gppo import GPPOConfig, GPPOTrainer
