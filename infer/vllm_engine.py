@@ -48,6 +48,21 @@ def _release(llm: Any, last: bool) -> None:
     gc.unfreeze()  # vLLM froze the startup objects; let the collector see them again
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _match_threads(n: int) -> None:
+    """vLLM's CPU attention checks that the calling thread runs as many OpenMP threads as the engine was
+    built with; a server handler thread starts with the default count, so align it."""
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 def _has_cuda() -> bool:
     import torch
 
@@ -103,6 +118,7 @@ class VLLMEngine:
             raise EngineError(f"vLLM could not load {model!r}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
         self.tokenizer = self.llm.get_tokenizer()
         self._lora_ids: dict[str, int] = {}
+        self._threads = _torch_threads()
         VLLMEngine._live += 1
 
     # ---- generation -------------------------------------------------------------------------------------
@@ -130,6 +146,7 @@ class VLLMEngine:
         sampling.validate()
         if not requests:
             return []
+        _match_threads(self._threads)
         ids = [encode_request(self.tokenizer, r) for r in requests]
         loras = [r.lora for r in requests]
         distinct = {p for p in loras if p is not None}
@@ -182,6 +199,7 @@ class VLLMEngine:
 
         if len(prefixes) != len(continuations):
             raise EngineError("continuation_logprobs needs one continuation per prefix")
+        _match_threads(self._threads)
         todo = [i for i, c in enumerate(continuations) if c]
         out: list[list[float]] = [[] for _ in prefixes]
         if not todo:
@@ -207,6 +225,7 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         cand = [int(t) for t in token_ids]
+        _match_threads(self._threads)
         sp = SamplingParams(max_tokens=1, temperature=0.0, logprobs=len(cand), logprob_token_ids=cand)
         res = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prefixes], sp,
                                 lora_request=self._lora_request(lora), use_tqdm=False)
@@ -230,6 +249,7 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
         from vllm.pooling_params import PoolingParams
 
+        _match_threads(self._threads)
         outs = self.llm.encode([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], pooling_task=task,
                                pooling_params=PoolingParams(use_activation=activation), use_tqdm=False)
         return [o.outputs.data.float().tolist() for o in outs]

@@ -202,10 +202,20 @@ def _private_mounts(libc: Any, workdir: str, workdir_options: str) -> bool:
                 return False
             os.rmdir(stash)
     for shared in ("/tmp", "/var/tmp", "/run", "/dev/shm"):
-        needed = any(p == shared or p.startswith(shared + "/") for p in paths)
-        if os.path.isdir(shared) and not needed and libc.mount(
-                b"tmpfs", shared.encode(), b"tmpfs", 2 | 4 | 8, b"mode=0755,size=64k") != 0:
+        if not os.path.isdir(shared) or shared in paths:
+            continue
+        # the interpreter may live under a scratch dir (a checkout in /tmp): hide the rest, keep its entry
+        keep_entries = sorted({shared + "/" + p[len(shared) + 1:].split("/")[0] for p in paths
+                               if p.startswith(shared + "/")})
+        held = [(entry, os.open(entry, os.O_PATH)) for entry in keep_entries if os.path.isdir(entry)]
+        if libc.mount(b"tmpfs", shared.encode(), b"tmpfs", 2 | 4 | 8, b"mode=0755,size=64k") != 0:
             return False
+        for entry, fd in held:  # bind the held directory back through its fd, the old path being hidden
+            os.makedirs(entry, mode=0o755, exist_ok=True)
+            ok = libc.mount(f"/proc/self/fd/{fd}".encode(), entry.encode(), None, ms_bind | ms_rec, None) == 0
+            os.close(fd)
+            if not ok:
+                return False
     os.makedirs(workdir, exist_ok=True)  # in the empty /tmp
     if libc.mount(b"tmpfs", workdir.encode(), b"tmpfs", 2 | 4, workdir_options.encode()) != 0:
         return False
