@@ -29,6 +29,9 @@ class AttachedVLLMEngine(VLLMEngine):
         self._max_loras = 1
         self._lora_ids = {}
         self.tokenizer = llm.get_tokenizer()
+        import torch
+
+        self._threads = torch.get_num_threads()  # the engine re-aligns OpenMP threads to this before each call
 
     def close(self) -> None:
         pass
