@@ -7,10 +7,20 @@ from __future__ import annotations
 
 import gc
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from .engine import (Completion, EngineError, Request, Result, SamplingConfig, Usage, check_dtype,
-                     check_model_dir, encode_request)
+from .engine import (
+    Completion,
+    EngineError,
+    Request,
+    Result,
+    SamplingConfig,
+    Usage,
+    check_dtype,
+    check_model_dir,
+    encode_request,
+)
 
 
 def _refresh_tied_lm_head(worker: Any) -> bool:
@@ -20,7 +30,8 @@ def _refresh_tied_lm_head(worker: Any) -> bool:
     lm_head = getattr(model, "lm_head", None)
     inner = getattr(model, "model", None)
     embed = getattr(inner, "embed_tokens", None)
-    if lm_head is not None and embed is not None and hasattr(lm_head, "quant_method") and lm_head.weight is embed.weight:
+    tied = lm_head is not None and embed is not None and lm_head.weight is embed.weight
+    if tied and hasattr(lm_head, "quant_method"):
         lm_head.quant_method.process_weights_after_loading(lm_head)
         return True
     return False
@@ -115,11 +126,25 @@ class VLLMEngine:
         try:
             self.llm = LLM(**kwargs)
         except Exception as e:  # vLLM raises many types; give one line with the cause
-            raise EngineError(f"vLLM could not load {model!r}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+            cause = (str(e).splitlines() or [""])[0][:300]
+            raise EngineError(f"vLLM could not load {model!r}: {type(e).__name__}: {cause}") from e
         self.tokenizer = self.llm.get_tokenizer()
         self._lora_ids: dict[str, int] = {}
         self._threads = _torch_threads()
+        self._owned = True
         VLLMEngine._live += 1
+
+    @classmethod
+    def attach(cls, llm: Any, enable_lora: bool = False) -> VLLMEngine:
+        """The Engine API over a ``vllm.LLM`` built elsewhere (e.g. TRL's colocated engine). The engine does
+        not own it: ``close`` leaves it running."""
+        eng = cls.__new__(cls)
+        eng.llm, eng._owned = llm, False
+        eng.model = getattr(getattr(llm.llm_engine, "model_config", None), "model", None)
+        eng.runner = getattr(llm, "runner_type", "generate")
+        eng.enable_lora, eng._max_loras = enable_lora, 1
+        eng.tokenizer, eng._lora_ids, eng._threads = llm.get_tokenizer(), {}, _torch_threads()
+        return eng
 
     # ---- generation -------------------------------------------------------------------------------------
     def _lora_request(self, path: str | None):
@@ -264,7 +289,7 @@ class VLLMEngine:
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
-        if llm is None:
+        if llm is None or not self._owned:
             return
         self.llm = None
         VLLMEngine._live -= 1
@@ -275,7 +300,7 @@ class VLLMEngine:
         del llm
         gc.collect()
 
-    def __enter__(self) -> "VLLMEngine":
+    def __enter__(self) -> VLLMEngine:
         return self
 
     def __exit__(self, *exc: Any) -> None:

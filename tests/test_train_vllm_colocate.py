@@ -43,9 +43,9 @@ def test_colocated_vllm_follows_the_trainer_weights(tiny_dir, tmp_path):
 
 def colocate_check(tiny_dir, tmp_path):
     from datasets import Dataset
+    from twinloop.infer.vllm_engine import VLLMEngine
     from twinloop.rewards.base import RewardBase
     from twinloop.train.gppo import GPPOConfig, GPPOTrainer
-    from twinloop.train.vllm_sync import AttachedVLLMEngine
 
     class Digits(RewardBase):
         name = "digits"
@@ -66,7 +66,7 @@ def colocate_check(tiny_dir, tmp_path):
     # step 2 sampled with the weights synced after step 1: vLLM's sampling logprobs match the trainer's
     assert logs[-1]["sampling/sampling_logp_difference/max"] < 1e-2
 
-    engine = AttachedVLLMEngine(trainer.vllm_generation.llm)
+    engine = VLLMEngine.attach(trainer.vllm_generation.llm)
     tok = trainer.processing_class
     prefix = tok.apply_chat_template([{"role": "user", "content": "What is 3 + 1?"}], add_generation_prompt=True,
                                      tokenize=True, return_dict=False)

@@ -17,26 +17,6 @@ from typing import Any
 from twinloop.infer.vllm_engine import VLLMEngine
 
 
-class AttachedVLLMEngine(VLLMEngine):
-    """The Engine API over a ``vllm.LLM`` built by someone else (TRL's colocated one). It does not own the LLM:
-    ``close`` leaves it running."""
-
-    def __init__(self, llm: Any) -> None:  # no super().__init__: the LLM exists already
-        self.llm = llm
-        self.model = getattr(llm.llm_engine.model_config, "model", None) if hasattr(llm, "llm_engine") else None
-        self.runner = "generate"
-        self.enable_lora = False
-        self._max_loras = 1
-        self._lora_ids = {}
-        self.tokenizer = llm.get_tokenizer()
-        import torch
-
-        self._threads = torch.get_num_threads()  # the engine re-aligns OpenMP threads to this before each call
-
-    def close(self) -> None:
-        pass
-
-
 def free_port() -> str:
     """An OS-assigned free TCP port for the colocated engine's single-process group. TRL tries 29500 first,
     which two runs started together both get."""
@@ -51,7 +31,7 @@ def sync_weights(generation: Any) -> None:
     """Replacement for ``VLLMGeneration.sync_weights`` in colocate mode (all ranks iterate, as TRL gathers
     ZeRO-3 parameters collectively)."""
     weights = [(name, param.detach().clone()) for name, param in generation._iter_named_params()]
-    AttachedVLLMEngine(generation.llm).load_weights(weights)
+    VLLMEngine.attach(generation.llm).load_weights(weights)
 
 
 def patch_colocate_sync_for_cpu(generation: Any) -> Any:
