@@ -15,6 +15,7 @@ from pathlib import Path
 from twinloop.infer import evaluate as ev
 
 POLICY = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-arith-policy"
+SEEDED = {"sampling_seed": 0}  # per-request engine seeds: the same command prints the same table
 # which reward each procedure searches with on the arithmetic task (one plain dict, as the CLI needs)
 REWARD_FOR = {
     "greedy": "none", "majority": "none",
@@ -32,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma list from: {', '.join(sorted(REWARD_FOR))}")
     p.add_argument("--n", type=int, default=16, help="nominal N for every sampling/search method")
     p.add_argument("--n-problems", type=int, default=200, help="held-out test problems")
-    p.add_argument("--n-dev", type=int, default=100, help="dev problems used to tune the voting temperature")
-    p.add_argument("--temperatures", default="0.3,0.5,0.7,1.0", help="candidates for the voting temperature")
+    p.add_argument("--n-dev", type=int, default=200, help="dev problems used to tune the voting temperature")
+    p.add_argument("--temperatures", default="0.1,0.2,0.3,0.5,0.7", help="candidates for the voting temperature")
     p.add_argument("--bon-temperature", type=float, default=1.0, help="sampling temperature for best-of-N")
     p.add_argument("--max-tokens", type=int, default=160)
     p.add_argument("--out", default=None, help="output folder (default runs/<timestamp>)")
@@ -45,7 +46,7 @@ def tune_temperature(problems, engine, temperatures, n, max_tokens, out: Path, j
     for t in temperatures:
         path = out / f"dev_majority_T{t}.jsonl"
         ev.evaluate(problems, [engine], ["majority"], [n], path, judge, lambda e: None,
-                    lambda m, t=t: ev.build_config(m, t, max_tokens, 0, {}), progress=True)
+                    lambda m, t=t: ev.build_config(m, t, max_tokens, 0, SEEDED), progress=True)
         rows = ev.read_rows(path)
         scores[t] = sum(r["correct"] for r in rows) / max(1, len(rows))
         print(f"dev majority@{n} at T={t}: {scores[t]:.3f}")
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             spec = REWARD_FOR[method]
             ev.evaluate(test, [engine], [method], [args.n], results, judge,
                         lambda e, spec=spec: ev.build_reward(spec, "arith", e),
-                        lambda m, t=temperature: ev.build_config(m, t, args.max_tokens, 0, {}))
+                        lambda m, t=temperature: ev.build_config(m, t, args.max_tokens, 0, SEEDED))
     finally:
         engine.close()
     summary = ev.summarize(ev.read_rows(results))
