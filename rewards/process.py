@@ -113,7 +113,7 @@ class StepReward(RewardBase):
 
     def step_scores(self, prompts: Sequence[Any], steps: Sequence[Sequence[str]], **columns: Any
                     ) -> list[list[float]]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define step_scores()")  # abstract base
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
         self.usage.calls += 1
