@@ -99,7 +99,7 @@ class VLLMEngine:
         if kv_cache_gib is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_gib))
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its CPU warnings repeat per call; set it to see them
         try:
             from vllm import LLM
         except ImportError as e:  # pragma: no cover - depends on the install
