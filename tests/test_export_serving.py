@@ -19,16 +19,10 @@ TOL = 1e-5  # vLLM CPU fp32 vs transformers fp32 (measured ~1e-6)
 
 @pytest.fixture(scope="session")
 def orm_export(tiny_model_dir, tmp_path_factory):
-    import torch
-    from transformers import AutoConfig, AutoTokenizer, Qwen2ForSequenceClassification
+    from twinloop.tiny import build_random_head
 
     root = tmp_path_factory.mktemp("serving")
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    cfg = AutoConfig.from_pretrained(tiny_model_dir)
-    cfg.num_labels, cfg.architectures, cfg.pad_token_id = 1, ["Qwen2ForSequenceClassification"], tok.pad_token_id
-    torch.manual_seed(31)
-    Qwen2ForSequenceClassification(cfg).float().save_pretrained(root / "src")
-    tok.save_pretrained(root / "src")
+    build_random_head(tiny_model_dir, root / "src", seed=31)
     return export(root / "src", root / "orm", "orm")
 
 

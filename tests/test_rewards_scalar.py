@@ -8,17 +8,9 @@ from twinloop.rewards.scalar import ScalarRM, rm_input_ids
 @pytest.fixture(scope="session")
 def seqcls_dir(tiny_model_dir, tmp_path_factory):
     """A random tiny Qwen2ForSequenceClassification (num_labels=1) on the tiny model's config and tokenizer."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer, Qwen2ForSequenceClassification
+    from twinloop.tiny import build_random_head
 
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    cfg = AutoConfig.from_pretrained(tiny_model_dir)
-    cfg.num_labels, cfg.architectures, cfg.pad_token_id = 1, ["Qwen2ForSequenceClassification"], tok.pad_token_id
-    torch.manual_seed(2)
-    out = tmp_path_factory.mktemp("rm") / "seqcls"
-    Qwen2ForSequenceClassification(cfg).float().save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+    return build_random_head(tiny_model_dir, tmp_path_factory.mktemp("rm") / "seqcls", seed=2)
 
 
 def test_rm_input_ids_match_trl_reward_trainer_format(tiny_model_dir):

@@ -20,31 +20,19 @@ COMPLETIONS = ["2 + 3 = 5\n\nAnswer: 5", "56"]
 
 @pytest.fixture(scope="module")
 def orm_export(tiny_model_dir, tmp_path_factory):
-    import torch
-    from transformers import AutoConfig, AutoTokenizer, Qwen2ForSequenceClassification
+    from twinloop.tiny import build_random_head
 
     root = tmp_path_factory.mktemp("serve")
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    cfg = AutoConfig.from_pretrained(tiny_model_dir)
-    cfg.num_labels, cfg.architectures, cfg.pad_token_id = 1, ["Qwen2ForSequenceClassification"], tok.pad_token_id
-    torch.manual_seed(21)
-    Qwen2ForSequenceClassification(cfg).float().save_pretrained(root / "src")
-    tok.save_pretrained(root / "src")
+    build_random_head(tiny_model_dir, root / "src", seed=21)
     return export(root / "src", root / "orm", "orm", settings={"sigmoid": True})
-
-
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def served(orm_export):
     """`python -m twinloop.serve_reward_cli OUT --port P` in its own process, stopped by PID."""
-    port = _free_port()
+    from twinloop.infer.openai_engine import free_port
+
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "twinloop.serve_reward_cli", str(orm_export), "--port", str(port),
                              "--backend", "transformers", "--dtype", "float32"],

@@ -6,8 +6,8 @@ vLLM's CPU attention needs head_dim >= 32, so every config here keeps head_dim =
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 CHAT_TEMPLATE = (
@@ -94,5 +94,22 @@ def build_random_tiny(out_dir: str | Path, seed: int = 0, tied: bool = True, ini
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def build_random_head(base_dir: str | Path, out_dir: str | Path, head: str = "Qwen2ForSequenceClassification",
+                      num_labels: int = 1, seed: int = 0) -> Path:
+    """A random classifier head (scalar RM, token-level PRM) on a tiny model's config and tokenizer."""
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    out = Path(out_dir)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    cfg = AutoConfig.from_pretrained(base_dir)
+    cfg.num_labels, cfg.architectures, cfg.pad_token_id = num_labels, [head], tok.pad_token_id
+    torch.manual_seed(seed)
+    getattr(transformers, head)(cfg).float().save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
