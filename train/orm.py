@@ -19,10 +19,10 @@ from typing import Any
 
 from trl import RewardConfig, RewardTrainer
 from twinloop.train.checkpointing import AtomicCheckpointMixin
-from twinloop.train.gppo import load_object, load_tokenizer
+from twinloop.train.gppo import load_tokenizer
 from twinloop.train.rm_data import (
-    make_engine,
     preference_pairs,
+    run_rm_trainer,
     sample_completions,
     score_completions,
     write_reward_bundle,
@@ -110,23 +110,8 @@ def train_orm(script: ORMScriptArguments, cfg: ORMConfig, train_pairs: Sequence[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import torch
-    from trl import TrlParser
-
-    torch.set_num_threads(int(os.environ.get("TWINLOOP_TORCH_THREADS", "1")))
-    script, cfg = TrlParser((ORMScriptArguments, ORMConfig)).parse_args_and_config(
-        list(sys.argv[1:] if argv is None else argv))
-    if not os.path.isdir(script.policy_dir):
-        raise FileNotFoundError(f"policy folder not found: {script.policy_dir}")
-    verifier = load_object(script.verifier)()
-    engine = make_engine(script.engine, script.policy_dir, seed=cfg.seed)
-    train_pairs = build_pairs(script, "train", script.train_problems, engine, verifier, cfg.seed)
-    eval_pairs = build_pairs(script, "dev", script.eval_problems, engine, verifier, cfg.seed + 1)
-    engine.close() if hasattr(engine, "close") else None
-    export, metrics = train_orm(script, cfg, train_pairs, eval_pairs)
-    print(f"[orm] exported {export}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                                                   for k, v in metrics.items()))
-    return 0
+    return run_rm_trainer("orm", (ORMScriptArguments, ORMConfig), build_pairs, train_orm,
+                          sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from typing import Any
 
 from transformers import Trainer, TrainingArguments
 from twinloop.train.checkpointing import AtomicCheckpointMixin
-from twinloop.train.gppo import load_object, load_tokenizer
-from twinloop.train.rm_data import make_engine, mc_step_labels, sample_completions, write_reward_bundle
+from twinloop.train.gppo import load_tokenizer
+from twinloop.train.rm_data import mc_step_labels, run_rm_trainer, sample_completions, write_reward_bundle
 
 
 @dataclass
@@ -143,23 +143,8 @@ def build_examples(script: PRMScriptArguments, split: str, n: int, engine: Any, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import torch
-    from trl import TrlParser
-
-    torch.set_num_threads(int(os.environ.get("TWINLOOP_TORCH_THREADS", "1")))
-    script, cfg = TrlParser((PRMScriptArguments, PRMConfig)).parse_args_and_config(
-        list(sys.argv[1:] if argv is None else argv))
-    if not os.path.isdir(script.policy_dir):
-        raise FileNotFoundError(f"policy folder not found: {script.policy_dir}")
-    verifier = load_object(script.verifier)()
-    engine = make_engine(script.engine, script.policy_dir, seed=cfg.seed)
-    train = build_examples(script, "train", script.train_problems, engine, verifier, cfg.seed)
-    held_out = build_examples(script, "dev", script.eval_problems, engine, verifier, cfg.seed + 1)
-    engine.close() if hasattr(engine, "close") else None
-    export, metrics = train_prm(script, cfg, train, held_out)
-    print(f"[prm] exported {export}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                                                   for k, v in metrics.items()))
-    return 0
+    return run_rm_trainer("prm", (PRMScriptArguments, PRMConfig), build_examples, train_prm,
+                          sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

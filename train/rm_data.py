@@ -146,3 +146,33 @@ def write_reward_bundle(folder: str, spec: dict[str, Any], method: str, base_mod
     Path(folder, "twinloop_reward.json").write_text(json.dumps(spec, indent=1))
     write_model_card(folder, method=method, base_model=base_model, step=int(settings.get("global_step", 0)),
                      settings=settings)
+
+
+def run_rm_trainer(name: str, parser_types: tuple, build: Any, train: Any, argv: Sequence[str]) -> int:
+    """The shared `main` of the reward-model trainers: parse the recipe (TrlParser), sample the policy's own
+    train and held-out data with ``build(script, split, n, engine, verifier, seed)``, free the sampling engine,
+    then ``train(script, cfg, train_data, held_out) -> (export_folder, metrics)``."""
+    import os
+
+    import torch
+    from trl import TrlParser
+    from twinloop.train.gppo import load_object
+
+    torch.set_num_threads(int(os.environ.get("TWINLOOP_TORCH_THREADS", "1")))
+    argv = list(argv)
+    if not torch.cuda.is_available():  # CPU: TRL's bf16 default refuses to start without these
+        argv += [f for flag, value in (("--use_cpu", "true"), ("--bf16", "false")) if flag not in argv
+                 for f in (flag, value)]
+    script, cfg = TrlParser(parser_types).parse_args_and_config(argv)
+    if not os.path.isdir(script.policy_dir):
+        raise FileNotFoundError(f"policy folder not found: {script.policy_dir}")
+    verifier = load_object(script.verifier)()
+    engine = make_engine(script.engine, script.policy_dir, seed=cfg.seed)
+    train_data = build(script, "train", script.train_problems, engine, verifier, cfg.seed)
+    held_out = build(script, "dev", script.eval_problems, engine, verifier, cfg.seed + 1)
+    if hasattr(engine, "close"):
+        engine.close()
+    export, metrics = train(script, cfg, train_data, held_out)
+    print(f"[{name}] exported {export}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                                     for k, v in metrics.items()))
+    return 0
