@@ -446,8 +446,19 @@ def build_engines(opts: dict[str, Any]) -> list[Any]:
         return [HFEngine(ckpt, tokenizer=tok, dtype=opts["dtype"])]
     from twinloop.infer.vllm_engine import VLLMEngine
 
+    kind, _, adapter = str(opts.get("reward") or "").partition(":")
+    lora = {"enable_lora": True, "max_lora_rank": lora_rank(adapter)} if kind in SELF_REWARDS and adapter else {}
     return [VLLMEngine(ckpt, dtype=opts["dtype"], max_model_len=opts["max_model_len"] or model_context(ckpt),
-                       seed=opts["seed"], enable_prefix_caching=True, tokenizer=opts["tokenizer"])]
+                       seed=opts["seed"], enable_prefix_caching=True, tokenizer=opts["tokenizer"], **lora)]
+
+
+def lora_rank(adapter: str, floor: int = 8) -> int:
+    """The engine's max LoRA rank for an adapter folder: its own ``r`` (vLLM wants one of 8, 16, 32, ...)."""
+    try:
+        r = int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", floor))
+    except (OSError, ValueError):
+        r = floor
+    return max(floor, 1 << (r - 1).bit_length())
 
 
 def model_context(folder: str, cap: int = 4096) -> int:

@@ -27,6 +27,7 @@ TRAINERS: dict[str, str] = {
     "gppo": "twinloop.train.gppo",
     "orm": "twinloop.train.orm",
     "prm": "twinloop.train.prm",
+    "selfeval": "twinloop.train.selfeval",
 }
 
 
