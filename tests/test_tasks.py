@@ -64,6 +64,16 @@ def test_gold_solution_format_and_random_step_order():
     assert orders == {"1 + 2 = 3", "9 - 4 = 5"}
 
 
+def test_commuted_training_steps_swap_only_plus_and_times_and_still_check():
+    tree = ("*", ("+", 1, 2), ("-", 9, 4))
+    steps = arith.solution_steps(tree, random.Random(0), commute=1.0)
+    assert sorted(steps[:3]) == ["2 + 1 = 3", "5 * 3 = 15", "9 - 4 = 5"]  # subtraction keeps its order
+    assert arith.step_correctness(arith.render(tree), steps) == [1.0] * 4
+    assert arith.solution_steps(tree, None, commute=1.0)[0] == "1 + 2 = 3"  # dev/test solutions never swap
+    rows = [r["solution"] for r, _ in zip(arith.iter_train(seed=0, commute=0.5), range(200))]
+    assert rows != [r["solution"] for r, _ in zip(arith.iter_train(seed=0), range(200))]
+
+
 def test_split_steps():
     assert arith.split_steps("a\n\n b \n\n\n\nc\n") == ["a", "b", "c"]
     assert arith.split_steps("", "\n\n") == []

@@ -35,6 +35,9 @@ class BuildConfig:
     intermediate: int = 512
     vocab_size: int = 512
     seed: int = 0
+    # chance a + or * training step swaps its operands. 0.5 was tried for more diverse votes: in 2200 steps it
+    # reached final loss 0.51 and greedy 0.17 (vs 0.047 / 0.405 unswapped), too weak to ship.
+    commute: float = 0.0
     threads: int = 1  # under contention 1 thread beat 2 (STACK.md); use 2 on an idle machine
     bucket_batches: int = 64  # batches drawn together, sorted by length (steady bf16 shapes)
     eval_size: int = 200  # test problems for the model card's greedy accuracy (0: skip)
@@ -161,7 +164,7 @@ def build(cfg: BuildConfig, out_dir: Path) -> dict[str, Any]:
     rng = random.Random(cfg.seed)
 
     n_rows = cfg.steps * cfg.batch_size
-    train_iter = arith.iter_train(seed=cfg.seed)
+    train_iter = arith.iter_train(seed=cfg.seed, commute=cfg.commute)
     rows = [next(train_iter) for _ in tqdm(range(n_rows), desc="arith data", unit="row", mininterval=2)]
 
     with tqdm(total=1, desc="tokenizer", unit="bpe") as bar:
@@ -219,6 +222,7 @@ def build(cfg: BuildConfig, out_dir: Path) -> dict[str, Any]:
 def model_card(stats: dict[str, Any]) -> str:
     cfg = stats["config"]
     ops = f"{arith.ArithConfig().min_ops}-{arith.ArithConfig().max_ops}"
+    commuted = f"; + and * operands swapped with probability {cfg['commute']}" if cfg.get("commute") else ""
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -250,9 +254,9 @@ Answer: \\boxed{{189}}
 ## Training
 hidden {cfg['hidden']}, {cfg['layers']} layers, {cfg['heads']} heads of dim {cfg['hidden'] // cfg['heads']}, ff
 {cfg['intermediate']}, byte-level BPE vocabulary of {cfg['vocab_size']} tokens. SFT on the gold chains (random
-order among independent steps), batch {cfg['batch_size']}, AdamW lr {cfg['lr']} with warmup and cosine decay,
+order among independent steps{commuted}), batch {cfg['batch_size']}, AdamW lr {cfg['lr']} with warmup and cosine decay,
 bf16 autocast, {stats['train_tokens']:,} tokens in {stats['train_seconds']:.0f} s
-({cfg['threads']} threads); final loss {stats['final_loss']}.
+({cfg['threads']} threads), build {stats['build_seconds'] / 60:.1f} min; final loss {stats['final_loss']}.
 
 ## Measured
 Greedy accuracy on the fixed 200-problem test split (`twinloop.tasks.arith.load("test")`), transformers,

@@ -203,16 +203,19 @@ def generate_problem(rng: random.Random, cfg: ArithConfig = ArithConfig(), num_o
             return tree
 
 
-def solution_steps(tree, rng: random.Random | None = None) -> list[str]:
+def solution_steps(tree, rng: random.Random | None = None, commute: float = 0.0) -> list[str]:
     """The gold chain: one equation per reduction, then the answer line. With ``rng`` the order among
-    independent reductions is random (training data); without, it is left to right."""
+    independent reductions is random (training data); without, it is left to right. ``commute`` is the
+    chance (with ``rng``) that a + or * step is written with its operands swapped, which the step checker
+    accepts: two written forms of one fact give a sampled policy less correlated errors to vote over."""
     steps = []
     while not isinstance(tree, int):
         paths = reducible_paths(tree)
         path = rng.choice(paths) if rng else paths[0]
         op, a, b = subtree(tree, path)
         value = evaluate((op, a, b))
-        steps.append(f"{a} {op} {b} = {value}")
+        x, y = (b, a) if rng and op in "+*" and rng.random() < commute else (a, b)
+        steps.append(f"{x} {op} {y} = {value}")
         tree = replace(tree, path, value)
     steps.append(f"{ANSWER_PREFIX}\\boxed{{{tree}}}")
     return steps
@@ -222,14 +225,14 @@ def prompt_text(expression: str) -> str:
     return f"Compute {expression} step by step."
 
 
-def make_row(tree, index: int, split: str, rng: random.Random | None = None) -> dict[str, Any]:
+def make_row(tree, index: int, split: str, rng: random.Random | None = None, commute: float = 0.0) -> dict[str, Any]:
     expression = render(tree)
     return {
         "id": f"arith-{split}-{index}",
         "expression": expression,
         "prompt": [{"role": "user", "content": prompt_text(expression)}],
         "answer": str(evaluate(tree)),
-        "solution": STEP_DELIMITER.join(solution_steps(tree, rng)),
+        "solution": STEP_DELIMITER.join(solution_steps(tree, rng, commute)),
         "num_ops": count_ops(tree),
     }
 
@@ -257,8 +260,10 @@ def load(split: str = "test", n: int | None = None, seed: int | None = None,
     return [make_row(generate_problem(rng, cfg), i, split) for i in range(size)]
 
 
-def iter_train(seed: int | None = None, cfg: ArithConfig = ArithConfig()) -> Iterator[dict[str, Any]]:
-    """Endless training rows with randomised step order, avoiding the dev and test expressions."""
+def iter_train(seed: int | None = None, cfg: ArithConfig = ArithConfig(),
+               commute: float = 0.0) -> Iterator[dict[str, Any]]:
+    """Endless training rows with randomised step order (and operand order, see ``solution_steps``),
+    avoiding the dev and test expressions."""
     held_out = {r["expression"] for s in ("dev", "test") for r in load(s, cfg=cfg)}
     rng = random.Random(SPLIT_SEEDS["train"] if seed is None else seed)
     i = 0
@@ -266,7 +271,7 @@ def iter_train(seed: int | None = None, cfg: ArithConfig = ArithConfig()) -> Ite
         tree = generate_problem(rng, cfg)
         if render(tree) in held_out:
             continue
-        yield make_row(tree, i, "train", rng)
+        yield make_row(tree, i, "train", rng, commute)
         i += 1
 
 
