@@ -53,14 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--problems", type=int, default=32)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--methods", default="best_of_n,majority,beam_search,dvts,particle_filter,epf,astar")
+    ap.add_argument("--methods", default="best_of_n,majority,beam_search,dvts,particle_filter,epf,astar",
+                    help="comma list; METHOD:FIELD=VALUE;... overrides that method's config fields")
     ap.add_argument("--repeats", type=int, default=3, help="best (minimum) wall time of this many runs, both sides")
     args = ap.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    from twinloop.infer.evaluate import load_procedure, to_problems
+    from twinloop.infer.evaluate import load_procedure, parse_value, to_problems
     from twinloop.infer.search.common import Budget
     from twinloop.infer.search.stepper import Stepper
     from twinloop.infer.vllm_engine import VLLMEngine
@@ -84,13 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     raw_generate_seconds(engine, prompt_ids, args.n, args.max_tokens)  # warm-up: first big batch pays set-up costs
 
     print(f"model {model}; {args.problems} problems, N = {args.n}, max {args.max_tokens} tokens per sample")
-    head = f"{'method':<16} {'gen tokens':>10} {'cached':>8} {'wall s':>8} {'raw s':>8} {'ratio':>6} {'goal':>6}"
+    head = f"{'method':<24} {'gen tokens':>10} {'cached':>8} {'wall s':>8} {'raw s':>8} {'ratio':>6} {'goal':>6}"
     print(head + "\n" + "-" * len(head))
-    for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
+    for spec in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        name, _, overrides = spec.partition(":")  # e.g. astar:pops_per_round=8 (config fields, ";"-separated)
         module = load_procedure(name)
         cfg = module.Config(max_tokens=args.max_tokens, temperature=0.7)
         if hasattr(cfg, "stepper"):
             cfg.stepper = stepper
+        for item in filter(None, overrides.split(";")):
+            key, _, value = item.partition("=")
+            if not hasattr(cfg, key):
+                raise ValueError(f"{name} has no config field {key!r}")
+            setattr(cfg, key, parse_value(value))
         walls, raws = [], []
         for _ in range(max(1, args.repeats)):  # alternate both sides: a shared, noisy machine hits both alike
             start = time.perf_counter()
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = wall / raw
         goal = GOALS.get(name)
         flag = "" if goal is None else (" ok" if ratio <= goal else " over")
-        print(f"{name:<16} {gen:>10} {cached:>8} {wall:>8.2f} {raw:>8.2f} {ratio:>6.2f} {goal or '-':>6}{flag}")
+        print(f"{spec:<24} {gen:>10} {cached:>8} {wall:>8.2f} {raw:>8.2f} {ratio:>6.2f} {goal or '-':>6}{flag}")
     engine.close()
     return 0
 

@@ -129,9 +129,9 @@ def build_reward(spec: str | None, task: str, engine: Any = None):
             from twinloop.rewards.generative import GenerativeReward
 
             return GenerativeReward(engine, lora=lora, mode="group")
-        from twinloop.rewards.selfeval import SelfEvalProbe
+        from twinloop.rewards.selfeval import SelfEvalProbe, probe_settings
 
-        return SelfEvalProbe(engine, lora=lora)
+        return SelfEvalProbe(engine, lora=lora, **probe_settings(lora))
     if Path(spec).is_dir():
         try:
             from twinloop.checkpoints.export import load_reward

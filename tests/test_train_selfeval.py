@@ -55,7 +55,7 @@ def test_selfeval_adapter_trains_exports_and_the_vllm_probe_reads_it(tiny_model_
 
     train, held_out = _examples("train", 24, 1), _examples("dev", 8, 2)
     script = SelfEvalScriptArguments(policy_dir=str(tiny_model_dir), export_dir=str(tmp_path / "adapter"),
-                                     lora_r=8, lora_alpha=16)
+                                     lora_r=8, lora_alpha=16, yes="1", no="0")
     cfg = SelfEvalConfig(output_dir=str(tmp_path / "out"), use_cpu=True, per_device_train_batch_size=8,
                          num_train_epochs=3, learning_rate=5e-3, save_strategy="no", logging_steps=1, seed=0,
                          disable_tqdm=True, report_to=[])
@@ -64,13 +64,21 @@ def test_selfeval_adapter_trains_exports_and_the_vllm_probe_reads_it(tiny_model_
     assert metrics["eval_select_accuracy"] == 1.0 and metrics["eval_sample_accuracy"] == 0.5
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == 8
     assert "SelfEval" in (tmp_path / "adapter" / "README.md").read_text()
+    saved = json.loads((tmp_path / "adapter" / "twinloop_probe.json").read_text())
+    assert (saved["yes"], saved["no"]) == ("1", "0")
 
-    # the search's probe, through vLLM with the adapter, agrees with transformers + peft on the same ids
-    probe = SelfEvalProbe(vllm_engine, lora=export)
+    # the search's probe (as `twinloop eval --reward selfeval:ADAPTER` builds it), through vLLM with the
+    # adapter, agrees with transformers + peft on the same ids
+    from twinloop.infer.evaluate import build_reward
+
+    probe = build_reward(f"selfeval:{export}", "arith", vllm_engine)
+    assert isinstance(probe, SelfEvalProbe) and probe.lora == export
+    assert (probe.yes_id, probe.no_id) == (probe_for(vllm_engine.tokenizer, "1", "0").yes_id,
+                                          probe_for(vllm_engine.tokenizer, "1", "0").no_id)
     prompts, responses = [e["prompt"] for e in held_out[:6]], [e["response"] for e in held_out[:6]]
     through_vllm = probe.p_no(prompts, responses)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
                                       export).eval()
-    reference = p_no(model, probe_for(vllm_engine.tokenizer), held_out[:6])
+    reference = p_no(model, probe_for(vllm_engine.tokenizer, "1", "0"), held_out[:6])
     assert through_vllm == pytest.approx(reference, abs=2e-3)
     assert min(through_vllm[0::2]) > max(through_vllm[1::2])  # right answers: "No, a restart would not help"

@@ -11,15 +11,18 @@ response is wrong and the policy solved the prompt in at least one of its sample
 response is right, or no restart found a right one) [check: the paper uses win rates under a reward model;
 with a verifiable reward this is their 0/1 form]. Each example is exactly the probe prompt that
 ``rewards.selfeval.SelfEvalProbe`` reads, plus the one answer token; the loss is on that token only. The
-adapter (peft, HF format) is what ``selfeval:ADAPTER`` loads in ``twinloop eval`` and in the search.
+adapter (peft, HF format, plus ``twinloop_probe.json`` with the question and answer words) is what
+``selfeval:ADAPTER`` loads in ``twinloop eval`` and in the search.
 """
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -40,6 +43,9 @@ class SelfEvalScriptArguments:
     samples_per_problem: int = 8
     sample_temperature: float = 1.0
     sample_max_tokens: int = 128
+    yes: str = field(default="Yes", metadata={"help": "the probe's 'a restart does better' answer."})
+    no: str = field(default="No", metadata={"help": "the probe's 'keep this response' answer. A from-scratch model "
+                                                  "needs words whose first token it has trained (e.g. 1 / 0)."})
     lora_r: int = 16
     lora_alpha: int = 32
     engine: str = field(default="vllm", metadata={"help": "'vllm' or 'hf' for sampling."})
@@ -77,11 +83,11 @@ def build_examples(script: SelfEvalScriptArguments, split: str, n: int, engine: 
     return out
 
 
-def probe_for(tokenizer: Any):
+def probe_for(tokenizer: Any, yes: str = "Yes", no: str = "No"):
     """The probe that search uses, here only to build its token ids (no engine needed for that)."""
     from twinloop.rewards.selfeval import SelfEvalProbe
 
-    return SelfEvalProbe(SimpleNamespace(tokenizer=tokenizer))
+    return SelfEvalProbe(SimpleNamespace(tokenizer=tokenizer), yes=yes, no=no)
 
 
 def tokenize_example(probe: Any, example: dict[str, Any]) -> dict[str, list[int]]:
@@ -140,7 +146,7 @@ def train_selfeval(script: SelfEvalScriptArguments, cfg: SelfEvalConfig, train_e
         raise ValueError("no self-evaluation examples: the policy produced no samples")
     tok = load_tokenizer(script.policy_dir)
     tok.padding_side = "right"
-    probe = probe_for(tok)
+    probe = probe_for(tok, script.yes, script.no)
     data = Dataset.from_list([tokenize_example(probe, e) for e in train_examples])
     base = AutoModelForCausalLM.from_pretrained(script.policy_dir, dtype=torch.float32)
     lora = LoraConfig(r=script.lora_r, lora_alpha=script.lora_alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
@@ -154,6 +160,10 @@ def train_selfeval(script: SelfEvalScriptArguments, cfg: SelfEvalConfig, train_e
     metrics: dict[str, float] = {"train_examples": len(train_examples), "eval_examples": len(eval_examples),
                                  "train_better_rate": sum(e["better"] for e in train_examples) / len(train_examples)}
     if trainer.args.should_save:
+        from twinloop.rewards.selfeval import PROBE_FILE
+
+        Path(export, PROBE_FILE).write_text(json.dumps({"question": probe.question, "yes": script.yes,
+                                                        "no": script.no}, indent=1))
         write_model_card(export, method="SelfEval", base_model=script.policy_dir, step=trainer.state.global_step,
                          settings={"lora_r": script.lora_r, "learning_rate": cfg.learning_rate,
                                    "train_examples": len(train_examples)})
