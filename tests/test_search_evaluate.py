@@ -125,3 +125,19 @@ def test_cli_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
     assert (tmp_path / "run" / "accuracy_vs_tokens.png").exists()
     assert len(json.loads((tmp_path / "run" / "summary.json").read_text())) == 2
     assert ev.run(ns) == 0 and len(ev.read_rows(tmp_path / "run" / "results.jsonl")) == 4
+
+
+
+def test_shipped_eval_recipes_resolve_to_known_methods_and_rewards():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes" / "eval").glob("*.yaml"))
+    assert len(recipes) >= 4
+    for path in recipes:
+        opts = ev.resolve(argparse.Namespace(recipe=str(path)))
+        for method in opts["methods"].split(","):
+            assert callable(ev.load_procedure(method).run)  # every named procedure exists
+        assert all(int(b) > 0 for b in str(opts["budgets"]).split(","))
+        assert opts["out"].startswith("runs/") and opts["checkpoint"] == "checkpoints/tiny-arith-policy"
+        reward = str(opts["reward"])
+        assert reward in ("arith_process", "arith_outcome") or reward.startswith(("runs/rm/", "selfeval:runs/rm/"))
