@@ -141,3 +141,11 @@ def test_shipped_eval_recipes_resolve_to_known_methods_and_rewards():
         assert opts["out"].startswith("runs/") and opts["checkpoint"] == "checkpoints/tiny-arith-policy"
         reward = str(opts["reward"])
         assert reward in ("arith_process", "arith_outcome") or reward.startswith(("runs/rm/", "selfeval:runs/rm/"))
+
+
+def test_lora_rank_for_the_engine_rounds_up_to_a_power_of_two(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 12}))
+    assert ev.lora_rank(str(tmp_path)) == 16
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 32}))
+    assert ev.lora_rank(str(tmp_path)) == 32
+    assert ev.lora_rank(str(tmp_path / "missing")) == 8  # no config: the floor
