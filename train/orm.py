@@ -14,13 +14,14 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from trl import RewardConfig, RewardTrainer
 from twinloop.train.checkpointing import AtomicCheckpointMixin
 from twinloop.train.gppo import load_tokenizer
 from twinloop.train.rm_data import (
+    PolicySampleArguments,
     preference_pairs,
     run_rm_trainer,
     sample_completions,
@@ -30,19 +31,11 @@ from twinloop.train.rm_data import (
 
 
 @dataclass
-class ORMScriptArguments:
-    policy_dir: str = field(default="checkpoints/tiny-arith-policy", metadata={"help": "policy to sample from and "
-                                                                                      "initialise the RM with."})
-    task: str = field(default="twinloop.tasks.arith", metadata={"help": "module with load(split, n, seed)."})
-    verifier: str = field(default="twinloop.tasks.arith:ArithOutcomeReward", metadata={"help": "module:Class."})
+class ORMScriptArguments(PolicySampleArguments):
     train_problems: int = 256
     eval_problems: int = 64
     samples_per_problem: int = 8
-    sample_temperature: float = 1.0
-    sample_max_tokens: int = 128
     max_pairs_per_prompt: int = 4
-    engine: str = field(default="vllm", metadata={"help": "'vllm' or 'hf' for sampling."})
-    export_dir: str | None = field(default=None, metadata={"help": "HF RM folder (default: OUTPUT_DIR/rm)."})
 
 
 @dataclass

@@ -22,15 +22,17 @@ from typing import Any
 from transformers import Trainer, TrainingArguments
 from twinloop.train.checkpointing import AtomicCheckpointMixin
 from twinloop.train.gppo import load_tokenizer
-from twinloop.train.rm_data import mc_step_labels, run_rm_trainer, sample_completions, write_reward_bundle
+from twinloop.train.rm_data import (
+    PolicySampleArguments,
+    mc_step_labels,
+    run_rm_trainer,
+    sample_completions,
+    write_reward_bundle,
+)
 
 
 @dataclass
-class PRMScriptArguments:
-    policy_dir: str = field(default="checkpoints/tiny-arith-policy", metadata={"help": "policy to sample from and "
-                                                                                      "initialise the PRM with."})
-    task: str = field(default="twinloop.tasks.arith", metadata={"help": "module with load(split, n, seed)."})
-    verifier: str = field(default="twinloop.tasks.arith:ArithOutcomeReward", metadata={"help": "module:Class."})
+class PRMScriptArguments(PolicySampleArguments):
     train_problems: int = 128
     eval_problems: int = 32
     samples_per_problem: int = 4
@@ -39,11 +41,7 @@ class PRMScriptArguments:
                                                                    "None = at least one success."})
     delimiter: str = "\n\n"
     aggregation: str = field(default="min", metadata={"help": "how the exported PRM reduces step scores."})
-    sample_temperature: float = 1.0
-    sample_max_tokens: int = 128
-    engine: str = field(default="vllm", metadata={"help": "'vllm' or 'hf' for sampling."})
     max_length: int = 512
-    export_dir: str | None = field(default=None, metadata={"help": "HF PRM folder (default: OUTPUT_DIR/prm)."})
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from twinloop.infer.engine import Request, SamplingConfig
@@ -19,6 +20,21 @@ from twinloop.rewards.process import encode_prompt, split_steps, text_ids
 
 CORRECT = 1.0  # a verifiable reward this high is "verified correct"; ≤ WRONG is "verified wrong"
 WRONG = 0.0
+
+
+
+@dataclass
+class PolicySampleArguments:
+    """What every trainer on the policy's own samples (ORM, PRM, self-eval probe) is told; each adds its own."""
+
+    policy_dir: str = field(default="checkpoints/tiny-arith-policy", metadata={"help": "policy to sample from and "
+                                                                                      "initialise the model with."})
+    task: str = field(default="twinloop.tasks.arith", metadata={"help": "module with load(split, n, seed)."})
+    verifier: str = field(default="twinloop.tasks.arith:ArithOutcomeReward", metadata={"help": "module:Class."})
+    sample_temperature: float = 1.0
+    sample_max_tokens: int = 128
+    engine: str = field(default="vllm", metadata={"help": "'vllm' or 'hf' for sampling."})
+    export_dir: str | None = field(default=None, metadata={"help": "export folder (default: under OUTPUT_DIR)."})
 
 
 def sample_completions(engine: Any, rows: Sequence[dict[str, Any]], n: int, temperature: float = 1.0,

@@ -29,27 +29,25 @@ from typing import Any
 from transformers import Trainer, TrainingArguments
 from twinloop.train.checkpointing import AtomicCheckpointMixin, write_model_card
 from twinloop.train.gppo import load_tokenizer
-from twinloop.train.rm_data import CORRECT, run_rm_trainer, sample_completions, score_completions
+from twinloop.train.rm_data import (
+    CORRECT,
+    PolicySampleArguments,
+    run_rm_trainer,
+    sample_completions,
+    score_completions,
+)
 
 
 @dataclass
-class SelfEvalScriptArguments:
-    policy_dir: str = field(default="checkpoints/tiny-arith-policy", metadata={"help": "policy to sample from; "
-                                                                                      "the adapter's base."})
-    task: str = field(default="twinloop.tasks.arith", metadata={"help": "module with load(split, n, seed)."})
-    verifier: str = field(default="twinloop.tasks.arith:ArithOutcomeReward", metadata={"help": "module:Class."})
+class SelfEvalScriptArguments(PolicySampleArguments):
     train_problems: int = 512
     eval_problems: int = 64
     samples_per_problem: int = 8
-    sample_temperature: float = 1.0
-    sample_max_tokens: int = 128
     yes: str = field(default="Yes", metadata={"help": "the probe's 'a restart does better' answer."})
     no: str = field(default="No", metadata={"help": "the probe's 'keep this response' answer. A from-scratch model "
                                                   "needs words whose first token it has trained (e.g. 1 / 0)."})
     lora_r: int = 16
     lora_alpha: int = 32
-    engine: str = field(default="vllm", metadata={"help": "'vllm' or 'hf' for sampling."})
-    export_dir: str | None = field(default=None, metadata={"help": "adapter folder (default: OUTPUT_DIR/adapter)."})
 
 
 @dataclass
