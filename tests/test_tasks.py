@@ -74,6 +74,24 @@ def test_commuted_training_steps_swap_only_plus_and_times_and_still_check():
     assert rows != [r["solution"] for r, _ in zip(arith.iter_train(seed=0), range(200))]
 
 
+def test_tens_first_training_steps_are_checked_chains():
+    tree = ("-", ("+", 47, 38), ("*", 3, 12))
+    steps = arith.solution_steps(tree, random.Random(0), tens_first=1.0)
+    assert "47 + 38 = 77 + 8 = 85" in steps and "3 * 12 = 36" in steps  # products are never split
+    assert "85 - 36 = 55 - 6 = 49" in steps
+    assert arith.step_correctness(arith.render(tree), steps) == [1.0] * 4
+    assert arith.solution_steps(tree, None, tens_first=1.0)[0] == "47 + 38 = 85"  # dev/test gold stays direct
+    assert arith.solution_steps(("+", 47, 30), random.Random(0), tens_first=1.0)[0] == "47 + 30 = 77"  # no units
+    # a chain is ok only when every link is true, and the next expression takes its final value
+    assert arith.step_correctness("47 + 38", ["47 + 38 = 78 + 8 = 85"]) == [0.0]
+    assert arith.step_correctness("47 + 38", ["47 + 38 = 77 + 8 = 86"]) == [0.0]
+    assert arith.step_correctness("(47 + 38) * 2", ["47 + 38 = 77 + 8 = 86", "86 * 2 = 172"]) == [0.0, 1.0]
+    assert arith.parse_equation("47 + 38 = 77 + 8 = 85") == (47, "+", 38, 85)
+    assert arith.parse_equation("3 x 4 = 12.") == (3, "*", 4, 12)
+    for bad in ("3 + 4 =", "= 5", "3 + 4 = 5 = 7", "3 + 4 = 7 + = 7"):
+        assert arith.parse_equation(bad) is None
+
+
 def test_split_steps():
     assert arith.split_steps("a\n\n b \n\n\n\nc\n") == ["a", "b", "c"]
     assert arith.split_steps("", "\n\n") == []

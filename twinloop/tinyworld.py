@@ -38,6 +38,8 @@ class BuildConfig:
     # chance a + or * training step swaps its operands. 0.5 was tried for more diverse votes: in 2200 steps it
     # reached final loss 0.51 and greedy 0.17 (vs 0.047 / 0.405 unswapped), too weak to ship.
     commute: float = 0.0
+    # chance a + or - training step with a two-digit second operand is written tens first ("47 + 38 = 77 + 8 = 85")
+    tens_first: float = 0.0
     threads: int = 1  # under contention 1 thread beat 2 (STACK.md); use 2 on an idle machine
     bucket_batches: int = 64  # batches drawn together, sorted by length (steady bf16 shapes)
     eval_size: int = 200  # test problems for the model card's greedy accuracy (0: skip)
@@ -164,7 +166,7 @@ def build(cfg: BuildConfig, out_dir: Path) -> dict[str, Any]:
     rng = random.Random(cfg.seed)
 
     n_rows = cfg.steps * cfg.batch_size
-    train_iter = arith.iter_train(seed=cfg.seed, commute=cfg.commute)
+    train_iter = arith.iter_train(seed=cfg.seed, commute=cfg.commute, tens_first=cfg.tens_first)
     rows = [next(train_iter) for _ in tqdm(range(n_rows), desc="arith data", unit="row", mininterval=2)]
 
     with tqdm(total=1, desc="tokenizer", unit="bpe") as bar:
@@ -223,6 +225,8 @@ def model_card(stats: dict[str, Any]) -> str:
     cfg = stats["config"]
     ops = f"{arith.ArithConfig().min_ops}-{arith.ArithConfig().max_ops}"
     commuted = f"; + and * operands swapped with probability {cfg['commute']}" if cfg.get("commute") else ""
+    if cfg.get("tens_first"):
+        commuted += f"; + and - steps written tens first with probability {cfg['tens_first']}"
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation

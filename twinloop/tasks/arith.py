@@ -203,11 +203,17 @@ def generate_problem(rng: random.Random, cfg: ArithConfig = ArithConfig(), num_o
             return tree
 
 
-def solution_steps(tree, rng: random.Random | None = None, commute: float = 0.0) -> list[str]:
+def solution_steps(tree, rng: random.Random | None = None, commute: float = 0.0, tens_first: float = 0.0) -> list[str]:
     """The gold chain: one equation per reduction, then the answer line. With ``rng`` the order among
-    independent reductions is random (training data); without, it is left to right. ``commute`` is the
-    chance (with ``rng``) that a + or * step is written with its operands swapped, which the step checker
-    accepts: two written forms of one fact give a sampled policy less correlated errors to vote over."""
+    independent reductions is random (training data); without, it is left to right. With ``rng``:
+
+    - ``commute`` is the chance that a + or * step is written with its operands swapped;
+    - ``tens_first`` is the chance that a + or - step whose second operand has tens and units is written tens
+      first, as a chain: ``47 + 38 = 77 + 8 = 85``.
+
+    The step checker accepts both forms. They give a sampled policy other routes to one result, so its
+    errors are less correlated across samples and majority voting has something to vote over.
+    """
     steps = []
     while not isinstance(tree, int):
         paths = reducible_paths(tree)
@@ -215,7 +221,11 @@ def solution_steps(tree, rng: random.Random | None = None, commute: float = 0.0)
         op, a, b = subtree(tree, path)
         value = evaluate((op, a, b))
         x, y = (b, a) if rng and op in "+*" and rng.random() < commute else (a, b)
-        steps.append(f"{x} {op} {y} = {value}")
+        if rng and op in "+-" and y > 10 and y % 10 and rng.random() < tens_first:
+            tens = y - y % 10
+            steps.append(f"{x} {op} {y} = {evaluate((op, x, tens))} {op} {y % 10} = {value}")
+        else:
+            steps.append(f"{x} {op} {y} = {value}")
         tree = replace(tree, path, value)
     steps.append(f"{ANSWER_PREFIX}\\boxed{{{tree}}}")
     return steps
@@ -225,14 +235,15 @@ def prompt_text(expression: str) -> str:
     return f"Compute {expression} step by step."
 
 
-def make_row(tree, index: int, split: str, rng: random.Random | None = None, commute: float = 0.0) -> dict[str, Any]:
+def make_row(tree, index: int, split: str, rng: random.Random | None = None, commute: float = 0.0,
+             tens_first: float = 0.0) -> dict[str, Any]:
     expression = render(tree)
     return {
         "id": f"arith-{split}-{index}",
         "expression": expression,
         "prompt": [{"role": "user", "content": prompt_text(expression)}],
         "answer": str(evaluate(tree)),
-        "solution": STEP_DELIMITER.join(solution_steps(tree, rng, commute)),
+        "solution": STEP_DELIMITER.join(solution_steps(tree, rng, commute, tens_first)),
         "num_ops": count_ops(tree),
     }
 
@@ -261,7 +272,7 @@ def load(split: str = "test", n: int | None = None, seed: int | None = None,
 
 
 def iter_train(seed: int | None = None, cfg: ArithConfig = ArithConfig(),
-               commute: float = 0.0) -> Iterator[dict[str, Any]]:
+               commute: float = 0.0, tens_first: float = 0.0) -> Iterator[dict[str, Any]]:
     """Endless training rows with randomised step order (and operand order, see ``solution_steps``),
     avoiding the dev and test expressions."""
     held_out = {r["expression"] for s in ("dev", "test") for r in load(s, cfg=cfg)}
@@ -271,13 +282,14 @@ def iter_train(seed: int | None = None, cfg: ArithConfig = ArithConfig(),
         tree = generate_problem(rng, cfg)
         if render(tree) in held_out:
             continue
-        yield make_row(tree, i, "train", rng, commute)
+        yield make_row(tree, i, "train", rng, commute, tens_first)
         i += 1
 
 
 # ---------------------------------------------------------------- step checking (pure)
 
-_EQUATION = re.compile(r"^\s*(-?\d+)\s*([-+*×x])\s*(-?\d+)\s*=\s*(-?\d+)\s*\.?\s*$")
+_TERM = re.compile(r"^\s*(-?\d+)\s*([-+*×x])\s*(-?\d+)\s*$")
+_NUMBER = re.compile(r"^\s*(-?\d+)\s*\.?\s*$")
 _BOXED_INT = re.compile(r"\\boxed\{\s*(-?\d+)\s*\}")
 
 
@@ -286,12 +298,34 @@ def split_steps(text: str, delimiter: str = STEP_DELIMITER) -> list[str]:
     return [s.strip() for s in text.split(delimiter) if s.strip()]
 
 
-def parse_equation(step: str) -> tuple[int, str, int, int] | None:
-    m = _EQUATION.match(step)
-    if not m:
+def parse_chain(step: str) -> tuple[list[tuple[int, str, int]], int] | None:
+    """``x op y = z`` or a chain ``x op y = a op b = ... = z``: its operations in order and the final value."""
+    *terms, last = step.split("=")
+    final = _NUMBER.match(last)
+    if not terms or not final:
         return None
-    op = "*" if m.group(2) in "×x" else m.group(2)
-    return int(m.group(1)), op, int(m.group(3)), int(m.group(4))
+    ops = []
+    for term in terms:
+        m = _TERM.match(term)
+        if not m:
+            return None
+        ops.append((int(m.group(1)), "*" if m.group(2) in "×x" else m.group(2), int(m.group(3))))
+    return ops, int(final.group(1))
+
+
+def chain_is_true(ops: Sequence[tuple[int, str, int]], value: int) -> bool:
+    """Every operation of a chain equals the next one, and the last equals ``value``."""
+    values = [evaluate((op, x, y)) for x, op, y in ops] + [value]
+    return all(a == b for a, b in zip(values, values[1:]))
+
+
+def parse_equation(step: str) -> tuple[int, str, int, int] | None:
+    """``(x, op, y, z)`` of an equation step: its first operation and its final value (chains included)."""
+    chain = parse_chain(step)
+    if chain is None:
+        return None
+    (x, op, y), z = chain[0][0], chain[1]
+    return x, op, y, z
 
 
 def boxed_int(text: str) -> int | None:
@@ -305,21 +339,23 @@ def check_step(tree, step: str):
     Returns ``(ok, next_tree, parsed)``:
     - an equation ``x op y = z`` is ok when it is true and ``x op y`` (or ``y op x`` for + and *) is an
       operation of ``tree`` whose operands are both numbers. The next tree replaces that operation by
-      the written ``z``, so later steps are judged against what the solution actually wrote;
+      the written ``z``, so later steps are judged against what the solution actually wrote. A chain
+      ``x op y = a op b = z`` is ok when, in addition, every link is true;
     - an answer step (``\\boxed{N}``) is ok when the expression is fully reduced to N;
     - anything else is not ok, leaves the tree unchanged and has ``parsed = False``.
     """
-    eq = parse_equation(step)
-    if eq is None:
+    chain = parse_chain(step)
+    if chain is None:
         value = boxed_int(step)
         if value is None:
             return False, tree, False
         return isinstance(tree, int) and tree == value, tree, True
-    x, op, y, z = eq
+    ops, z = chain
+    x, op, y = ops[0]
     for path in reducible_paths(tree):
         node_op, a, b = subtree(tree, path)
         if node_op == op and ((a, b) == (x, y) or (op in "+*" and (a, b) == (y, x))):
-            return evaluate((op, x, y)) == z, replace(tree, path, z), True
+            return chain_is_true(ops, z), replace(tree, path, z), True
     return False, tree, True
 
 
