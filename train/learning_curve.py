@@ -53,7 +53,7 @@ def run_variant(name: str, args, rows_eval, log) -> None:
     from trl import GRPOConfig, GRPOTrainer
     from twinloop.train.gppo import GPPOTrainer, load_tokenizer, parse
 
-    from twinloop.tasks.arith import ArithOutcomeReward, load
+    from twinloop.tasks.arith import ArithOutcomeReward, ArithProcessReward, load
 
     _, cfg = parse(["--config", str(REPO / "recipes/gppo/tiny-arith.yaml"), "--model_name_or_path", args.policy,
                     "--output_dir", str(Path(args.out) / name), "--max_steps", str(args.steps), "--save_strategy",
@@ -68,7 +68,7 @@ def run_variant(name: str, args, rows_eval, log) -> None:
         cls = GRPOTrainer
     else:
         cls = GPPOTrainer
-    reward = ArithOutcomeReward()
+    reward = ArithProcessReward(aggregation="mean") if args.reward == "process" else ArithOutcomeReward()
     train = Dataset.from_list(load("train", n=args.batch * args.steps // cfg.num_generations + 64, seed=args.seed))
     t0 = time.time()
 
@@ -140,7 +140,11 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="gppo,grpo")
     ap.add_argument("--vllm", action="store_true", help="colocated vLLM generation")
     ap.add_argument("--eval-size", type=int, default=200)
+    ap.add_argument("--eval-split", choices=("test", "dev"), default="test",
+                    help="tune settings on dev, report on test")
     ap.add_argument("--max-minutes", type=float, default=20.0, help="wall-clock budget per variant")
+    ap.add_argument("--reward", choices=("outcome", "process"), default="outcome",
+                    help="training reward: the boxed answer (outcome), or the mean exact step correctness (process)")
     ap.add_argument("--out", default="runs/curve")
     args, args.recipe_flags = ap.parse_known_args(argv)  # the rest: recipe flags, e.g. --temperature 0.7
     torch.set_num_threads(int(os.environ.get("TWINLOOP_TORCH_THREADS", "1")))
@@ -150,7 +154,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows_eval = load("test", n=args.eval_size)
+    rows_eval = load(args.eval_split, n=args.eval_size)
     with open(out / "curve.jsonl", "a") as log:
         for name in args.variants.split(","):
             run_variant(name, args, rows_eval, log)
