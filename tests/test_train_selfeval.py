@@ -57,7 +57,7 @@ def test_selfeval_adapter_trains_exports_and_the_vllm_probe_reads_it(tiny_model_
     script = SelfEvalScriptArguments(policy_dir=str(tiny_model_dir), export_dir=str(tmp_path / "adapter"),
                                      lora_r=8, lora_alpha=16, yes="1", no="0")
     cfg = SelfEvalConfig(output_dir=str(tmp_path / "out"), use_cpu=True, per_device_train_batch_size=8,
-                         num_train_epochs=3, learning_rate=5e-3, save_strategy="no", logging_steps=1, seed=0,
+                         num_train_epochs=6, learning_rate=5e-3, save_strategy="no", logging_steps=1, seed=0,
                          disable_tqdm=True, report_to=[])
     export, metrics = train_selfeval(script, cfg, train, held_out)
     assert metrics["eval_auc_correct"] >= 0.9
