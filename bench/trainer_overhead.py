@@ -55,7 +55,7 @@ def _run(kind: str, model: str, args, out: str) -> list[float]:
     common = dict(output_dir=out, use_cpu=True, per_device_train_batch_size=args.batch, num_generations=args.gens,
                   max_completion_length=args.max_len, max_steps=args.steps, learning_rate=1e-5, logging_steps=1,
                   report_to="none", save_strategy="no", seed=0, disable_tqdm=True, epsilon_high=0.28, bf16=False,
-                  model_init_kwargs={"dtype": "float32"})
+                  model_init_kwargs={"dtype": "float32"}, steps_per_generation=args.steps_per_generation)
     if kind == "grpo":
         cfg, cls = GRPOConfig(loss_type="dapo", **common), GRPOTrainer
     else:
@@ -86,6 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gens", type=int, default=8)
     ap.add_argument("--max-len", type=int, default=96)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps-per-generation", type=int, default=1,
+                    help="optimizer steps per generation call: each call generates this many batches at once")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = args.model
@@ -104,6 +106,7 @@ def main(argv=None) -> int:
         times["gppo_vllm"] = _run("gppo_vllm", model, args, tmp)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\nmodel {model}: {args.batch} rollouts/step ({args.batch // args.gens} prompts x {args.gens}), "
+          f"{args.batch * args.steps_per_generation} rollouts per generation call, "
           f"max {args.max_len} new tokens, {args.threads} thread(s), {time.time() - t0:.0f} s total")
     gen = {k: statistics.median(v) for k, v in GEN_ALL.items() if v}
     print(f"{'variant':<34}{'steps':>6}{'median s/step':>15}{'median gen s':>14}")
