@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    from twinloop.infer.evaluate import load_procedure, parse_value, to_problems
+    from twinloop.infer.evaluate import build_config, load_procedure, parse_sets, to_problems
     from twinloop.infer.search.common import Budget
     from twinloop.infer.search.stepper import Stepper
     from twinloop.infer.vllm_engine import VLLMEngine
@@ -94,14 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     for spec in [m.strip() for m in args.methods.split(",") if m.strip()]:
         name, _, overrides = spec.partition(":")  # e.g. astar:pops_per_round=8 (config fields, ";"-separated)
         module = load_procedure(name)
-        cfg = module.Config(max_tokens=args.max_tokens, temperature=0.7)
+        cfg = build_config(module, 0.7, args.max_tokens, None, parse_sets(filter(None, overrides.split(";"))))
         if hasattr(cfg, "stepper"):
             cfg.stepper = stepper
-        for item in filter(None, overrides.split(";")):
-            key, _, value = item.partition("=")
-            if not hasattr(cfg, key):
-                raise ValueError(f"{name} has no config field {key!r}")
-            setattr(cfg, key, parse_value(value))
         walls, raws = [], []
         for _ in range(max(1, args.repeats)):  # alternate both sides: a shared, noisy machine hits both alike
             start = time.perf_counter()

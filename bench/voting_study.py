@@ -12,7 +12,6 @@ Seeded through vLLM; the numbers in the shipped model card come from this script
 from __future__ import annotations
 
 import argparse
-import collections
 import random
 import sys
 
@@ -27,6 +26,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from twinloop.infer.engine import Request, SamplingConfig
+    from twinloop.infer.search.common import canonical_answer, vote
     from twinloop.infer.vllm_engine import VLLMEngine
     from twinloop.tasks import arith
 
@@ -42,11 +42,11 @@ def main(argv=None) -> int:
         """(majority@16, pass@16, distinct answers per problem) at ``temperature``."""
         maj = hit = distinct = 0
         for got, row in zip(answers(rows, 16, temperature), rows):
-            gold, valid = int(row["answer"]), [a for a in got if a is not None]
-            if valid:
-                maj += collections.Counter(valid).most_common(1)[0][0] == gold
-                hit += gold in valid
-                distinct += len(set(valid))
+            winner, tally = vote([None if a is None else str(a) for a in got])
+            gold = canonical_answer(row["answer"])
+            maj += winner == gold
+            hit += gold in tally
+            distinct += len(tally)
         return maj / len(rows), hit / len(rows), distinct / len(rows)
 
     def greedy(rows):

@@ -226,9 +226,9 @@ def build(cfg: BuildConfig, out_dir: Path) -> dict[str, Any]:
 def model_card(stats: dict[str, Any]) -> str:
     cfg = stats["config"]
     ops = f"{arith.ArithConfig().min_ops}-{arith.ArithConfig().max_ops}"
-    commuted = f"; + and * operands swapped with probability {cfg['commute']}" if cfg.get("commute") else ""
+    written_forms = f"; + and * operands swapped with probability {cfg['commute']}" if cfg.get("commute") else ""
     if cfg.get("tens_first"):
-        commuted += f"; + and - steps written tens first with probability {cfg['tens_first']}"
+        written_forms += f"; + and - steps written tens first with probability {cfg['tens_first']}"
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -260,7 +260,7 @@ Answer: \\boxed{{189}}
 ## Training
 hidden {cfg['hidden']}, {cfg['layers']} layers, {cfg['heads']} heads of dim {cfg['hidden'] // cfg['heads']}, ff
 {cfg['intermediate']}, byte-level BPE vocabulary of {cfg['vocab_size']} tokens. SFT on the gold chains (random
-order among independent steps{commuted}), batch {cfg['batch_size']}, AdamW lr {cfg['lr']} with warmup and cosine decay,
+order among independent steps{written_forms}), batch {cfg['batch_size']}, AdamW lr {cfg['lr']} with warmup and cosine decay,
 bf16 autocast, {stats['train_tokens']:,} tokens in {stats['train_seconds']:.0f} s
 ({cfg['threads']} threads), build {stats['build_seconds'] / 60:.1f} min; final loss {stats['final_loss']}.
 
