@@ -133,7 +133,7 @@ def test_recipes_parse_and_cli_flags_override():
     script, cfg = parse(["--config", str(REPO / "recipes/gppo/tiny-arith.yaml"), "--max_steps", "3",
                          "--gppo_beta1", "0.25"])
     assert cfg.max_steps == 3 and cfg.gppo_beta1 == 0.25 and cfg.num_generations == 8
-    assert script.reward_funcs == ["twinloop.tasks.arith:ArithOutcomeReward"]
+    assert script.reward_funcs == ["twinloop.tasks.arith:ArithProcessReward(aggregation='mean')"]
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
@@ -201,3 +201,32 @@ def test_task_family_rows_are_arrow_safe_and_rewards_get_the_task_name():
     assert reward([r["prompt"] for r in rows], right, **cols) == [1.0] * 4
     with pytest.raises(ValueError, match="module:attribute"):
         build_rewards(["no_colon"])
+
+
+def test_reward_specs_take_keyword_literals():
+    from twinloop.tasks.arith import ArithProcessReward
+    from twinloop.train.gppo import build_rewards, split_call
+
+    assert split_call("m:C") == ("m:C", {})
+    assert split_call("m:C(a='x', b=2, c=[1, 2])") == ("m:C", {"a": "x", "b": 2, "c": [1, 2]})
+    (mean, strict) = build_rewards(["twinloop.tasks.arith:ArithProcessReward(aggregation='mean')",
+                                    "twinloop.tasks.arith:ArithProcessReward"])
+    assert isinstance(mean, ArithProcessReward) and (mean.aggregation, strict.aggregation) == ("mean", "min")
+    prompt = [{"role": "user", "content": "Compute 2 + 3 * 4. ..."}]
+    one_wrong = "3 * 4 = 12\n\n2 + 12 = 15\n\nAnswer: \\boxed{15}"
+    assert mean([prompt], [one_wrong], expression=["2 + 3 * 4"]) == [pytest.approx(2 / 3)]
+    assert strict([prompt], [one_wrong], expression=["2 + 3 * 4"]) == [0.0]
+    for bad in ["m:C(1)", "m:C(a=open('x'))", "m:C(a="]:
+        with pytest.raises(ValueError, match="module:Class"):
+            split_call(bad)
+
+
+def test_colocated_generation_skips_detokenizing_unless_stop_strings_need_it():
+    from twinloop.train.gppo import GPPOConfig, colocated_sampling_kwargs
+
+    assert colocated_sampling_kwargs(None) == {"detokenize": False}
+    assert colocated_sampling_kwargs({"stop": ["\n\n"]}) == {"stop": ["\n\n"]}
+    assert colocated_sampling_kwargs({"detokenize": True}) == {"detokenize": True}
+    common = dict(output_dir="/tmp/unused", use_cpu=True, per_device_train_batch_size=8, num_generations=4)
+    assert GPPOConfig(**common, use_vllm=True, vllm_mode="colocate").generation_kwargs == {"detokenize": False}
+    assert not GPPOConfig(**common).generation_kwargs  # transformers generation: untouched

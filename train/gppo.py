@@ -65,6 +65,18 @@ class GPPOConfig(GRPOConfig):
             raise ValueError(f"dual_clip_c must be > 1 or None; got {self.dual_clip_c}")
         if self.use_vllm and self.vllm_mode not in ("colocate", "server"):
             raise ValueError(f"vllm_mode must be 'colocate' or 'server'; got {self.vllm_mode!r}")
+        if self.use_vllm and self.vllm_mode == "colocate":
+            self.generation_kwargs = colocated_sampling_kwargs(self.generation_kwargs)
+
+
+def colocated_sampling_kwargs(given: dict[str, Any] | None) -> dict[str, Any]:
+    """vLLM SamplingParams extras for colocated generation: TRL reads back token ids only, so vLLM's incremental
+    detokenizing of every sampled token is wasted work (measured in bench/trainer_overhead.py). Stop strings
+    need the text, so they keep it; an explicit ``detokenize`` wins."""
+    kwargs = dict(given or {})
+    if not kwargs.get("stop"):
+        kwargs.setdefault("detokenize", False)
+    return kwargs
 
 
 class GPPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
@@ -229,9 +241,32 @@ def load_tokenizer(model_dir: str) -> Any:
     return AutoTokenizer.from_pretrained(model_dir)
 
 
+def split_call(spec: str) -> tuple[str, dict[str, Any]]:
+    """``module:Class(key=literal, ...)`` -> (``module:Class``, keyword arguments); no parentheses, no arguments."""
+    import ast
+
+    head, paren, tail = spec.partition("(")
+    if not paren:
+        return spec.strip(), {}
+    try:
+        call = ast.parse(f"f({tail}", mode="eval").body
+        if not isinstance(call, ast.Call) or call.args:
+            raise ValueError
+        return head.strip(), {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    except (SyntaxError, ValueError) as e:
+        raise ValueError(f"expected 'module:Class(key=literal, ...)', got {spec!r}") from e
+
+
 def build_rewards(specs: Sequence[str], task: str | None = None, task_name: str | None = None) -> list[Any]:
-    """Construct each ``module:Class`` with no arguments; the task module's own ones get ``task_name``."""
-    return [load_object(s)(task_name) if task_name and s.split(":")[0] == task else load_object(s)() for s in specs]
+    """Construct each ``module:Class`` or ``module:Class(key=literal, ...)``, e.g.
+    ``twinloop.tasks.arith:ArithProcessReward(aggregation='mean')``; the task module's own ones get ``task_name``
+    first."""
+    rewards = []
+    for spec in specs:
+        name, kwargs = split_call(spec)
+        head = [task_name] if task_name and name.split(":")[0] == task else []
+        rewards.append(load_object(name)(*head, **kwargs))
+    return rewards
 
 
 def arrow_safe(value: Any) -> Any:
