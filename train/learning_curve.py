@@ -1,12 +1,13 @@
 """GPPO against GRPO on the tiny arithmetic policy: greedy held-out accuracy along training, same seed and steps.
 
-    python -m twinloop.train.learning_curve --policy checkpoints/tiny-arith-policy --steps 300 --out runs/curve
+    python -m twinloop.train.learning_curve --vllm --steps_per_generation 4 --out runs/curve
 
-GRPO is TRL's own ``GRPOTrainer(loss_type="dapo")`` with the same ε_l/ε_h, rollouts, batch, learning rate and
-seed; GPPO is ``GPPOTrainer`` with its defaults (recipes/gppo/tiny-arith.yaml). Greedy accuracy is measured on
-the task's held-out test split (200 problems) before training and every ``--eval-every`` steps. Writes
-``curve.jsonl`` and ``curve.png`` under ``--out`` and prints a table. Other flags go to both trainers' configs
-(e.g. ``--temperature 0.7 --steps_per_generation 4``).
+Both variants start from recipes/gppo/tiny-arith.yaml (its reward, temperature, batch, learning rate, seed).
+GPPO is ``GPPOTrainer`` with the recipe as it is; GRPO is TRL's own ``GRPOTrainer(loss_type="dapo")`` given the
+same values (it has no NLL term or dual clip). Greedy accuracy is measured on the task's held-out test split
+(200 problems) before training and every ``--eval-every`` steps. Writes ``curve.jsonl`` and ``curve.png``
+under ``--out`` and prints a table. Other flags go to both trainers' configs (e.g. ``--positive_loss_coeff 0``
+or ``--reward_funcs twinloop.tasks.arith:ArithOutcomeReward``).
 """
 from __future__ import annotations
 
@@ -51,15 +52,15 @@ def run_variant(name: str, args, rows_eval, log) -> None:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
-    from twinloop.train.gppo import GPPOTrainer, load_tokenizer, parse
+    from twinloop.train.gppo import GPPOTrainer, build_rewards, load_tokenizer, parse
 
-    from twinloop.tasks.arith import ArithOutcomeReward, ArithProcessReward, load
+    from twinloop.tasks.arith import ArithOutcomeReward, load
 
-    _, cfg = parse(["--config", str(REPO / "recipes/gppo/tiny-arith.yaml"), "--model_name_or_path", args.policy,
-                    "--output_dir", str(Path(args.out) / name), "--max_steps", str(args.steps), "--save_strategy",
-                    "no", "--logging_steps", "10", "--learning_rate", str(args.lr), "--disable_tqdm", "true",
-                    "--use_vllm", str(args.vllm).lower(), "--vllm_dtype", "float32", "--vllm_max_model_length",
-                    "512", "--per_device_train_batch_size", str(args.batch), *args.recipe_flags])
+    script, cfg = parse(["--config", str(REPO / "recipes/gppo/tiny-arith.yaml"), "--model_name_or_path",
+                         args.policy, "--output_dir", str(Path(args.out) / name), "--max_steps", str(args.steps),
+                         "--save_strategy", "no", "--logging_steps", "10", "--disable_tqdm", "true", "--use_vllm",
+                         str(args.vllm).lower(), "--vllm_dtype", "float32", "--vllm_max_model_length", "512",
+                         *args.recipe_flags])
     cfg.model_init_kwargs = {"dtype": "float32"}
     if name == "grpo":
         keep = {f: getattr(cfg, f) for f in GRPOConfig.__dataclass_fields__ if f in cfg.__dict__
@@ -68,8 +69,9 @@ def run_variant(name: str, args, rows_eval, log) -> None:
         cls = GRPOTrainer
     else:
         cls = GPPOTrainer
-    reward = ArithProcessReward(aggregation="mean") if args.reward == "process" else ArithOutcomeReward()
-    train = Dataset.from_list(load("train", n=args.batch * args.steps // cfg.num_generations + 64, seed=args.seed))
+    rewards = build_rewards(script.reward_funcs, script.task, script.task_name)
+    n_prompts = cfg.per_device_train_batch_size * args.steps // cfg.num_generations + 64
+    train = Dataset.from_list(load("train", n=n_prompts, seed=args.seed))
     t0 = time.time()
 
     class Eval(TrainerCallback):
@@ -92,7 +94,7 @@ def run_variant(name: str, args, rows_eval, log) -> None:
             if out_of_time:
                 control.should_training_stop = True
 
-    kwargs = dict(model=args.policy, reward_funcs=[reward], args=cfg, train_dataset=train, callbacks=[Eval()],
+    kwargs = dict(model=args.policy, reward_funcs=rewards, args=cfg, train_dataset=train, callbacks=[Eval()],
                   processing_class=load_tokenizer(args.policy))
     if name == "grpo" and args.vllm:  # stock TRL needs the same CPU fixes as GPPOTrainer applies to itself
         from twinloop.train.vllm_sync import colocated_llm_kwargs, free_port, patch_colocate_sync_for_cpu
@@ -132,10 +134,8 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policy", default="checkpoints/tiny-arith-policy")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", default="gppo,grpo")
     ap.add_argument("--vllm", action="store_true", help="colocated vLLM generation")
@@ -143,8 +143,6 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-split", choices=("test", "dev"), default="test",
                     help="tune settings on dev, report on test")
     ap.add_argument("--max-minutes", type=float, default=20.0, help="wall-clock budget per variant")
-    ap.add_argument("--reward", choices=("outcome", "process"), default="outcome",
-                    help="training reward: the boxed answer (outcome), or the mean exact step correctness (process)")
     ap.add_argument("--out", default="runs/curve")
     args, args.recipe_flags = ap.parse_known_args(argv)  # the rest: recipe flags, e.g. --temperature 0.7
     torch.set_num_threads(int(os.environ.get("TWINLOOP_TORCH_THREADS", "1")))
