@@ -14,7 +14,9 @@ Defaults (all configurable):
   β₁ = 0.25, β₂ = 1. We default to 1 because that is the published formula, it is what the worked-gradient
   table reproduces (−1.28, +0.8), and with β = 1 the loss is exactly
   ``torch.clamp(ratio, lo / ratio.detach() * ratio, hi / ratio.detach() * ratio)``. Pass β₁ = 0.25 for the
-  code default; β scales only the gradient of a clipped token, never the forward value.
+  code default; β scales only the gradient of a clipped token, never the forward value. Measured on the tiny
+  arithmetic policy (README, "GPPO against GRPO"): β₁ = 1 without the NLL term collapses within 400 steps at
+  lr 1e-4; β₁ = 0.25, or β₁ = 1 with the NLL term, learns.
 - positive-sample NLL coefficient 0.1 (`positive_loss_coeff`), on fully-correct samples.
 """
 from __future__ import annotations
