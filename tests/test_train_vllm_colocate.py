@@ -79,3 +79,24 @@ def colocate_check(tiny_dir, tmp_path):
     trainer.vllm_generation.sync_weights()
     synced = engine.continuation_logprobs([list(prefix)], [cont])[0]
     assert max(abs(a - b) for a, b in zip(hf, synced)) < 1e-2
+
+
+def test_recipe_with_colocated_vllm_trains_and_exits_cleanly(tiny_dir, tmp_path):
+    """`python -m twinloop.train.gppo` on the tiny-arith recipe with vLLM generation: the colocated engine is
+    shut down before the process group, so the run ends with exit code 0 and no exit-time traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "twinloop.train.gppo", "--config", "recipes/gppo/tiny-arith.yaml",
+            "--model_name_or_path", tiny_dir, "--output_dir", str(out), "--max_steps", "2", "--train_size", "16",
+            "--per_device_train_batch_size", "8", "--num_generations", "4", "--max_completion_length", "12",
+            "--save_strategy", "no", "--disable_tqdm", "true", "--use_vllm", "true", "--vllm_dtype", "float32",
+            "--vllm_max_model_length", "128"]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert (out / "model.safetensors").is_file()

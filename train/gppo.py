@@ -376,12 +376,17 @@ def validate_recipe(recipe: str) -> tuple[GPPOScriptArguments, GPPOConfig, list[
 
 
 def teardown(trainer: GPPOTrainer) -> None:
-    """DeepSpeed on CPU aborts at exit (SIGABRT under ZeRO-3) unless the engine and process group go first."""
+    """DeepSpeed on CPU aborts at exit (SIGABRT under ZeRO-3) unless the engine and process group go first.
+    A colocated vLLM engine goes before accelerate's end_training: its exit-time shutdown would find the process
+    group gone and print a traceback."""
     import torch.distributed as dist
 
     engine = getattr(trainer, "deepspeed", None)
     if engine is not None and hasattr(engine, "destroy"):
         engine.destroy()
+    llm = getattr(getattr(trainer, "vllm_generation", None), "llm", None)
+    if llm is not None:
+        llm.llm_engine.engine_core.shutdown()
     trainer.accelerator.end_training()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
