@@ -71,7 +71,7 @@ def run_variant(name: str, args, rows_eval, log) -> None:
         cls = GPPOTrainer
     rewards = build_rewards(script.reward_funcs, script.task, script.task_name)
     n_prompts = cfg.per_device_train_batch_size * args.steps // cfg.num_generations + 64
-    train = Dataset.from_list(load("train", n=n_prompts, seed=args.seed))
+    train = Dataset.from_list(load("train", n=n_prompts, seed=args.data_seed))
     t0 = time.time()
 
     class Eval(TrainerCallback):
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     ap.add_argument("--policy", default="checkpoints/tiny-arith-policy")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-seed", type=int, default=0, help="seed of the training prompts (--seed sets TRL's)")
     ap.add_argument("--variants", default="gppo,grpo")
     ap.add_argument("--vllm", action="store_true", help="colocated vLLM generation")
     ap.add_argument("--eval-size", type=int, default=200)
