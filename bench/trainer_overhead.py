@@ -56,7 +56,7 @@ def _collect_profiling() -> None:
 def _run(kind: str, model: str, args, out: str) -> list[float]:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
-    from twinloop.train.gppo import GPPOConfig, GPPOTrainer
+    from twinloop.train.gppo import GPPOConfig, GPPOTrainer, shutdown_colocated_vllm
 
     from twinloop.tasks.arith import ArithOutcomeReward
 
@@ -78,8 +78,7 @@ def _run(kind: str, model: str, args, out: str) -> list[float]:
     gen = [t for name, times in GEN_TIMES.items() if name.endswith("." + block) for t in times]
     GEN_ALL.setdefault(kind, []).extend(gen[1:])
     times = [r["step_time"] for r in trainer.state.log_history if "step_time" in r]
-    if kind == "gppo_vllm":
-        trainer.vllm_generation.llm.llm_engine.engine_core.shutdown()
+    shutdown_colocated_vllm(trainer)
     return times[1:]
 
 

@@ -52,7 +52,7 @@ def run_variant(name: str, args, rows_eval, log) -> None:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
-    from twinloop.train.gppo import GPPOTrainer, build_rewards, load_tokenizer, parse
+    from twinloop.train.gppo import GPPOTrainer, build_rewards, load_tokenizer, parse, shutdown_colocated_vllm
 
     from twinloop.tasks.arith import ArithOutcomeReward, load
 
@@ -106,8 +106,7 @@ def run_variant(name: str, args, rows_eval, log) -> None:
     else:
         trainer = cls(**kwargs)
     trainer.train()
-    if args.vllm:
-        trainer.vllm_generation.llm.llm_engine.engine_core.shutdown()
+    shutdown_colocated_vllm(trainer)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
