@@ -26,11 +26,11 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     args = ap.parse_args()
 
+    from twinloop.infer.engine import Request, SamplingConfig
+    from twinloop.infer.vllm_engine import VLLMEngine
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from twinloop.infer.engine import Request, SamplingConfig
-    from twinloop.infer.vllm_engine import VLLMEngine
     from twinloop.tiny import build_random_tiny
 
     model = args.model or str(build_random_tiny(tempfile.mkdtemp() + "/tiny"))
@@ -56,13 +56,17 @@ def main() -> None:
     ours(), raw()  # warm-up
     rows = []
     for rep in range(args.reps):
-        t = time.perf_counter(); n_raw = raw(); t_raw = time.perf_counter() - t
-        t = time.perf_counter(); n_ours = ours(); t_ours = time.perf_counter() - t
+        t = time.perf_counter()
+        n_raw = raw()
+        t_raw = time.perf_counter() - t
+        t = time.perf_counter()
+        n_ours = ours()
+        t_ours = time.perf_counter() - t
         assert n_raw == n_ours, (n_raw, n_ours)  # identical work
         rows.append((t_raw, t_ours, t_ours / t_raw))
         print(f"rep {rep}: raw {t_raw:.3f}s  engine {t_ours:.3f}s  ratio {t_ours / t_raw:.3f}  ({n_raw} tokens)")
     med = statistics.median(r[2] for r in rows)
-    print(f"\n| prompts x n | tokens/rep | median raw s | median engine s | median ratio (target <= 1.05) |")
+    print("\n| prompts x n | tokens/rep | median raw s | median engine s | median ratio (target <= 1.05) |")
     print(f"| {args.prompts} x {args.n} | {n_raw} | {statistics.median(r[0] for r in rows):.3f} | "
           f"{statistics.median(r[1] for r in rows):.3f} | {med:.3f} |")
     eng.close()

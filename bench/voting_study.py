@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     from twinloop.infer.engine import Request, SamplingConfig
     from twinloop.infer.search.common import canonical_answer, vote
     from twinloop.infer.vllm_engine import VLLMEngine
+
     from twinloop.tasks import arith
 
     temps = [float(t) for t in args.temperatures.split(",")]

@@ -204,8 +204,9 @@ def test_task_family_rows_are_arrow_safe_and_rewards_get_the_task_name():
 
 
 def test_reward_specs_take_keyword_literals():
-    from twinloop.tasks.arith import ArithProcessReward
     from twinloop.train.gppo import build_rewards, split_call
+
+    from twinloop.tasks.arith import ArithProcessReward
 
     assert split_call("m:C") == ("m:C", {})
     assert split_call("m:C(a='x', b=2, c=[1, 2])") == ("m:C", {"a": "x", "b": 2, "c": [1, 2]})
