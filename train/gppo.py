@@ -257,16 +257,17 @@ def split_call(spec: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"expected 'module:Class(key=literal, ...)', got {spec!r}") from e
 
 
+def construct(spec: str, *args: Any) -> Any:
+    """An instance from ``module:Class`` or ``module:Class(key=literal, ...)``, e.g.
+    ``twinloop.tasks.arith:ArithProcessReward(aggregation='mean')``; ``args`` go first."""
+    name, kwargs = split_call(spec)
+    return load_object(name)(*args, **kwargs)
+
+
 def build_rewards(specs: Sequence[str], task: str | None = None, task_name: str | None = None) -> list[Any]:
-    """Construct each ``module:Class`` or ``module:Class(key=literal, ...)``, e.g.
-    ``twinloop.tasks.arith:ArithProcessReward(aggregation='mean')``; the task module's own ones get ``task_name``
-    first."""
-    rewards = []
-    for spec in specs:
-        name, kwargs = split_call(spec)
-        head = [task_name] if task_name and name.split(":")[0] == task else []
-        rewards.append(load_object(name)(*head, **kwargs))
-    return rewards
+    """Construct each reward spec (see ``construct``); the task module's own ones get ``task_name`` first."""
+    return [construct(s, task_name) if task_name and split_call(s)[0].split(":")[0] == task else construct(s)
+            for s in specs]
 
 
 def arrow_safe(value: Any) -> Any:

@@ -30,7 +30,8 @@ class PolicySampleArguments:
     policy_dir: str = field(default="checkpoints/tiny-arith-policy", metadata={"help": "policy to sample from and "
                                                                                       "initialise the model with."})
     task: str = field(default="twinloop.tasks.arith", metadata={"help": "module with load(split, n, seed)."})
-    verifier: str = field(default="twinloop.tasks.arith:ArithOutcomeReward", metadata={"help": "module:Class."})
+    verifier: str = field(default="twinloop.tasks.arith:ArithOutcomeReward",
+                          metadata={"help": "module:Class or module:Class(key=literal, ...)."})
     sample_temperature: float = 1.0
     sample_max_tokens: int = 128
     engine: str = field(default="vllm", metadata={"help": "'vllm' or 'hf' for sampling."})
@@ -172,7 +173,7 @@ def run_rm_trainer(name: str, parser_types: tuple, build: Any, train: Any, argv:
 
     import torch
     from trl import TrlParser
-    from twinloop.train.gppo import load_object
+    from twinloop.train.gppo import construct
 
     torch.set_num_threads(int(os.environ.get("TWINLOOP_TORCH_THREADS", "1")))
     argv = list(argv)
@@ -182,7 +183,7 @@ def run_rm_trainer(name: str, parser_types: tuple, build: Any, train: Any, argv:
     script, cfg = TrlParser(parser_types).parse_args_and_config(argv)
     if not os.path.isdir(script.policy_dir):
         raise FileNotFoundError(f"policy folder not found: {script.policy_dir}")
-    verifier = load_object(script.verifier)()
+    verifier = construct(script.verifier)
     engine = make_engine(script.engine, script.policy_dir, seed=cfg.seed)
     train_data = build(script, "train", script.train_problems, engine, verifier, cfg.seed)
     held_out = build(script, "dev", script.eval_problems, engine, verifier, cfg.seed + 1)
