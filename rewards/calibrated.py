@@ -172,7 +172,7 @@ class ReferenceSamples:
         self.prompt_tokens = 0
 
     def get(self, prompts: Sequence[Any]) -> list[list[str]]:
-        from twinloop.infer.engine import Request, SamplingConfig
+        from twinloop.contracts import Request, SamplingConfig
 
         keys = [prompt_key(p) for p in prompts]
         missing: dict[str, Any] = {}

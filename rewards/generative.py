@@ -217,7 +217,7 @@ class GenerativeReward(RewardBase):
     def judge_many(self, items: Sequence[tuple[str, Sequence[str]]], k: int | None = None,
                    shuffle: bool = True) -> list[list[Judgment]]:
         """k judgments per (query, responses) item, all in one engine call; scores un-permuted."""
-        from twinloop.infer.engine import Request, SamplingConfig
+        from twinloop.contracts import Request, SamplingConfig
 
         k = self.k if k is None else k
         requests, orders = [], []

@@ -134,7 +134,7 @@ class PairwiseVerifier(RewardBase):
 
     def judge(self, items: Sequence[tuple[str, str, str]]) -> list[Judgment]:
         """Batch of (prompt, a, b) triples to judgments, in one engine call."""
-        from twinloop.infer.engine import Request, SamplingConfig
+        from twinloop.contracts import Request, SamplingConfig
 
         if not items:
             return []

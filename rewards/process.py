@@ -238,7 +238,7 @@ class YesNoProbePRM(StepReward):
 
 def two_way_probability(lp_a: float, lp_b: float) -> float | None:
     """P(a) over {a, b} from two full-vocabulary logprobs (``renormalize``); None when neither is finite."""
-    from twinloop.infer.engine import renormalize
+    from twinloop.contracts import renormalize
 
     vals = [x if x is not None and math.isfinite(x) else -math.inf for x in (lp_a, lp_b)]
     if max(vals) == -math.inf:
