@@ -33,6 +33,20 @@ def encode_request(tokenizer: Any, request: Request) -> list[int]:
     return list(tokenizer(request.text, add_special_tokens=False).input_ids)
 
 
+def lora_rank(adapter: str, floor: int = 8) -> int:
+    """The engine's max LoRA rank for an adapter folder: its own ``r`` rounded up to a power of two (vLLM wants
+    one of 8, 16, 32, ...). The one LoRA-rank rule, for eval and for exported judges alike."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(adapter, "adapter_config.json")) as f:
+            r = int(json.load(f).get("r", floor))
+    except (OSError, ValueError):
+        r = floor
+    return max(floor, 1 << (r - 1).bit_length())
+
+
 def check_model_dir(model: str) -> None:
     """One-line error for a model folder that does not exist or lacks a config."""
     import os

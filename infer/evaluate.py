@@ -23,7 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from twinloop.infer.engine import lora_rank
 from twinloop.infer.search.common import Budget, Problem, SearchResult
+
+from twinloop.tasks import build_task
 
 SEARCH_PACKAGE = "twinloop.infer.search"
 NOT_PROCEDURES = {"common", "stepper", "sampling", "paths", "tree", "particles", "resampling"}
@@ -70,76 +73,26 @@ def build_config(module: Any, temperature: float, max_tokens: int, seed: int, ov
 
 
 # ---------------------------------------------------------------------------------- tasks and rewards
-def task_module(task: str):
-    name = task.split(":", 1)[0]
-    try:
-        return importlib.import_module(f"twinloop.tasks.{name}")
-    except ModuleNotFoundError as e:
-        raise ValueError(f"unknown task {task!r}; tasks live in twinloop/tasks/ "
-                         "(arith, gsm8k, mmath, humaneval, rgym:NAME)") from e
-
-
-def load_rows(task: str, split: str, n: int | None) -> list[dict[str, Any]]:
-    mod = task_module(task)
-    if ":" in task:  # reasoning-gym: rgym:countdown
-        return mod.load(task.split(":", 1)[1], split=split, n=n)
-    return mod.load(split=split, n=n)
+def load_rows(task: str, split: str, n: int | None, seed: int | None = None) -> list[dict[str, Any]]:
+    return build_task(task).load(split, n=n, seed=seed)
 
 
 def task_reward(task: str):
     """The task's own verifiable reward (the correctness judge)."""
-    mod = task_module(task)
-    if ":" in task:
-        return mod.reward(task.split(":", 1)[1])
-    if hasattr(mod, "reward"):
-        return mod.reward()
-    if task == "arith":
-        return mod.ArithOutcomeReward()
-    raise ValueError(f"task {task!r} has no reward() to judge answers")
-
-
-SELF_REWARDS = ("pairwise", "grm", "selfeval")  # judged by the policy model itself (optionally :ADAPTER)
+    return build_task(task).reward()
 
 
 def build_reward(spec: str | None, task: str, engine: Any = None):
-    """``arith_process`` (exact PRM), ``arith_outcome`` / ``task`` (gold oracles), ``none``, a reward
-    bundle folder (twinloop.checkpoints.export.load_reward), or a judge run on the policy engine:
-    ``pairwise`` (V1 verifier), ``grm`` (SPCT GRM), ``selfeval`` (self-evaluation probe), each with an
-    optional LoRA adapter as ``NAME:ADAPTER_DIR``."""
-    if spec is None or spec == "none":
+    """The reward a spec names (``twinloop.build.build_reward``: an alias such as ``arith_process``, ``task``,
+    ``none``, ``module:Class(key=literal)``, a bundle folder, or a judge on the policy engine such as
+    ``grm:ADAPTER``); with ``engine=None`` the spec is only validated."""
+    from twinloop.build import build_reward as build
+    from twinloop.build import reward_class
+
+    if engine is None:
+        reward_class(spec) if spec else None
         return None
-    if spec in ("arith_process", "arith_outcome"):
-        from twinloop.tasks import arith
-
-        return arith.ArithProcessReward() if spec == "arith_process" else arith.ArithOutcomeReward()
-    if spec == "task":
-        return task_reward(task)
-    kind, _, adapter = spec.partition(":")
-    if kind in SELF_REWARDS:
-        if adapter and not Path(adapter).is_dir():
-            raise FileNotFoundError(f"LoRA adapter folder {adapter} not found")
-        if engine is None:  # validation only
-            return None
-        lora = adapter or None
-        if kind == "pairwise":
-            from twinloop.rewards.pairwise import PairwiseVerifier
-
-            return PairwiseVerifier(engine, lora=lora)
-        if kind == "grm":
-            from twinloop.rewards.generative import GenerativeReward
-
-            return GenerativeReward(engine, lora=lora, mode="group")
-        from twinloop.rewards.selfeval import SelfEvalProbe, probe_settings
-
-        return SelfEvalProbe(engine, lora=lora, **probe_settings(lora))
-    if Path(spec).is_dir():
-        try:
-            from twinloop.checkpoints.export import load_reward
-        except ImportError as e:
-            raise ValueError("loading a reward bundle needs twinloop.checkpoints.export.load_reward") from e
-        return load_reward(spec)
-    raise ValueError(f"unknown reward {spec!r}: use arith_process, arith_outcome, task, none, pairwise, grm, "
-                     "selfeval or a bundle folder")
+    return build(spec, task=task, engine=engine)
 
 
 def make_judge(task: str) -> Callable[[Problem, str | None], bool]:
@@ -446,19 +399,11 @@ def build_engines(opts: dict[str, Any]) -> list[Any]:
         return [HFEngine(ckpt, tokenizer=tok, dtype=opts["dtype"])]
     from twinloop.infer.vllm_engine import VLLMEngine
 
-    kind, _, adapter = str(opts.get("reward") or "").partition(":")
-    lora = {"enable_lora": True, "max_lora_rank": lora_rank(adapter)} if kind in SELF_REWARDS and adapter else {}
+    adapter = str(opts.get("reward") or "").partition(":")[2]  # a judge on the policy through a LoRA: NAME:ADAPTER
+    is_adapter = bool(adapter) and (Path(adapter) / "adapter_config.json").is_file()
+    lora = {"enable_lora": True, "max_lora_rank": lora_rank(adapter)} if is_adapter else {}
     return [VLLMEngine(ckpt, dtype=opts["dtype"], max_model_len=opts["max_model_len"] or model_context(ckpt),
                        seed=opts["seed"], enable_prefix_caching=True, tokenizer=opts["tokenizer"], **lora)]
-
-
-def lora_rank(adapter: str, floor: int = 8) -> int:
-    """The engine's max LoRA rank for an adapter folder: its own ``r`` (vLLM wants one of 8, 16, 32, ...)."""
-    try:
-        r = int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", floor))
-    except (OSError, ValueError):
-        r = floor
-    return max(floor, 1 << (r - 1).bit_length())
 
 
 def model_context(folder: str, cap: int = 4096) -> int:

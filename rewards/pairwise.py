@@ -124,6 +124,17 @@ class PairwiseVerifier(RewardBase):
     """
 
     name = "pairwise_v1"
+    kinds = ("pairwise",)
+    head = "causal_lm"
+
+    @classmethod
+    def export_call(cls, settings: dict[str, Any], tokenizer: Any, **extra: Any) -> dict[str, Any]:
+        return {"template": settings.get("template", PAIRWISE_TEMPLATE),
+                "input": "the template as one user chat message",
+                "rating_format": "<rating_A>X</rating_A><rating_B>Y</rating_B>",
+                "rating_range": [RATING_MIN, RATING_MAX],
+                "preference": "P(A > B) = 1/2 + (rating_A - rating_B) / 18; 1/2 when unparseable",
+                "reward": "mean P(completion > peer) over the other completions of the same prompt"}
 
     def __init__(self, engine: Any, lora: str | None = None, temperature: float = 0.0, max_tokens: int = 512,
                  template: str = PAIRWISE_TEMPLATE, both_orders: bool = False) -> None:

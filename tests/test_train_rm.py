@@ -109,7 +109,7 @@ def test_orm_trains_exports_and_reloads_as_scalar_rm(tiny_dir, tmp_path):
     export, metrics = train_orm(script, cfg, train, held_out)
     assert metrics["train_pair_accuracy"] >= 0.9 and metrics["eval_pair_accuracy"] >= 0.9
     spec = json.loads((tmp_path / "rm" / "twinloop_reward.json").read_text())
-    assert spec["kind"] == "outcome" and spec["class"] == "twinloop.rewards.scalar:ScalarRM"
+    assert spec["kind"] == "orm" and spec["reward_class"] == "twinloop.rewards.scalar:ScalarRM"
     assert "ORM" in (tmp_path / "rm" / "README.md").read_text()
     a, b = (ScalarRM(model=AutoModelForSequenceClassification.from_pretrained(export).eval(),
                      tokenizer=load_tokenizer(export)) for _ in range(2))
@@ -142,9 +142,9 @@ def test_prm_trains_exports_and_reloads_as_token_classifier_prm(tiny_dir, tmp_pa
     assert metrics["train_step_accuracy_mc"] > max(base_rate, 1 - base_rate)  # beats the majority label
     assert metrics["eval_step_accuracy_exact"] == metrics["eval_step_accuracy_mc"]  # oracle: MC == exact
     spec = json.loads((tmp_path / "prm" / "twinloop_reward.json").read_text())
-    assert spec["kind"] == "process" and spec["kwargs"]["delimiter"] == "\n\n"
+    assert spec["kind"] == "prm" and spec["settings"]["delimiter"] == "\n\n"
     prm = TokenClassifierPRM(model=AutoModelForTokenClassification.from_pretrained(export).eval(),
-                             tokenizer=load_tokenizer(export), **spec["kwargs"])
+                             tokenizer=load_tokenizer(export), **spec["settings"])
     assert step_accuracy(prm, held_out) == metrics["eval_step_accuracy_mc"]
     scores = prm([e["prompt"] for e in held_out[:2]], ["\n\n".join(e["steps"]) for e in held_out[:2]])
     assert all(0.0 <= s <= 1.0 for s in scores)

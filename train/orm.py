@@ -91,12 +91,11 @@ def train_orm(script: ORMScriptArguments, cfg: ORMConfig, train_pairs: Sequence[
     metrics = {"train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs)}
     if trainer.args.should_save:
         tok.save_pretrained(export)
-        write_reward_bundle(export, {"kind": "outcome", "class": "twinloop.rewards.scalar:ScalarRM",
-                                     "kwargs": {"sigmoid": False}}, "ORM", script.policy_dir,
-                            {"global_step": trainer.state.global_step, "learning_rate": cfg.learning_rate,
-                             "train_pairs": len(train_pairs)})
         reloaded = AutoModelForSequenceClassification.from_pretrained(export, num_labels=1).eval()
         rm = ScalarRM(model=reloaded, tokenizer=load_tokenizer(export))
+        write_reward_bundle(export, rm, "orm", "ORM", script.policy_dir,
+                            {"global_step": trainer.state.global_step, "learning_rate": cfg.learning_rate,
+                             "train_pairs": len(train_pairs)})
         metrics["eval_pair_accuracy"] = pair_accuracy(rm, eval_pairs)
         metrics["train_pair_accuracy"] = pair_accuracy(rm, list(train_pairs)[:256])
     return export, metrics

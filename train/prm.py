@@ -115,13 +115,12 @@ def train_prm(script: PRMScriptArguments, cfg: PRMConfig, train_examples: Sequen
     if trainer.args.should_save:
         tok.padding_side = "left"
         tok.save_pretrained(export)
-        write_reward_bundle(export, {"kind": "process", "class": "twinloop.rewards.process:TokenClassifierPRM",
-                                     "kwargs": {"delimiter": script.delimiter, "aggregation": script.aggregation}},
-                            "PRM", script.policy_dir, {"global_step": trainer.state.global_step,
-                                                       "rollouts": script.rollouts, "threshold": script.threshold})
         reloaded = AutoModelForTokenClassification.from_pretrained(export).eval()
         prm = TokenClassifierPRM(model=reloaded, tokenizer=load_tokenizer(export), delimiter=script.delimiter,
                                  aggregation=script.aggregation)
+        write_reward_bundle(export, prm, "prm", "PRM", script.policy_dir,
+                            {"global_step": trainer.state.global_step, "rollouts": script.rollouts,
+                             "threshold": script.threshold})
         metrics["eval_step_accuracy_mc"] = step_accuracy(prm, eval_examples)
         labels = [lab for e in eval_examples for lab in e["labels"]]
         metrics["eval_good_step_rate"] = sum(labels) / max(1, len(labels))  # majority baseline = max(p, 1-p)

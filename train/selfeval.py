@@ -11,18 +11,16 @@ response is wrong and the policy solved the prompt in at least one of its sample
 response is right, or no restart found a right one) [check: the paper uses win rates under a reward model;
 with a verifiable reward this is their 0/1 form]. Each example is exactly the probe prompt that
 ``rewards.selfeval.SelfEvalProbe`` reads, plus the one answer token; the loss is on that token only. The
-adapter (peft, HF format, plus ``twinloop_probe.json`` with the question and answer words) is what
+adapter (peft, HF format, plus ``twinloop_reward.json`` naming the probe with its question and answer words) is what
 ``selfeval:ADAPTER`` loads in ``twinloop eval`` and in the search.
 """
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -158,10 +156,9 @@ def train_selfeval(script: SelfEvalScriptArguments, cfg: SelfEvalConfig, train_e
     metrics: dict[str, float] = {"train_examples": len(train_examples), "eval_examples": len(eval_examples),
                                  "train_better_rate": sum(e["better"] for e in train_examples) / len(train_examples)}
     if trainer.args.should_save:
-        from twinloop.rewards.selfeval import PROBE_FILE
+        from twinloop.checkpoints.spec import write_trainer_bundle
 
-        Path(export, PROBE_FILE).write_text(json.dumps({"question": probe.question, "yes": script.yes,
-                                                        "no": script.no}, indent=1))
+        write_trainer_bundle(export, probe, "selfeval", weights="lora", base_model=script.policy_dir, tokenizer=tok)
         write_model_card(export, method="SelfEval", base_model=script.policy_dir, step=trainer.state.global_step,
                          settings={"lora_r": script.lora_r, "learning_rate": cfg.learning_rate,
                                    "train_examples": len(train_examples)})
