@@ -33,6 +33,16 @@ def encode_request(tokenizer: Any, request: Request) -> list[int]:
     return list(tokenizer(request.text, add_special_tokens=False).input_ids)
 
 
+def free_port() -> int:
+    """An OS-assigned free TCP port on 127.0.0.1 (servers, and a colocated engine's single-process group: TRL
+    tries 29500 first, which two runs started together both get)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def lora_rank(adapter: str, floor: int = 8) -> int:
     """The engine's max LoRA rank for an adapter folder: its own ``r`` rounded up to a power of two (vLLM wants
     one of 8, 16, 32, ...). The one LoRA-rank rule, for eval and for exported judges alike."""

@@ -322,7 +322,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--split", help="task split (default test)")
     a("--method", "--methods", dest="methods", help="comma list of search methods (default greedy,majority,best_of_n)")
     a("--budgets", help="comma list of nominal N (default 4,8,16,32)")
-    a("--reward", help="arith_process | arith_outcome | task | none | reward bundle folder")
+    a("--reward", help="reward spec: alias (arith_process, math, grm:ADAPTER, ...), module:Class(key=literal), "
+                       "bundle folder, task or none")
     a("--n-problems", type=int, help="first N problems of the split")
     a("--out", help="output folder (default runs/eval-TASK); results.jsonl there is resumed")
     a("--batch", type=int, help="problems per engine batch (default 32)")
@@ -337,7 +338,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--dtype", help="model dtype (default float32)")
     a("--max-model-len", type=int, help="engine context length (default: the model's, at most 4096)")
     a("--seed", type=int, help="engine and procedure seed (default 0)")
-    a("--recipe", help="YAML file with any of these options; flags given on the command line win")
+    a("--recipe", help="YAML file with any of these options, or a co-design recipe (its eval: section and shared "
+                       "task/reward); flags given on the command line win")
     a("--no-plot", action="store_true", default=None, help="skip the PNG")
 
 
@@ -345,12 +347,10 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     """Defaults < recipe YAML < command-line flags."""
     opts = dict(DEFAULTS)
     if getattr(args, "recipe", None):
-        import yaml
+        from twinloop.recipe import section
 
         path = Path(args.recipe)
-        if not path.is_file():
-            raise FileNotFoundError(f"recipe {path} not found")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = section(path, "eval")  # a co-design recipe's eval: section with its shared task and reward
         data = {k.replace("-", "_"): v for k, v in data.items()}
         if "method" in data:
             data["methods"] = data.pop("method")

@@ -8,23 +8,27 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
-from .engine import (Completion, EngineError, Request, Result, SamplingConfig, Usage, check_dtype,
-                     check_model_dir, encode_request)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .engine import (
+    Completion,
+    EngineError,
+    Request,
+    Result,
+    SamplingConfig,
+    Usage,
+    check_dtype,
+    check_model_dir,
+    encode_request,
+    free_port,
+)
 
 
 class OpenAIEngine:
@@ -52,7 +56,7 @@ class OpenAIEngine:
     @classmethod
     def start(cls, model: str, *, port: int | None = None, dtype: str = "auto", max_model_len: int = 2048,
               seed: int = 0, enable_lora: bool = False, max_lora_rank: int = 16, startup_timeout: float = 180.0,
-              extra_args: Sequence[str] = (), **kwargs: Any) -> "OpenAIEngine":
+              extra_args: Sequence[str] = (), **kwargs: Any) -> OpenAIEngine:
         """Start ``python -m vllm.entrypoints.openai.api_server`` on 127.0.0.1 and wait until it is healthy."""
         check_model_dir(model)
         check_dtype(dtype)
@@ -109,7 +113,7 @@ class OpenAIEngine:
             self._proc = None
         self.session.close()
 
-    def __enter__(self) -> "OpenAIEngine":
+    def __enter__(self) -> OpenAIEngine:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -290,6 +290,12 @@ class VLLMEngine:
         self.llm.collective_rpc(_refresh_tied_lm_head)
         self.llm.reset_prefix_cache()
 
+    def shutdown_engine_core(self) -> None:
+        """Stop the engine's core now, even an attached one (a trainer's colocated engine must stop while the
+        process group it was set up with still exists; at exit it would find the group gone)."""
+        if getattr(self, "llm", None) is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+
     def close(self) -> None:
         llm = getattr(self, "llm", None)
         if llm is None or not self._owned:

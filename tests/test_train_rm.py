@@ -78,7 +78,7 @@ def test_mc_step_labels_match_exact_prefix_correctness(tiny_dir):
     rows = load("train", n=4, seed=3)
     engine = OracleEngine(load_tokenizer(tiny_dir), rows)
     comps = [[r["solution"], _wrong(r, 1)] for r in rows]
-    examples = with_exact_labels("twinloop.tasks.arith",
+    examples = with_exact_labels("arith",
                                  mc_step_labels(engine, ArithOutcomeReward(), rows, comps, rollouts=2))
     assert engine.calls == 1  # every prefix's rollouts in one batch
     assert len(examples) == 8
@@ -129,7 +129,7 @@ def test_prm_trains_exports_and_reloads_as_token_classifier_prm(tiny_dir, tmp_pa
         rows = load(split, n=n, seed=seed)
         engine = OracleEngine(load_tokenizer(tiny_dir), rows)
         comps = [[r["solution"], _wrong(r, 0)] for r in rows]
-        return with_exact_labels("twinloop.tasks.arith", mc_step_labels(engine, ArithOutcomeReward(), rows, comps,
+        return with_exact_labels("arith", mc_step_labels(engine, ArithOutcomeReward(), rows, comps,
                                                                          rollouts=1))
 
     train, held_out = examples("train", 16, 1), examples("dev", 8, 2)

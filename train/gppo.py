@@ -2,9 +2,9 @@
 
 Launch (TrlParser style: the YAML recipe sets values, command-line flags override them):
 
-    python -m twinloop.train.gppo --config recipes/gppo/tiny-arith.yaml [--max_steps 20 ...]
+    python -m twinloop.train.gppo --config recipes/arith/process.yaml [--max_steps 20 ...]
     accelerate launch --config_file recipes/accelerate/cpu2.yaml -m twinloop.train.gppo \
-        --config recipes/gppo/tiny-arith.yaml
+        --config recipes/arith/process.yaml
 
 Only the policy loss changes (see ``twinloop.train.losses``); generation (transformers, vLLM colocated, vLLM
 server), reward computation, advantages, logging (``report_to``, progress bars) and checkpointing are TRL's and
@@ -14,7 +14,6 @@ twinloop Reward objects, passed to TRL unchanged.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -91,9 +90,9 @@ class GPPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         if cfg is not None and cfg.use_vllm and cfg.vllm_mode == "colocate":
             single = os.environ.get("WORLD_SIZE", "1") == "1" and not torch.distributed.is_initialized()
             if single and os.environ.get("MASTER_PORT", "29500") in ("29500", "auto", "0"):
-                from twinloop.train.vllm_sync import free_port
+                from twinloop.infer.engine import free_port
 
-                os.environ["MASTER_PORT"] = free_port()  # parallel runs must not share TRL's default 29500
+                os.environ["MASTER_PORT"] = str(free_port())  # parallel runs must not share TRL's default 29500
             if cfg.vllm_dtype is not None:
                 extra["dtype"] = cfg.vllm_dtype
             if not torch.cuda.is_available():
@@ -199,29 +198,17 @@ class GPPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
 # ---- launch ----------------------------------------------------------------------------------------------------
 @dataclass
 class GPPOScriptArguments:
-    """What the recipe trains on: a model folder, a task module (``load(split, n, seed)`` giving chat-format rows),
-    and reward classes as ``module:Class`` (each constructed with no arguments)."""
+    """What the recipe trains on: a model folder, a task spec (``arith``, ``rgym:countdown``: see
+    ``twinloop.build.build_task``) and reward specs (aliases, ``module:Class(key=literal)`` or bundle folders: see
+    ``twinloop.build.build_reward``), the same spellings ``twinloop eval`` reads."""
 
     model_name_or_path: str = field(default="checkpoints/tiny-arith-policy", metadata={"help": "HF model folder."})
-    task: str = field(default="twinloop.tasks.arith", metadata={"help": "module with load(split, n, seed)."})
-    task_name: str | None = field(default=None, metadata={"help": "for task families (twinloop.tasks.rgym): the "
-                                                                    "dataset name, given to load() and reward()."})
+    task: str = field(default="arith", metadata={"help": "task spec: arith, gsm8k, rgym:countdown, ..."})
     train_size: int = field(default=512, metadata={"help": "training problems."})
     task_seed: int | None = field(default=None, metadata={"help": "seed of the task's train split."})
-    reward_funcs: list[str] = field(default_factory=lambda: ["twinloop.tasks.arith:ArithOutcomeReward"],
-                                    metadata={"help": "reward classes, module:Class."})
+    reward_funcs: list[str] = field(default_factory=lambda: ["arith_outcome"],
+                                    metadata={"help": "reward specs: alias, module:Class(key=literal), bundle."})
     dtype: str = field(default="float32", metadata={"help": "model dtype (float32, bfloat16)."})
-
-
-def load_object(spec: str) -> Any:
-    """``module:attr`` -> the attribute (a one-line error when it cannot be found)."""
-    module, _, attr = spec.partition(":")
-    if not attr:
-        raise ValueError(f"expected 'module:attribute', got {spec!r}")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot load {spec!r}: {e}") from e
 
 
 def load_tokenizer(model_dir: str) -> Any:
@@ -241,33 +228,12 @@ def load_tokenizer(model_dir: str) -> Any:
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def split_call(spec: str) -> tuple[str, dict[str, Any]]:
-    """``module:Class(key=literal, ...)`` -> (``module:Class``, keyword arguments); no parentheses, no arguments."""
-    import ast
+def build_rewards(script: GPPOScriptArguments, trust_remote_code: bool = False) -> list[Any]:
+    """The recipe's reward specs through the one builder (``task`` serves the task's own reward). Reward classes
+    outside ``twinloop.`` load only with the config's ``trust_remote_code``, as models do."""
+    from twinloop.build import build_reward
 
-    head, paren, tail = spec.partition("(")
-    if not paren:
-        return spec.strip(), {}
-    try:
-        call = ast.parse(f"f({tail}", mode="eval").body
-        if not isinstance(call, ast.Call) or call.args:
-            raise ValueError
-        return head.strip(), {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-    except (SyntaxError, ValueError) as e:
-        raise ValueError(f"expected 'module:Class(key=literal, ...)', got {spec!r}") from e
-
-
-def construct(spec: str, *args: Any) -> Any:
-    """An instance from ``module:Class`` or ``module:Class(key=literal, ...)``, e.g.
-    ``twinloop.tasks.arith:ArithProcessReward(aggregation='mean')``; ``args`` go first."""
-    name, kwargs = split_call(spec)
-    return load_object(name)(*args, **kwargs)
-
-
-def build_rewards(specs: Sequence[str], task: str | None = None, task_name: str | None = None) -> list[Any]:
-    """Construct each reward spec (see ``construct``); the task module's own ones get ``task_name`` first."""
-    return [construct(s, task_name) if task_name and split_call(s)[0].split(":")[0] == task else construct(s)
-            for s in specs]
+    return [build_reward(s, task=script.task, trust_remote_code=trust_remote_code) for s in script.reward_funcs]
 
 
 def arrow_safe(value: Any) -> Any:
@@ -282,9 +248,9 @@ def arrow_safe(value: Any) -> Any:
 def build_dataset(script: GPPOScriptArguments):
     from datasets import Dataset
 
-    module = importlib.import_module(script.task)
-    head = [script.task_name] if script.task_name else []
-    rows = module.load(*head, "train", n=script.train_size, seed=script.task_seed)
+    from twinloop.tasks import build_task
+
+    rows = build_task(script.task).load("train", n=script.train_size, seed=script.task_seed)
     return Dataset.from_list([arrow_safe(r) for r in rows])
 
 
@@ -295,7 +261,7 @@ def build_trainer(script: GPPOScriptArguments, cfg: GPPOConfig, rewards: Sequenc
     cfg.model_init_kwargs = {**(cfg.model_init_kwargs or {}), "dtype": script.dtype}
     return GPPOTrainer(model=script.model_name_or_path,
                        reward_funcs=list(rewards) if rewards is not None
-                       else build_rewards(script.reward_funcs, script.task, script.task_name),
+                       else build_rewards(script, bool(getattr(cfg, "trust_remote_code", False))),
                        args=cfg, train_dataset=train_dataset if train_dataset is not None else build_dataset(script),
                        processing_class=load_tokenizer(script.model_name_or_path), callbacks=callbacks)
 
@@ -322,10 +288,27 @@ def cpu_overrides(argv: Sequence[str]) -> list[str]:
 def parse(argv: Sequence[str]) -> tuple[GPPOScriptArguments, GPPOConfig]:
     from trl import TrlParser
 
-    argv = list(argv)
+    argv = with_flat_recipe(argv, "train")
     parser = TrlParser((GPPOScriptArguments, GPPOConfig))
     script, cfg = parser.parse_args_and_config(argv + cpu_overrides(argv))
     return script, cfg
+
+
+def with_flat_recipe(argv: Sequence[str], section: str) -> list[str]:
+    """``--config`` of a co-design recipe (shared ``task``/``reward`` + ``train:``/``eval:``) replaced by its
+    flattened section, which TrlParser reads; a plain recipe passes through."""
+    import tempfile
+
+    from twinloop.recipe import flat_config
+
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.partition("=")[2] \
+            if arg.startswith("--config=") else None
+        if path:
+            flat = flat_config(path, section, tempfile.mkdtemp(prefix="twinloop-recipe-"))
+            return argv[:i] + ["--config", flat] + argv[i + (2 if arg == "--config" else 1):]
+    return argv
 
 
 def launch_command(recipe: str, accelerate_config: str | None = None, num_processes: int | None = None,
@@ -382,7 +365,9 @@ def shutdown_colocated_vllm(trainer: Any) -> None:
     traceback."""
     llm = getattr(getattr(trainer, "vllm_generation", None), "llm", None)
     if llm is not None:
-        llm.llm_engine.engine_core.shutdown()
+        from twinloop.infer.vllm_engine import VLLMEngine
+
+        VLLMEngine.attach(llm).shutdown_engine_core()
 
 
 def teardown(trainer: GPPOTrainer) -> None:

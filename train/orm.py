@@ -10,7 +10,6 @@ sequence-classification folder plus ``twinloop_reward.json``; ``ScalarRM.from_pr
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -28,6 +27,8 @@ from twinloop.train.rm_data import (
     score_completions,
     write_reward_bundle,
 )
+
+from twinloop.tasks import build_task
 
 
 @dataclass
@@ -54,7 +55,7 @@ class ORMTrainer(AtomicCheckpointMixin, RewardTrainer):
 
 def build_pairs(script: ORMScriptArguments, split: str, n: int, engine: Any, verifier: Any, seed: int
                 ) -> list[dict[str, Any]]:
-    rows = importlib.import_module(script.task).load(split, n=n)
+    rows = build_task(script.task).load(split, n=n)
     comps = sample_completions(engine, rows, script.samples_per_problem, script.sample_temperature,
                                script.sample_max_tokens, seed=seed)
     return preference_pairs(rows, comps, score_completions(verifier, rows, comps), script.max_pairs_per_prompt, seed)

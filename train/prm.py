@@ -11,7 +11,6 @@ with, so training and scoring see identical ids. The export is an HF token-class
 """
 from __future__ import annotations
 
-import importlib
 import itertools
 import os
 import sys
@@ -29,6 +28,8 @@ from twinloop.train.rm_data import (
     sample_completions,
     write_reward_bundle,
 )
+
+from twinloop.tasks import build_task
 
 
 @dataclass
@@ -80,7 +81,7 @@ def step_accuracy(prm: Any, examples: Sequence[dict[str, Any]], truth_key: str =
 def with_exact_labels(task: str, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add the task's exact label per step (``exact`` key) when the task can check steps (arith can): 1 while
     every step so far is correct, which is what a Monte-Carlo label estimates (can this prefix still succeed)."""
-    module = importlib.import_module(task)
+    module = build_task(task).module
     if not hasattr(module, "step_correctness"):
         return examples
     for e in examples:
@@ -131,7 +132,7 @@ def train_prm(script: PRMScriptArguments, cfg: PRMConfig, train_examples: Sequen
 
 
 def build_examples(script: PRMScriptArguments, split: str, n: int, engine: Any, verifier: Any, seed: int):
-    rows = importlib.import_module(script.task).load(split, n=n)
+    rows = build_task(script.task).load(split, n=n)
     comps = sample_completions(engine, rows, script.samples_per_problem, script.sample_temperature,
                                script.sample_max_tokens, seed=seed)
     examples = mc_step_labels(engine, verifier, rows, comps, script.rollouts, script.threshold, script.delimiter,

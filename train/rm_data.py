@@ -29,9 +29,9 @@ class PolicySampleArguments:
 
     policy_dir: str = field(default="checkpoints/tiny-arith-policy", metadata={"help": "policy to sample from and "
                                                                                       "initialise the model with."})
-    task: str = field(default="twinloop.tasks.arith", metadata={"help": "module with load(split, n, seed)."})
-    verifier: str = field(default="twinloop.tasks.arith:ArithOutcomeReward",
-                          metadata={"help": "module:Class or module:Class(key=literal, ...)."})
+    task: str = field(default="arith", metadata={"help": "task spec: arith, gsm8k, rgym:countdown, ..."})
+    verifier: str = field(default="arith_outcome",
+                          metadata={"help": "reward spec: alias, module:Class(key=literal, ...) or bundle folder."})
     sample_temperature: float = 1.0
     sample_max_tokens: int = 128
     engine: str = field(default="vllm", metadata={"help": "'vllm' or 'hf' for sampling."})
@@ -172,6 +172,7 @@ def run_rm_trainer(name: str, parser_types: tuple, build: Any, train: Any, argv:
 
     import torch
     from trl import TrlParser
+
     from twinloop.build import build_reward
 
     torch.set_num_threads(int(os.environ.get("TWINLOOP_TORCH_THREADS", "1")))

@@ -16,7 +16,6 @@ adapter (peft, HF format, plus ``twinloop_reward.json`` naming the probe with it
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -34,6 +33,8 @@ from twinloop.train.rm_data import (
     sample_completions,
     score_completions,
 )
+
+from twinloop.tasks import build_task
 
 
 @dataclass
@@ -68,7 +69,7 @@ def better_labels(scores: Sequence[float | None]) -> list[int]:
 
 def build_examples(script: SelfEvalScriptArguments, split: str, n: int, engine: Any, verifier: Any, seed: int
                    ) -> list[dict[str, Any]]:
-    rows = importlib.import_module(script.task).load(split, n=n)
+    rows = build_task(script.task).load(split, n=n)
     comps = sample_completions(engine, rows, script.samples_per_problem, script.sample_temperature,
                                script.sample_max_tokens, seed=seed)
     out = []
