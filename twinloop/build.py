@@ -95,10 +95,12 @@ def reward_class(spec: str, trust_remote_code: bool = False) -> type | None:
 
 
 def build_reward(spec: str | None, *, task: str | None = None, engine: Any = None, model: Any = None,
-                 tokenizer: Any = None, trust_remote_code: bool = False, **engine_options: Any) -> Any:
-    """The reward a spec names. ``task`` serves ``task``; ``engine``/``model``/``tokenizer`` are given to the
-    classes that read a model (only the ones their constructor takes). ``engine_options`` go to
-    ``twinloop.checkpoints.export.load_reward`` for bundles (backend, dtype, base_model, ...)."""
+                 tokenizer: Any = None, trust_remote_code: bool = False, context: dict[str, Any] | None = None,
+                 **engine_options: Any) -> Any:
+    """The reward a spec names. ``task`` serves ``task``; ``engine``/``model``/``tokenizer`` and any other
+    ``context`` objects (e.g. a calibrated reward's ``references``) are given to the classes whose constructor
+    takes them. ``engine_options`` go to ``twinloop.checkpoints.export.load_reward`` for bundles (backend,
+    dtype, base_model, ...)."""
     parsed = parse_reward_spec(spec) if spec is not None else None
     if parsed is None:
         return None
@@ -117,9 +119,9 @@ def build_reward(spec: str | None, *, task: str | None = None, engine: Any = Non
     for key in getattr(cls, "reward_args", ()):
         if isinstance(kwargs.get(key), str):
             kwargs[key] = build_reward(kwargs[key], task=task, engine=engine, model=model, tokenizer=tokenizer,
-                                       trust_remote_code=trust_remote_code, **engine_options)
-    context = {"engine": engine, "model": model, "tokenizer": tokenizer}
-    for key, value in context.items():
+                                       trust_remote_code=trust_remote_code, context=context, **engine_options)
+    given = {"engine": engine, "model": model, "tokenizer": tokenizer, **(context or {})}
+    for key, value in given.items():
         if value is not None and key in params and key not in kwargs:
             kwargs[key] = value
     needs = [p.name for p in params.values() if p.default is inspect.Parameter.empty
