@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from twinloop.checkpoints import card
 from twinloop.checkpoints.manifest import verify as verify_manifest
 from twinloop.checkpoints.manifest import write_manifest
 from twinloop.checkpoints.spec import (
@@ -176,30 +177,18 @@ def trainer_metrics(folder: Path) -> dict[str, float]:
 
 def model_card(spec: dict[str, Any], *, title: str, base_model: str | None, method: str | None,
                data: list[str], metrics: dict[str, float], library: str) -> str:
-    """README.md text: HF front matter (base model, tags, datasets, metrics) and a short body."""
-    import yaml
-
+    """README.md text of an export: front matter (base model, tags, datasets, metrics) and a short body."""
     kind, head = spec["kind"], spec["model"]["head"]
-    meta: dict[str, Any] = {"library_name": library, "pipeline_tag": PIPELINE_TAGS[head],
-                            "tags": ["twinloop", "reward-model", kind] + ([method.lower()] if method else [])}
-    if base_model:
-        meta["base_model"] = base_model
-    if data:
-        meta["datasets"] = list(data)
-    if metrics:
-        meta["metrics"] = sorted(metrics)
     lo, hi = spec["score_range"]
-    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "", f"# {title}", "",
-             f"A twinloop **{kind}** reward model ({spec['reward_class'].rsplit('.', 1)[-1]}).", "",
-             f"- base model: {base_model or 'unknown'}", f"- training method: {method or 'unknown'}",
-             f"- data: {', '.join(data) if data else 'unknown'}",
-             f"- weights: {spec['model']['weights']}", f"- score range: [{lo}, {hi}] (None = unbounded)", "",
-             "Load it with `twinloop.checkpoints.export.load_reward(folder)`; `twinloop_reward.json` says how to "
-             "call it without twinloop. `twinloop verify folder` checks every file against `manifest.json`.", ""]
-    if metrics:
-        lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.6g} |" for k, v in sorted(metrics.items())] + [""]
-    return "\n".join(lines)
+    summary = [f"A twinloop **{kind}** reward model ({spec['reward_class'].replace(':', '.').rsplit('.', 1)[-1]}).",
+               "", f"- base model: {base_model or 'unknown'}", f"- training method: {method or 'unknown'}",
+               f"- data: {', '.join(data) if data else 'unknown'}", f"- weights: {spec['model']['weights']}",
+               f"- score range: [{lo}, {hi}] (None = unbounded)", "",
+               "Load it with `twinloop.build.build_reward(folder)`; `twinloop_reward.json` says how to call it "
+               "without twinloop. `twinloop verify folder` checks every file against `manifest.json`."]
+    return card.model_card(title=title, summary=summary, library=library, pipeline_tag=PIPELINE_TAGS[head],
+                           tags=["twinloop", "reward-model", kind] + ([method.lower()] if method else []),
+                           base_model=base_model, datasets=data, metrics=metrics)
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -248,7 +237,8 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, kind: str, *, 
     ``settings`` are the reward's constructor keywords (defaults filled in), or read from a live ``reward``
     object. The class is the reward object's, else ``reward_class`` (a class or ``module:Class``; outside
     ``twinloop.`` only with ``trust_remote_code``), else the kind's default. ``meta_rm`` (GRM only) is an
-    exported meta-RM folder, copied into ``out/meta_rm``. The folder is written beside ``out`` and renamed into place, so a failed export leaves nothing half-written.
+    exported meta-RM folder, copied into ``out/meta_rm``. The folder is written beside ``out`` and renamed into
+    place, so a failed export leaves nothing half-written.
     """
     from transformers import AutoTokenizer
 

@@ -71,7 +71,7 @@ def test_preference_pairs_chosen_correct_rejected_wrong():
 
 
 def test_mc_step_labels_match_exact_prefix_correctness(tiny_dir):
-    from twinloop.train.gppo import load_tokenizer
+    from twinloop.train.common import load_tokenizer
     from twinloop.train.prm import with_exact_labels
     from twinloop.train.rm_data import mc_step_labels
 
@@ -92,7 +92,7 @@ def test_mc_step_labels_match_exact_prefix_correctness(tiny_dir):
 def test_orm_trains_exports_and_reloads_as_scalar_rm(tiny_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
     from twinloop.rewards.scalar import ScalarRM
-    from twinloop.train.gppo import load_tokenizer
+    from twinloop.train.common import load_tokenizer
     from twinloop.train.orm import ORMConfig, ORMScriptArguments, pair_accuracy, train_orm
     from twinloop.train.rm_data import preference_pairs, score_completions
 
@@ -121,7 +121,7 @@ def test_orm_trains_exports_and_reloads_as_scalar_rm(tiny_dir, tmp_path):
 def test_prm_trains_exports_and_reloads_as_token_classifier_prm(tiny_dir, tmp_path):
     from transformers import AutoModelForTokenClassification
     from twinloop.rewards.process import TokenClassifierPRM
-    from twinloop.train.gppo import load_tokenizer
+    from twinloop.train.common import load_tokenizer
     from twinloop.train.prm import PRMConfig, PRMScriptArguments, step_accuracy, train_prm, with_exact_labels
     from twinloop.train.rm_data import mc_step_labels
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from trl import RewardConfig, RewardTrainer
 from twinloop.train.checkpointing import AtomicCheckpointMixin
-from twinloop.train.gppo import load_tokenizer
+from twinloop.train.common import load_tokenizer
 from twinloop.train.rm_data import (
     PolicySampleArguments,
     preference_pairs,

@@ -20,7 +20,7 @@ from typing import Any
 
 from transformers import Trainer, TrainingArguments
 from twinloop.train.checkpointing import AtomicCheckpointMixin
-from twinloop.train.gppo import load_tokenizer
+from twinloop.train.common import load_tokenizer
 from twinloop.train.rm_data import (
     PolicySampleArguments,
     mc_step_labels,

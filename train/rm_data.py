@@ -137,7 +137,7 @@ def mc_step_labels(engine: Any, reward: Any, rows: Sequence[dict[str, Any]], com
 
 def make_engine(kind: str, model_dir: str, max_model_len: int = 1024, seed: int = 0) -> Any:
     """The sampling engine for data building: "vllm" (fast) or "hf" (transformers, no vLLM needed)."""
-    from twinloop.train.gppo import load_tokenizer
+    from twinloop.train.common import load_tokenizer
 
     if kind == "vllm":
         from twinloop.infer.vllm_engine import VLLMEngine

@@ -25,7 +25,7 @@ from typing import Any
 
 from transformers import Trainer, TrainingArguments
 from twinloop.train.checkpointing import AtomicCheckpointMixin, write_model_card
-from twinloop.train.gppo import load_tokenizer
+from twinloop.train.common import load_tokenizer
 from twinloop.train.rm_data import (
     CORRECT,
     PolicySampleArguments,
