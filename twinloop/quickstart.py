@@ -55,7 +55,7 @@ def tune_temperature(problems, engine, temperatures, n, max_tokens, out: Path, j
 
 
 def run(args: argparse.Namespace) -> int:
-    from twinloop.infer.vllm_engine import VLLMEngine
+    from twinloop.build import build_engine, build_reward
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in REWARD_FOR]
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     judge = ev.make_judge("arith")
     dev = ev.to_problems(ev.load_rows("arith", "dev", args.n_dev))
     test = ev.to_problems(ev.load_rows("arith", "test", args.n_problems))
-    engine = VLLMEngine(args.checkpoint, dtype="float32", max_model_len=1024, seed=0)
+    engine = build_engine(f"vllm:{args.checkpoint}", dtype="float32", max_model_len=1024, seed=0)
     try:
         t_vote, dev_scores = (tune_temperature(dev, engine, temps, args.n, args.max_tokens, out, judge)
                               if "majority" in methods or "weighted_majority" in methods else (temps[0], {}))
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             temperature = args.bon_temperature if method in ("best_of_n", "worst_of_n") else t_vote
             spec = REWARD_FOR[method]
             ev.evaluate(test, [engine], [method], [args.n], results, judge,
-                        lambda e, spec=spec: ev.build_reward(spec, "arith", e),
+                        lambda e, spec=spec: build_reward(spec, task="arith", engine=e),
                         lambda m, t=temperature: ev.build_config(m, t, args.max_tokens, 0, SEEDED))
     finally:
         engine.close()
