@@ -72,9 +72,9 @@ def _lookahead_logw(tracker: Tracker, engine: Engine, prm: Any, config: Particle
                     particles: Sequence[P.Path]) -> dict[int, float]:
     """logit(PRM) of one sampled successor step per active particle (one engine and one PRM call)."""
     live = [p for p in particles if p.active]
-    nxt = [kids[0] for kids in P.extend(tracker, engine, config, live, 1)]
-    P.score(prm, tracker, engine, nxt)
-    return {id(p): logit_weight(q.value(config.aggregation)) for p, q in zip(live, nxt)}
+    pairs = [(p, kids[0]) for p, kids in zip(live, P.extend(tracker, engine, config, live, 1)) if kids]
+    P.score(prm, tracker, engine, [q for _, q in pairs])
+    return {id(p): logit_weight(q.value(config.aggregation)) for p, q in pairs if q.step_scores}
 
 
 def _resample_live(pop: list[P.Path], ahead: dict[int, float], t: int, config: ParticleConfig,
@@ -124,14 +124,15 @@ def search(problems: Sequence[Problem], engine: Engine, prm: Any, budget: Budget
             genealogy[pi].append(record)
         movers = [p for pi in todo for p in pops[pi] if p.active]
         kids = iter(P.extend(tracker, engine, config, movers, 1, forest=forest))
-        for pi in todo:
-            pops[pi] = [next(kids)[0] if p.active else p for p in pops[pi]]
+        for pi in todo:  # a particle the caps left without a child this round stays where it is
+            pops[pi] = [(next(kids) or [p])[0] if p.active else p for p in pops[pi]]
         P.score(prm, tracker, engine, [p for pi in todo for p in pops[pi] if p.steps], config.aggregation, forest)
         t += 1
 
     usage = tracker.finish()
     out = []
     for pi, p in enumerate(problems):
+        exhausted[pi] = exhausted[pi] or tracker.capped[pi]
         final = [q for q in pops[pi] if not q.active] or pops[pi]
         cands = [q.candidate(config, config.final_aggregation) for q in final]
         sel, answer = select_final(cands, config.select)
