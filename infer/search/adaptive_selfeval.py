@@ -24,6 +24,7 @@ from twinloop.infer.search.common import (
     SearchResult,
     Tracker,
     argbest,
+    candidate_finish,
     make_result,
     reward_prompt,
 )
@@ -107,7 +108,7 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
         p_better = _probe(reward, tracker, engine, [(pi, c.text) for pi, c in fresh])
         for (pi, c), p in zip(fresh, p_better):
             cands[pi].append(Candidate(text=c.text, token_ids=list(c.token_ids),
-                                       finish_reason="length" if c.finish_reason == "length" else "stop",
+                                       finish_reason=candidate_finish(c.finish_reason),
                                        answer=config.answer_fn(c.text), score=1.0 - p))
         still = []
         for pi in live:

@@ -134,7 +134,8 @@ class SearchUsage:
 class Candidate:
     text: str
     token_ids: list[int] = field(default_factory=list)
-    finish_reason: str = "stop"  # "stop" (EOS), "length" (truncated), "budget" (partial, search stopped)
+    finish_reason: str = "stop"  # "stop" (EOS), "length" (truncated), "abort" (dropped by the engine),
+    # "budget" (partial, search stopped)
     answer: str | None = None
     score: float | None = None  # aggregated reward used for selection
     step_scores: list[float] | None = None
@@ -144,6 +145,11 @@ class Candidate:
         d = asdict(self)
         d.pop("token_ids")
         return d
+
+
+def candidate_finish(engine_reason: str) -> str:
+    """A whole response's finish reason as a Candidate carries it: "length" and "abort" kept, else "stop"."""
+    return engine_reason if engine_reason in ("length", "abort") else "stop"
 
 
 @dataclass

@@ -8,7 +8,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search.common import Budget, Candidate, Problem, SearchConfig, Tracker, score_outcomes
+from twinloop.infer.search.common import (
+    Budget,
+    Candidate,
+    Problem,
+    SearchConfig,
+    Tracker,
+    candidate_finish,
+    score_outcomes,
+)
 
 
 @dataclass
@@ -46,9 +54,8 @@ def draw(problems: Sequence[Problem], engine: Engine, budget: Budget, config: Se
         for (pi, _), res in zip(owned, tracker.generate(engine, owned, sampling, n_each=sizes)):
             need[pi] -= len(res.completions)
             for c in res.completions:
-                drawn[pi].candidates.append(Candidate(text=c.text, token_ids=list(c.token_ids),
-                                                      finish_reason="length" if c.finish_reason == "length"
-                                                      else "stop", answer=config.answer_fn(c.text)))
+                drawn[pi].candidates.append(Candidate(text=c.text, token_ids=list(c.token_ids), answer=config.answer_fn(
+                    c.text), finish_reason=candidate_finish(c.finish_reason)))
     for pi, d in enumerate(drawn):
         d.budget_exhausted = d.budget_exhausted or tracker.capped[pi] or len(d.candidates) < n
     return tracker, drawn
