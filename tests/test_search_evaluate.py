@@ -5,6 +5,7 @@ import json
 import pytest
 from scripted_engine import ScriptedEngine, TableReward
 from twinloop.infer import evaluate as ev
+from twinloop.infer import report
 from twinloop.infer.search.common import Problem, canonical_answer, last_boxed
 
 SCRIPT = {"P1": ["a \\boxed{1}", "b \\boxed{2}", "c \\boxed{2}", "d \\boxed{3}"],
@@ -57,16 +58,17 @@ def test_summary_table_and_plot(tmp_path):
              "budget_exhausted": True},
             {"method": "greedy", "budget": 1, "correct": True, "generated_tokens": 5, "rm_calls": 0,
              "wall_seconds": 0.1, "budget_exhausted": False}]
-    s = ev.summarize(rows)
+    s = report.summarize(rows)
     assert s[1] == {"method": "m", "budget": 4, "problems": 2, "accuracy": 0.5, "generated_tokens": 20.0,
-                    "rm_calls": 3.0, "wall_seconds": 0.75, "exhausted": 0.5}
-    table = ev.format_table(s)
+                    "rm_tokens": 0.0, "model_tokens": 20.0, "rm_calls": 3.0, "wall_seconds": 0.75, "exhausted": 0.5}
+    table = report.format_table(s)
     assert "m" in table and "0.500" in table and "20.0" in table
     assert "vs greedy" in table and "-0.500" in table
-    reach = ev.tokens_to_reach(s + [{"method": "m", "budget": 8, "accuracy": 1.0, "generated_tokens": 50.0}], "m", 4)
+    more = [{"method": "m", "budget": 8, "accuracy": 1.0, "generated_tokens": 50.0}]
+    reach = report.tokens_to_reach(s + more, "m", 4)
     assert reach["methods"]["m"]["generated_tokens"] == 20.0 and reach["methods"]["greedy"]["fraction"] == 0.25
-    assert "never" not in ev.format_reach(reach) and ev.tokens_to_reach(s, "best_of_n", 32) == {}
-    png = ev.plot(s, tmp_path / "p.png")
+    assert "never" not in report.format_reach(reach) and report.tokens_to_reach(s, "best_of_n", 32) == {}
+    png = report.plot(s, tmp_path / "p.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -94,11 +96,17 @@ def test_cli_options_recipe_and_errors(tmp_path):
 
 
 def test_settings_guard_refuses_mixed_results(tmp_path):
-    opts = dict(ev.DEFAULTS, checkpoint="c", reward="arith_process")
+    opts = dict(ev.DEFAULTS, checkpoint="c", reward="arith_process", engine="hf")
     ev.check_settings(tmp_path, opts)
+    ev.write_settings(tmp_path, opts)
     ev.check_settings(tmp_path, opts)  # same settings: fine
-    with pytest.raises(ValueError, match="temperature"):
-        ev.check_settings(tmp_path, dict(opts, temperature=1.0))
+    for key, other in [("temperature", 1.0), ("seed", 1), ("dtype", "bfloat16"), ("engine", "vllm"),
+                       ("max_model_len", 512)]:
+        with pytest.raises(ValueError, match=f"another {key} ") as e:
+            ev.check_settings(tmp_path, dict(opts, **{key: other}))
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="another engine"):
+        ev.check_settings(tmp_path, dict(opts, servers="http://127.0.0.1:1"))
     assert json.loads((tmp_path / "settings.json").read_text())["checkpoint"] == "c"
 
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from twinloop.infer import evaluate as ev
+from twinloop.infer import report
 
 POLICY = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-arith-policy"
 SEEDED = {"sampling_seed": 0}  # per-request engine seeds: the same command prints the same table
@@ -47,7 +48,7 @@ def tune_temperature(problems, engine, temperatures, n, max_tokens, out: Path, j
         path = out / f"dev_majority_T{t}.jsonl"
         ev.evaluate(problems, [engine], ["majority"], [n], path, judge, lambda e: None,
                     lambda m, t=t: ev.build_config(m, t, max_tokens, 0, SEEDED), progress=True)
-        rows = ev.read_rows(path)
+        rows = report.read_rows(path)
         scores[t] = sum(r["correct"] for r in rows) / max(1, len(rows))
         print(f"dev majority@{n} at T={t}: {scores[t]:.3f}")
     best = max(temperatures, key=lambda t: (scores[t], -t))
@@ -82,15 +83,16 @@ def run(args: argparse.Namespace) -> int:
                         lambda m, t=temperature: ev.build_config(m, t, args.max_tokens, 0, SEEDED))
     finally:
         engine.close()
-    summary = ev.summarize(ev.read_rows(results))
+    summary = report.summarize(report.read_rows(results))
     order = {m: i for i, m in enumerate(methods)}
     summary.sort(key=lambda s: (order.get(s["method"], 99), s["budget"]))
     print()
-    print(ev.format_table(summary))
+    print(report.format_table(summary))
     meta = {"checkpoint": args.checkpoint, "n": args.n, "voting_temperature": t_vote, "dev_majority": dev_scores,
             "bon_temperature": args.bon_temperature, "test_problems": len(test), "summary": summary,
             "wall_seconds": round(time.perf_counter() - t0, 1)}
     (out / "summary.json").write_text(json.dumps(meta, indent=1))
-    png = ev.plot(summary, out / "accuracy_vs_tokens.png", title=f"tiny arithmetic policy, {len(test)} test problems")
+    png = report.plot(summary, out / "accuracy_vs_tokens.png",
+                      title=f"tiny arithmetic policy, {len(test)} test problems")
     print(f"\nresults: {results}\nplot: {png}\ntotal wall time: {meta['wall_seconds']} s")
     return 0
