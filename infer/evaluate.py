@@ -79,7 +79,7 @@ def build_config(module: Any, temperature: float, max_tokens: int, seed: int, ov
     if unknown:
         name = module.__name__.rsplit(".", 1)[-1]
         raise ValueError(f"{name} has no setting {unknown[0]!r}; settings: {sorted(names)}")
-    return cls(temperature=temperature, max_tokens=max_tokens, seed=seed, **overrides)
+    return cls(**{"temperature": temperature, "max_tokens": max_tokens, "seed": seed} | overrides)
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -422,13 +422,16 @@ def run(args: argparse.Namespace) -> int:
 
     caps = {"generated_tokens": opts["max_generated_tokens"], "rm_calls": opts["max_rm_calls"]}
     try:
-        if "compute_optimal" in methods and "policy" not in per_method["compute_optimal"]:
-            from twinloop.infer.co_fit import fit_on_dev
+        if "compute_optimal" in methods:
+            from twinloop.infer import co_fit
 
-            dev = to_problems(load_rows(opts["task"], "dev", opts["dev_problems"] or 100))
-            per_method["compute_optimal"]["policy"] = str(fit_on_dev(
-                dev, engines, methods, budgets, out, judge, reward_for, config_for, batch=int(opts["batch"]),
-                caps=caps))
+            co = per_method["compute_optimal"]
+            menu = co_fit.menu_for(config_for(load_procedure("compute_optimal")), methods)
+            co.setdefault("method_settings", co_fit.settings_for_menu(per_method, menu))
+            if "policy" not in co:  # fit on dev (cached beside the results)
+                dev = to_problems(load_rows(opts["task"], "dev", opts["dev_problems"] or 100))
+                co["policy"] = str(co_fit.fit_on_dev(dev, engines, methods, budgets, out, judge, reward_for,
+                                                     config_for, batch=int(opts["batch"]), caps=caps))
         evaluate(problems, engines, methods, budgets, out / "results.jsonl", judge, reward_for, config_for,
                  batch=int(opts["batch"]), caps=caps)
     finally:

@@ -55,6 +55,24 @@ def tune_temperature(problems, engine, temperatures, n, max_tokens, out: Path, j
     return best, scores
 
 
+def fit_compute_optimal(dev, engine, methods, args, out: Path, judge, t_vote: float) -> dict:
+    """compute_optimal's settings: the policy fitted on dev (cached in ``out``) over the run's other
+    methods (else co_fit's default menu), each at the temperature it runs at here."""
+    from twinloop.infer import co_fit
+
+    def temperature(name: str) -> float:
+        return args.bon_temperature if name in ("best_of_n", "worst_of_n") else t_vote
+
+    def config_for(module):
+        name = ev.method_of(module)
+        return ev.build_config(module, temperature(name), args.max_tokens, 0, SEEDED)
+
+    menu = co_fit.menu_for(config_for(ev.load_procedure("compute_optimal")), methods)
+    policy = co_fit.fit_on_dev(dev, [engine], menu, [args.n], out / "compute_optimal", judge,
+                               lambda e: ev.build_reward(REWARD_FOR["compute_optimal"], "arith", e), config_for)
+    return {"policy": str(policy), "method_settings": {m: {"temperature": temperature(m)} for m in menu}}
+
+
 def run(args: argparse.Namespace) -> int:
     from twinloop.infer.vllm_engine import VLLMEngine
 
@@ -78,9 +96,12 @@ def run(args: argparse.Namespace) -> int:
         for method in methods:
             temperature = args.bon_temperature if method in ("best_of_n", "worst_of_n") else t_vote
             spec = REWARD_FOR[method]
+            settings = dict(SEEDED)
+            if method == "compute_optimal":  # its per-bin choice is fitted on dev, with the same reward
+                settings |= fit_compute_optimal(dev, engine, methods, args, out, judge, t_vote)
             ev.evaluate(test, [engine], [method], [args.n], results, judge,
                         lambda e, spec=spec: ev.build_reward(spec, "arith", e),
-                        lambda m, t=temperature: ev.build_config(m, t, args.max_tokens, 0, SEEDED))
+                        lambda m, t=temperature, s=settings: ev.build_config(m, t, args.max_tokens, 0, s))
     finally:
         engine.close()
     summary = report.summarize(report.read_rows(results))
