@@ -57,6 +57,14 @@ def lora_rank(adapter: str, floor: int = 8) -> int:
     return max(floor, 1 << (r - 1).bit_length())
 
 
+def finish_reason(raw: Any) -> str:
+    """A backend's finish reason in the contract's words: "stop" (EOS, stop string or stop token) and
+    "length" pass through; anything else ("abort", or None for an unfinished output) is "abort", so a
+    request the server dropped is never mistaken for a response that ended at EOS."""
+    raw = None if raw is None else str(raw).lower()
+    return raw if raw in ("stop", "length") else "abort"
+
+
 def check_model_dir(model: str) -> None:
     """One-line error for a model folder that does not exist or lacks a config."""
     import os

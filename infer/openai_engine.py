@@ -27,6 +27,7 @@ from .engine import (
     check_dtype,
     check_model_dir,
     encode_request,
+    finish_reason,
     free_port,
 )
 
@@ -187,7 +188,7 @@ class OpenAIEngine:
                 if s.logprobs > 0:
                     tops = [{int(k.split(":", 1)[1]): float(v) for k, v in (row or {}).items()}
                             for row in ch["logprobs"]["top_logprobs"]]
-            reason = ch.get("finish_reason") if ch.get("finish_reason") in ("stop", "length") else "stop"
+            reason = finish_reason(ch.get("finish_reason"))
             comps.append(Completion(token_ids=toks, text=ch["text"], finish_reason=reason, logprobs=lps,
                                     top_logprobs=tops))
         u = data.get("usage") or {}

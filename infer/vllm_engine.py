@@ -20,6 +20,7 @@ from .engine import (
     check_dtype,
     check_model_dir,
     encode_request,
+    finish_reason,
 )
 
 
@@ -211,7 +212,7 @@ class VLLMEngine:
                 lps = [float(pos[t].logprob) for pos, t in zip(c.logprobs, toks)]
                 if s.logprobs > 0:
                     tops = [{int(k): float(v.logprob) for k, v in pos.items()} for pos in c.logprobs]
-            reason = c.finish_reason if c.finish_reason in ("stop", "length") else "stop"
+            reason = finish_reason(c.finish_reason)
             comps.append(Completion(token_ids=toks, text=c.text, finish_reason=reason, logprobs=lps, top_logprobs=tops))
         usage = Usage(prompt_tokens=len(o.prompt_token_ids), cached_prompt_tokens=int(o.num_cached_tokens or 0),
                       generated_tokens=sum(len(c.token_ids) for c in comps))

@@ -164,6 +164,30 @@ class PairwiseVerifier(RewardBase):
             out.append(Judgment(ratings, text))
         return out
 
+    @property
+    def presentations(self) -> int:
+        """Verifier calls per pair: 2 with ``both_orders``, else 1."""
+        return 2 if self.both_orders else 1
+
+    def rate_pairs(self, items: Sequence[tuple[str, str, str]],
+                   swap: Sequence[bool] | None = None) -> list[list[tuple[int, int] | None]]:
+        """Ratings (r_a, r_b) of each (prompt, a, b), always in the item's own order, one per presentation
+        (None when unparseable), all presentations in one engine call. With ``both_orders`` each pair is
+        shown as (A, B) and (B, A); otherwise once, as (B, A) where ``swap[i]`` (a caller that randomises
+        the order cancels position bias on average)."""
+        flips = [[False, True] if self.both_orders else [bool(swap[i]) if swap is not None else False]
+                 for i in range(len(items))]
+        shown = [(p, b, a) if f else (p, a, b) for (p, a, b), fs in zip(items, flips) for f in fs]
+        verdicts = iter(self.judge(shown))
+        out = []
+        for fs in flips:
+            row = []
+            for f in fs:
+                r = next(verdicts).ratings
+                row.append(None if r is None else ((r[1], r[0]) if f else (r[0], r[1])))
+            out.append(row)
+        return out
+
     def preferences(self, items: Sequence[tuple[str, str, str]]) -> list[float]:
         """P(A ≻ B) per (prompt, a, b); averaged over both presentation orders when ``both_orders``."""
         forward = [v.p_a_wins for v in self.judge(items)]

@@ -69,9 +69,9 @@ def test_selfeval_adapter_trains_exports_and_the_vllm_probe_reads_it(tiny_model_
 
     # the search's probe (as `twinloop eval --reward selfeval:ADAPTER` builds it), through vLLM with the
     # adapter, agrees with transformers + peft on the same ids
-    from twinloop.infer.evaluate import build_reward
+    from twinloop.build import build_reward
 
-    probe = build_reward(f"selfeval:{export}", "arith", vllm_engine)
+    probe = build_reward(f"selfeval:{export}", task="arith", engine=vllm_engine)
     assert isinstance(probe, SelfEvalProbe) and probe.lora == export
     assert (probe.yes_id, probe.no_id) == (probe_for(vllm_engine.tokenizer, "1", "0").yes_id,
                                           probe_for(vllm_engine.tokenizer, "1", "0").no_id)

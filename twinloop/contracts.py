@@ -64,7 +64,7 @@ class Request:
 class Completion:
     token_ids: list[int]
     text: str
-    finish_reason: str  # "stop" (EOS or stop string/token) or "length"
+    finish_reason: str  # "stop" (EOS or stop string/token), "length" (max_tokens) or "abort" (dropped by the backend)
     logprobs: list[float] | None = None  # logprob of each generated token
     top_logprobs: list[dict[int, float]] | None = None  # per position, when logprobs=k>0
 

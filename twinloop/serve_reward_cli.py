@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights dtype; vLLM's auto serves fp32 checkpoints in 16-bit, so pass float32 to "
                              "match transformers fp32 scores")
     parser.add_argument("--base-model", help="base model folder of a LoRA export (default: the one recorded)")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow model code and a reward class outside twinloop")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow model code and a reward class outside twinloop")
     parser.add_argument("--no-verify", action="store_true", help="skip the manifest check at start-up")
 
 
