@@ -186,6 +186,12 @@ def test_a_reward_breaking_the_contract_fails_in_one_line_naming_it():
     with pytest.raises(ValueError, match="reward plain returned 1 scores for a batch of 3"):
         call_reward(plain, ["p"] * 3, ["a"] * 3)
     assert check_scores(plain, [1, 0.5], 2) == [1, 0.5]
+    from twinloop.rewards.base import checked
+
+    wrapped = checked(plain)  # what GPPO hands TRL for a plain-function reward
+    assert wrapped.__name__ == "plain"
+    with pytest.raises(ValueError, match="batch of 2"):
+        wrapped(["p"] * 2, ["a"] * 2)
 
 
 # ------------------------------------------------------------------------------ one co-design recipe
