@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     from twinloop.infer.evaluate import build_config, load_procedure, parse_sets, to_problems
-    from twinloop.infer.search.common import Budget
-    from twinloop.infer.search.stepper import Stepper
+    from twinloop.infer.search._common import Budget
+    from twinloop.infer.search._stepper import Stepper
     from twinloop.infer.vllm_engine import VLLMEngine
 
     from twinloop.tasks import arith

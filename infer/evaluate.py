@@ -31,11 +31,9 @@ from twinloop.infer.eval_tasks import (  # noqa: F401  (re-exported: quickstart 
     to_problems,
 )
 from twinloop.infer.report import read_rows  # noqa: F401  (re-exported)
-from twinloop.infer.search.common import Budget, Problem, SearchResult
+from twinloop.infer.search._common import Budget, Problem, SearchResult
 
 SEARCH_PACKAGE = "twinloop.infer.search"
-NOT_PROCEDURES = {"common", "stepper", "sampling", "paths", "tree", "particles", "resampling"}
-BUDGET_FREE = {"greedy"}  # one sample whatever the budget
 SETTINGS = ("checkpoint", "tokenizer", "task", "split", "temperature", "max_tokens", "reward", "set",
             "max_generated_tokens", "max_rm_calls", "seed", "dtype", "engine", "max_model_len",
             "dev_problems")  # a results file is only resumed under the same values of these
@@ -44,7 +42,7 @@ SETTINGS = ("checkpoint", "tokenizer", "task", "split", "temperature", "max_toke
 # ------------------------------------------------------------------------------------------ methods
 def procedures() -> list[str]:
     pkg = importlib.import_module(SEARCH_PACKAGE)
-    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name not in NOT_PROCEDURES)
+    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
 
 
 def load_procedure(name: str):
@@ -125,8 +123,8 @@ def evaluate(problems: Sequence[Problem], engines: Sequence[Any], methods: Seque
     done = finished_keys(out_path)
     jobs: list[tuple[str, int, list[Problem]]] = []
     for method in methods:
-        load_procedure(method)  # unknown names fail before any work
-        for n in ([1] if method in BUDGET_FREE else budgets):
+        budget_free = load_procedure(method).BUDGET_FREE  # unknown names fail before any work
+        for n in ([1] if budget_free else budgets):
             todo = [p for p in problems if (method, n, p.id) not in done]
             jobs += [(method, n, todo[i:i + batch]) for i in range(0, len(todo), batch)]
     total = sum(len(j[2]) for j in jobs)

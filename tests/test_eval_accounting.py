@@ -10,7 +10,7 @@ from scripted_engine import CharTokenizer
 from twinloop.infer import evaluate as ev
 from twinloop.infer import report
 from twinloop.infer.openai_engine import OpenAIEngine
-from twinloop.infer.search.common import Problem, last_boxed
+from twinloop.infer.search._common import Problem, last_boxed
 
 from twinloop import eval_cli
 from twinloop.contracts import EngineError

@@ -6,7 +6,7 @@ from scripted_engine import ScriptedEngine, TableReward
 from twinloop.infer import evaluate as ev
 from twinloop.infer import report
 from twinloop.infer.eval_config import parse_eval_args
-from twinloop.infer.search.common import Problem, canonical_answer, last_boxed
+from twinloop.infer.search._common import Problem, canonical_answer, last_boxed
 
 from twinloop import eval_cli
 

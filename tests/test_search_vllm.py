@@ -6,8 +6,8 @@ show up as cached prompt tokens.
 """
 import pytest
 from twinloop.infer.search import astar, beam_search, best_of_n, dvts, epf, greedy, majority, particle_filter
-from twinloop.infer.search.common import Budget, Problem, SearchConfig
-from twinloop.infer.search.stepper import Stepper
+from twinloop.infer.search._common import Budget, Problem, SearchConfig
+from twinloop.infer.search._stepper import Stepper
 from twinloop.rewards.base import RewardUsage
 
 from twinloop import eval_cli

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search.common import (
+from twinloop.infer.search._common import (
     Budget,
     Problem,
     SearchConfig,
@@ -14,9 +14,13 @@ from twinloop.infer.search.common import (
     make_result,
     vote,
 )
-from twinloop.infer.search.sampling import draw, score
+from twinloop.infer.search._sampling import draw, score
 
 Config = SearchConfig  # the config class twinloop eval builds for this procedure
+
+
+NEEDS_REWARD = "outcome"  # the reward kind it searches with: outcome, process, or a judge alias (or None)
+BUDGET_FREE = False  # True: one sample whatever the budget
 
 
 def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None = None,

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from twinloop.infer.engine import Engine, Request, Result, SamplingConfig
-from twinloop.infer.search.stepper import Stepper
+from twinloop.infer.search._stepper import Stepper
 
 AnswerFn = Callable[[str], "str | None"]
 
