@@ -425,8 +425,10 @@ def expression_from_prompt(prompt: Any) -> str | None:
 # ---------------------------------------------------------------- rewards
 
 class ArithProcessReward(RewardBase):
-    """Ground-truth process reward: exact per-step correctness (1.0 / 0.0), aggregated with ``aggregation``
-    (min [check]; last / prod / mean also available). The expression comes from an ``expression`` column,
+    """Ground-truth process reward: exact per-step correctness (1.0 / 0.0, ``step_correctness``: nothing after
+    the first answer step counts, and the answer step needs the true value), aggregated with ``aggregation``
+    (min [check]; last / prod / mean also available). So repeating steps or answer lines never raises the
+    score, and only a correct final answer can reach 1.0. The expression comes from an ``expression`` column,
     else from the prompt text. ``__call__`` scores a complete solution: one without a boxed answer step
     scores 0.0 and is counted as unparseable.
     """
