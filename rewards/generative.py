@@ -194,6 +194,32 @@ class GenerativeReward(RewardBase):
     """
 
     name = "spct_grm"
+    kinds = ("grm",)
+    head = "causal_lm"
+    reward_args = ("meta_rm",)
+    bundle_args = ("lora", "meta_rm")  # a GRM bundle carries its meta RM as a sub-folder
+
+    @classmethod
+    def export_score_range(cls, settings: dict[str, Any]) -> list[float | None]:
+        lo, hi = BINARY_RANGE if settings.get("binary") else SCORE_RANGE
+        return [float(lo), float(hi)]
+
+    @classmethod
+    def check_bundle(cls, document: dict[str, Any], where: str) -> None:
+        if document.get("call", {}).get("template", GRM_TEMPLATE) != GRM_TEMPLATE:
+            raise ValueError(f"{where} was exported with a different GRM template than this twinloop uses")
+
+    @classmethod
+    def export_call(cls, settings: dict[str, Any], tokenizer: Any, meta_rm: str | None = None,
+                    **extra: Any) -> dict[str, Any]:
+        return {"template": GRM_TEMPLATE, "hint": HINT, "input": "the template as one user chat message",
+                "parser": "the last \\boxed{...} holds one integer per response, comma-separated, within the "
+                          "score range; anything else is an invalid judgment",
+                "voting": "voting@k: k samples at the temperature, response order shuffled per sample and "
+                          "un-permuted, scores summed over valid samples (Eq. 14)",
+                "voting_k": settings.get("k", 1), "meta_rm": meta_rm,
+                "meta_voting": "keep the k_meta judgments the meta RM rates highest (default k // 2)"
+                if meta_rm else None}
 
     def __init__(self, engine: Any, lora: str | None = None, k: int = 1, temperature: float = 0.5,
                  max_tokens: int = 512, mode: str = "pointwise", binary: bool = False,

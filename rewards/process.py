@@ -93,6 +93,19 @@ class StepReward(RewardBase):
 
     name = "process_reward"
 
+    step_score = ""
+
+    @classmethod
+    def export_call(cls, settings: dict[str, Any], tokenizer: Any, **extra: Any) -> dict[str, Any]:
+        delim = settings.get("delimiter", DEFAULT_DELIMITER)
+        tag_ids = [delim] if isinstance(delim, int) else text_ids(tokenizer, delim)
+        return {"step_delimiter": tokenizer.decode(tag_ids) if isinstance(delim, int) else delim,
+                "step_token_ids": tag_ids,
+                "input": "prompt ids (chat template with generation prompt for chat prompts), then for each step "
+                         "its text ids followed by the step tokens",
+                "aggregation": settings.get("aggregation", "last"), "no_step_fallback": settings.get("fallback", 0.0),
+                "step_score": cls.step_score}
+
     def __init__(self, tokenizer: Any, delimiter: str | int = DEFAULT_DELIMITER, aggregation: str = "last",
                  fallback: float = 0.0) -> None:
         super().__init__()
@@ -147,6 +160,10 @@ class TokenClassifierPRM(StepReward):
     """
 
     name = "prm_token_classifier"
+    kinds = ("prm",)
+    head = "token_classification"
+    step_score = ("P(good) read at the last step token of each step: sigmoid of one label, or softmax label 1 "
+                  "of two or more")
 
     def __init__(self, model: Any = None, engine: Any = None, tokenizer: Any = None, **kwargs: Any) -> None:
         if (model is None) == (engine is None):
@@ -203,6 +220,17 @@ class YesNoProbePRM(StepReward):
     """
 
     name = "prm_yes_no_probe"
+
+    kinds = ("prm",)
+    head = "causal_lm"
+    sends_chat = False
+
+    @classmethod
+    def export_call(cls, settings: dict[str, Any], tokenizer: Any, **extra: Any) -> dict[str, Any]:
+        q, yes, no = (settings.get(k, d) for k, d in (("question", PROBE_QUESTION), ("yes", "Yes"), ("no", "No")))
+        return {**super().export_call(settings, tokenizer, **extra),
+                "step_score": f"P({yes!r}) over {{{yes!r}, {no!r}}} for the next token after prompt + steps so far "
+                              f"+ {q!r}"}
 
     def __init__(self, engine: Any, question: str = PROBE_QUESTION, yes: str = "Yes", no: str = "No",
                  lora: str | None = None, **kwargs: Any) -> None:

@@ -41,9 +41,7 @@ def tokcls(tiny_model_dir, tmp_path_factory):
 
 
 def _same_settings(a, b):
-    from twinloop.checkpoints.spec import settings_of
-
-    assert type(a) is type(b) and settings_of(a) == settings_of(b)
+    assert type(a) is type(b) and a.settings() == b.settings()
 
 
 def test_scalar_rm_round_trip_same_scores_and_plain_hf_folder(seqcls, tmp_path):
@@ -162,17 +160,17 @@ def test_token_classifier_prm_round_trip(tokcls, tmp_path):
 
 
 def test_trainer_output_spec_is_read_and_carried_into_the_export(tokcls, tmp_path):
-    """twinloop's PRM trainer writes {"kind": "process", "class": "module:Class", "kwargs": ...} beside its
-    model: load_reward reads that folder as is, and export keeps those settings."""
+    """A trainer writes the same twinloop_reward.json an export holds (write_trainer_bundle, one format):
+    load_reward reads that folder as is, and export keeps its settings."""
     import shutil
 
+    from twinloop.checkpoints.spec import write_trainer_bundle
     from twinloop.rewards.process import TokenClassifierPRM
 
     src = tmp_path / "prm-run"
     shutil.copytree(tokcls[0], src)
-    (src / "twinloop_reward.json").write_text(json.dumps({
-        "kind": "process", "class": "twinloop.rewards.process:TokenClassifierPRM",
-        "kwargs": {"delimiter": "\n\n", "aggregation": "prod"}}))
+    trained = TokenClassifierPRM(model=tokcls[1], tokenizer=tokcls[2], aggregation="prod")
+    write_trainer_bundle(src, trained, "prm")
     direct = load_reward(src)
     assert isinstance(direct, TokenClassifierPRM) and direct.aggregation == "prod"
     out = export(src, tmp_path / "prm", "prm")
@@ -187,7 +185,7 @@ def test_token_id_delimiter_and_yes_no_probe_prm_round_trip(tiny_model_dir, hf_e
     before = YesNoProbePRM(hf_engine, delimiter=newline, aggregation="mean", question="\nCorrect?\n")
     scores = before(PROMPTS, ["2 + 3 = 5\nAnswer: 5", "56", "x"])
     out = export(tiny_model_dir, tmp_path / "probe", "prm", reward=before)
-    assert read_spec(out)["settings"]["delimiter"] in ("\n", {"token_id": newline})  # equivalent forms
+    assert read_spec(out)["settings"]["delimiter"] == newline  # the constructor argument as given
     after = load_reward(out)
     assert after.tag_ids == [newline]
     _same_settings(before, after)

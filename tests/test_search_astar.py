@@ -36,9 +36,18 @@ def test_astar_pops_lowest_f_and_stops_at_first_solution():
 
 def test_astar_collects_n_over_k_solutions_across_problems():
     eng, prm = ScriptedEngine({"Q": Q, "R": Q}), TablePRM(TABLE)
-    res = astar.run([Problem("Q"), Problem("R")], eng, prm, Budget(n=8), AStarConfig(answer_fn=last_boxed, k=4))
+    res = astar.run([Problem("Q"), Problem("R")], eng, prm, Budget(n=8),
+                    AStarConfig(answer_fn=last_boxed, k=4, pops_per_round=1))
     assert all(len(r.candidates) == 2 and r.answer == "5" for r in res)
     assert all(len(c.prompts) == 2 for c in eng.calls)  # both problems expand in the same engine calls
+
+
+def test_astar_pops_n_over_k_nodes_per_round_by_default():
+    eng, prm = ScriptedEngine({"Q": Q, "R": Q}), TablePRM(TABLE)
+    res = astar.run([Problem("Q"), Problem("R")], eng, prm, Budget(n=8), AStarConfig(answer_fn=last_boxed, k=4))
+    assert all(len(r.candidates) == 2 and r.answer == "5" for r in res)
+    # root first (one node each), then N // k = 2 pops per problem: 4 prompts in one engine call
+    assert [len(c.prompts) for c in eng.calls][:2] == [2, 4]
 
 
 def test_astar_budget_returns_best_partial():

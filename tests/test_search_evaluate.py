@@ -5,7 +5,10 @@ import json
 import pytest
 from scripted_engine import ScriptedEngine, TableReward
 from twinloop.infer import evaluate as ev
+from twinloop.infer import report
 from twinloop.infer.search.common import Problem, canonical_answer, last_boxed
+
+from twinloop import eval_cli
 
 SCRIPT = {"P1": ["a \\boxed{1}", "b \\boxed{2}", "c \\boxed{2}", "d \\boxed{3}"],
           "P2": ["x \\boxed{7}", "y \\boxed{8}"],
@@ -57,16 +60,17 @@ def test_summary_table_and_plot(tmp_path):
              "budget_exhausted": True},
             {"method": "greedy", "budget": 1, "correct": True, "generated_tokens": 5, "rm_calls": 0,
              "wall_seconds": 0.1, "budget_exhausted": False}]
-    s = ev.summarize(rows)
+    s = report.summarize(rows)
     assert s[1] == {"method": "m", "budget": 4, "problems": 2, "accuracy": 0.5, "generated_tokens": 20.0,
-                    "rm_calls": 3.0, "wall_seconds": 0.75, "exhausted": 0.5}
-    table = ev.format_table(s)
+                    "rm_tokens": 0.0, "model_tokens": 20.0, "rm_calls": 3.0, "wall_seconds": 0.75, "exhausted": 0.5}
+    table = report.format_table(s)
     assert "m" in table and "0.500" in table and "20.0" in table
     assert "vs greedy" in table and "-0.500" in table
-    reach = ev.tokens_to_reach(s + [{"method": "m", "budget": 8, "accuracy": 1.0, "generated_tokens": 50.0}], "m", 4)
+    more = [{"method": "m", "budget": 8, "accuracy": 1.0, "generated_tokens": 50.0}]
+    reach = report.tokens_to_reach(s + more, "m", 4)
     assert reach["methods"]["m"]["generated_tokens"] == 20.0 and reach["methods"]["greedy"]["fraction"] == 0.25
-    assert "never" not in ev.format_reach(reach) and ev.tokens_to_reach(s, "best_of_n", 32) == {}
-    png = ev.plot(s, tmp_path / "p.png")
+    assert "never" not in report.format_reach(reach) and report.tokens_to_reach(s, "best_of_n", 32) == {}
+    png = report.plot(s, tmp_path / "p.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -94,11 +98,17 @@ def test_cli_options_recipe_and_errors(tmp_path):
 
 
 def test_settings_guard_refuses_mixed_results(tmp_path):
-    opts = dict(ev.DEFAULTS, checkpoint="c", reward="arith_process")
+    opts = dict(ev.DEFAULTS, checkpoint="c", reward="arith_process", engine="hf")
     ev.check_settings(tmp_path, opts)
+    ev.write_settings(tmp_path, opts)
     ev.check_settings(tmp_path, opts)  # same settings: fine
-    with pytest.raises(ValueError, match="temperature"):
-        ev.check_settings(tmp_path, dict(opts, temperature=1.0))
+    for key, other in [("temperature", 1.0), ("seed", 1), ("dtype", "bfloat16"), ("engine", "vllm"),
+                       ("max_model_len", 512)]:
+        with pytest.raises(ValueError, match=f"another {key} ") as e:
+            ev.check_settings(tmp_path, dict(opts, **{key: other}))
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="another engine"):
+        ev.check_settings(tmp_path, dict(opts, servers="http://127.0.0.1:1"))
     assert json.loads((tmp_path / "settings.json").read_text())["checkpoint"] == "c"
 
 
@@ -118,13 +128,13 @@ def test_cli_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
     ns = argparse.Namespace(**{k: None for k in ev.DEFAULTS}, recipe=None)
     ns.checkpoint, ns.task, ns.methods, ns.budgets = str(tiny_model_dir), "arith", "greedy,best_of_n", "2"
     ns.n_problems, ns.max_tokens, ns.engine, ns.out, ns.reward = 2, 8, "hf", str(tmp_path / "run"), "arith_process"
-    assert ev.run(ns) == 0
+    assert eval_cli.run(ns) == 0
     rows = ev.read_rows(tmp_path / "run" / "results.jsonl")
     assert len(rows) == 2 * 2 and {r["method"] for r in rows} == {"greedy", "best_of_n"}
     assert all(r["generated_tokens"] > 0 for r in rows)
     assert (tmp_path / "run" / "accuracy_vs_tokens.png").exists()
     assert len(json.loads((tmp_path / "run" / "summary.json").read_text())) == 2
-    assert ev.run(ns) == 0 and len(ev.read_rows(tmp_path / "run" / "results.jsonl")) == 4
+    assert eval_cli.run(ns) == 0 and len(ev.read_rows(tmp_path / "run" / "results.jsonl")) == 4
 
 
 

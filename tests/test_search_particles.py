@@ -67,7 +67,7 @@ def test_particles_follow_the_exact_prm(module, config):
     [r] = module.run([Problem("Q")], eng, prm, Budget(n=4), config)
     assert r.answer == "5" and r.stop_reason == "all_finished" and len(r.candidates) == 4
     gen = r.trace[0]["genealogy"]
-    assert all(len(g["ancestors"]) == 4 for g in gen) and len(gen) == 3
+    assert all(len(g["ancestors"]) == 4 for g in gen) and len(gen) == 2  # no resampling once all finished
     # finished particles are never extended again: no prompt carries an EOS token
     assert all(EOS_ID not in ids for call in eng.calls for ids in call.prompts)
     assert eng.calls[1].via_ids and all(eng.calls[1].via_ids) and r.usage.cached_prompt_tokens > 0

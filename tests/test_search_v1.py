@@ -8,21 +8,23 @@ from twinloop.infer.search import v1_tournament
 from twinloop.infer.search.common import Budget, Problem, last_boxed
 from twinloop.infer.search.v1_tournament import TournamentConfig, coverage_pairs, deficit_pairs, swiss_pairs
 from twinloop.rewards.base import RewardUsage
-from twinloop.rewards.pairwise import Judgment, mu_scores
+from twinloop.rewards.pairwise import Judgment, PairwiseVerifier, mu_scores
 
 QUALITY = {"1": 3, "2": 9, "3": 6, "4": 1}
 SCRIPT = {"P": [f"try \\boxed{{{k}}}" for k in QUALITY], "R": ["r \\boxed{3}", "r \\boxed{4}"]}
 
 
-class ScriptedVerifier:
-    """Rates each solution by the quality of its boxed answer; ``None`` ratings for 'bad' answers."""
+class ScriptedVerifier(PairwiseVerifier):
+    """Rates each solution by the quality of its boxed answer; ``None`` ratings for 'bad' answers. Only
+    ``judge`` is scripted: ``rate_pairs`` (presentation orders) is PairwiseVerifier's own."""
 
     __name__ = "scripted_verifier"
 
-    def __init__(self, unparseable=()):
+    def __init__(self, unparseable=(), both_orders=False):
         self.usage = RewardUsage()
         self.items = []
         self.unparseable = set(unparseable)
+        self.both_orders = both_orders
 
     def judge(self, items):
         self.items.append(list(items))

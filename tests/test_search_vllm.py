@@ -10,6 +10,8 @@ from twinloop.infer.search.common import Budget, Problem, SearchConfig
 from twinloop.infer.search.stepper import Stepper
 from twinloop.rewards.base import RewardUsage
 
+from twinloop import eval_cli
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 LONG = " ".join(f"item {i} is {i * 7 % 13}." for i in range(60))
@@ -138,7 +140,7 @@ def test_eval_shards_over_servers(openai_engine, tiny_model_dir, tmp_path):
     ns.checkpoint, ns.task, ns.methods, ns.budgets = str(tiny_model_dir), "arith", "greedy,best_of_n", "2"
     ns.n_problems, ns.max_tokens, ns.batch, ns.out = 4, 8, 1, str(tmp_path / "run")
     ns.servers, ns.no_plot = f"{url},{url}", True
-    assert ev.run(ns) == 0
+    assert eval_cli.run(ns) == 0
     rows = ev.read_rows(tmp_path / "run" / "results.jsonl")
     assert len(rows) == 8 and {r["shard"] for r in rows} == {0, 1}
     assert len({(r["method"], r["problem_id"]) for r in rows}) == 8

@@ -158,14 +158,30 @@ def test_outcome_reward():
 
 # ---------------------------------------------------------------- real sets and reasoning-gym
 
-def test_task_table_loads_every_task():
-    from twinloop.tasks import TASK_REWARDS, TASKS
+def test_every_task_module_has_the_same_interface():
+    """load(split, n, seed) and reward() for every module under twinloop/tasks, named by one spec scheme."""
+    import pkgutil
 
-    for name, loader in TASKS.items():
-        rows = loader(split="test", n=3)
-        assert len(rows) == 3, name
-        assert rows[0]["prompt"][-1]["role"] == "user" and rows[0]["prompt"][-1]["content"], name
-    assert set(TASK_REWARDS) == set(TASKS) - {"humaneval"}
+    import twinloop.tasks
+    from twinloop.build import build_task
+
+    names = sorted(m.name for m in pkgutil.iter_modules(twinloop.tasks.__path__) if not m.name.startswith("_"))
+    assert {"arith", "gsm8k", "mmath", "humaneval", "rgym"} <= set(names)
+    for name in names:
+        spec = f"{name}:countdown" if name == "rgym" else name
+        task = build_task(spec)
+        rows = task.load("test", n=3, seed=0)
+        assert len(rows) == 3, spec
+        assert rows[0]["prompt"][-1]["role"] == "user" and rows[0]["prompt"][-1]["content"], spec
+        assert callable(task.reward()), spec
+
+
+def test_task_specs_fail_in_one_line():
+    from twinloop.build import build_task
+
+    for bad, words in (("nosuch", "unknown task"), ("rgym", "family"), ("arith:x", "takes no member")):
+        with pytest.raises(ValueError, match=words):
+            build_task(bad)
 
 
 def test_mmath_counts_and_reward():

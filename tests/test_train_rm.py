@@ -83,14 +83,14 @@ def test_preference_pairs_chosen_correct_rejected_wrong():
 
 
 def test_mc_step_labels_match_exact_prefix_correctness(tiny_dir):
-    from twinloop.train.gppo import load_tokenizer
+    from twinloop.train.common import load_tokenizer
     from twinloop.train.prm import with_exact_labels
     from twinloop.train.rm_data import mc_step_labels
 
     rows = load("train", n=4, seed=3)
     engine = OracleEngine(load_tokenizer(tiny_dir), rows)
     comps = [[r["solution"], _wrong(r, 1)] for r in rows]
-    examples = with_exact_labels("twinloop.tasks.arith",
+    examples = with_exact_labels("arith",
                                  mc_step_labels(engine, ArithOutcomeReward(), rows, comps, rollouts=2))
     assert engine.calls == 1  # every prefix's rollouts in one batch
     assert len(examples) == 8
@@ -104,7 +104,7 @@ def test_mc_step_labels_match_exact_prefix_correctness(tiny_dir):
 def test_orm_trains_exports_and_reloads_as_scalar_rm(tiny_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
     from twinloop.rewards.scalar import ScalarRM
-    from twinloop.train.gppo import load_tokenizer
+    from twinloop.train.common import load_tokenizer
     from twinloop.train.orm import ORMConfig, ORMScriptArguments, pair_accuracy, train_orm
     from twinloop.train.rm_data import preference_pairs, score_completions
 
@@ -121,7 +121,7 @@ def test_orm_trains_exports_and_reloads_as_scalar_rm(tiny_dir, tmp_path):
     export, metrics = train_orm(script, cfg, train, held_out)
     assert metrics["train_pair_accuracy"] >= 0.9 and metrics["eval_pair_accuracy"] >= 0.9
     spec = json.loads((tmp_path / "rm" / "twinloop_reward.json").read_text())
-    assert spec["kind"] == "outcome" and spec["class"] == "twinloop.rewards.scalar:ScalarRM"
+    assert spec["kind"] == "orm" and spec["reward_class"] == "twinloop.rewards.scalar:ScalarRM"
     assert "ORM" in (tmp_path / "rm" / "README.md").read_text()
     a, b = (ScalarRM(model=AutoModelForSequenceClassification.from_pretrained(export).eval(),
                      tokenizer=load_tokenizer(export)) for _ in range(2))
@@ -133,7 +133,7 @@ def test_orm_trains_exports_and_reloads_as_scalar_rm(tiny_dir, tmp_path):
 def test_prm_trains_exports_and_reloads_as_token_classifier_prm(tiny_dir, tmp_path):
     from transformers import AutoModelForTokenClassification
     from twinloop.rewards.process import TokenClassifierPRM
-    from twinloop.train.gppo import load_tokenizer
+    from twinloop.train.common import load_tokenizer
     from twinloop.train.prm import PRMConfig, PRMScriptArguments, step_accuracy, train_prm, with_exact_labels
     from twinloop.train.rm_data import mc_step_labels
 
@@ -141,7 +141,7 @@ def test_prm_trains_exports_and_reloads_as_token_classifier_prm(tiny_dir, tmp_pa
         rows = load(split, n=n, seed=seed)
         engine = OracleEngine(load_tokenizer(tiny_dir), rows)
         comps = [[r["solution"], _wrong(r, 0)] for r in rows]
-        return with_exact_labels("twinloop.tasks.arith", mc_step_labels(engine, ArithOutcomeReward(), rows, comps,
+        return with_exact_labels("arith", mc_step_labels(engine, ArithOutcomeReward(), rows, comps,
                                                                          rollouts=1))
 
     train, held_out = examples("train", 16, 1), examples("dev", 8, 2)
@@ -159,9 +159,9 @@ def test_prm_trains_exports_and_reloads_as_token_classifier_prm(tiny_dir, tmp_pa
     base_rate = sum(lab for e in held_out for lab in e["labels"]) / sum(len(e["labels"]) for e in held_out)
     assert metrics["train_step_accuracy_mc"] > max(base_rate, 1 - base_rate)  # beats the majority label
     spec = json.loads((tmp_path / "prm" / "twinloop_reward.json").read_text())
-    assert spec["kind"] == "process" and spec["kwargs"]["delimiter"] == "\n\n"
+    assert spec["kind"] == "prm" and spec["settings"]["delimiter"] == "\n\n"
     prm = TokenClassifierPRM(model=AutoModelForTokenClassification.from_pretrained(export).eval(),
-                             tokenizer=load_tokenizer(export), **spec["kwargs"])
+                             tokenizer=load_tokenizer(export), **spec["settings"])
     assert step_accuracy(prm, held_out) == metrics["eval_step_accuracy_mc"]
     prompts = [e["prompt"] for e in held_out[:2]]
     scores = prm(prompts, ["\n\n".join(e["steps"]) for e in held_out[:2]])

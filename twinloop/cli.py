@@ -15,10 +15,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "smoke": ("twinloop.smoke", "engine smoke run on a tiny model built on the fly"),
     "tinyworld": ("twinloop.tinyworld", "build the tiny arithmetic policy shipped in checkpoints/"),
     "import-gguf": ("twinloop.gguf", "convert SmolLM2-135M-Instruct (GGUF) to a safetensors folder"),
-    "export": ("twinloop.export_cli", "export a trained reward model as a Hugging Face folder with twinloop_reward.json"),
+    "export": ("twinloop.export_cli",
+               "export a trained reward model as a Hugging Face folder with twinloop_reward.json"),
     "verify": ("twinloop.verify_cli", "check an export's files against its manifest.json (sha256)"),
     "serve-reward": ("twinloop.serve_reward_cli", "serve an exported reward over HTTP on 127.0.0.1"),
-    "eval": ("twinloop.infer.evaluate", "run search procedures on a task at several budgets (JSONL, table, plot)"),
+    "eval": ("twinloop.eval_cli", "run search procedures on a task at several budgets (JSONL, table, plot)"),
     "train": ("twinloop.cli", "train a policy or reward model: `twinloop train METHOD --config RECIPE.yaml`"),
 }
 

@@ -24,6 +24,7 @@ from twinloop.infer.search.common import (
     SearchResult,
     Tracker,
     argbest,
+    candidate_finish,
     make_result,
     reward_prompt,
 )
@@ -82,7 +83,8 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
         fresh: list[tuple[int, Any]] = []  # (problem, completion) complete responses of this batch
         partial: list[tuple[int, Any]] = []
         for pi, res in zip(live, results):
-            prompt_ids[pi] = list(res.prompt_ids)
+            if res.completions:  # a request the token cap left empty carries no prompt ids
+                prompt_ids[pi] = list(res.prompt_ids)
             for c in res.completions:
                 (partial if config.prune_tokens > 0 and c.finish_reason == "length" else fresh).append((pi, c))
         if partial:
@@ -98,12 +100,15 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
             rest = max(1, config.max_tokens - config.prune_tokens)
             more = tracker.generate(engine, resumed, config.sampling(n=1, max_tokens=rest))
             for (pi, c), res in zip(keep, more):
+                if not res.completions:  # the token cap left no room: the pruned prefix stays as it is
+                    fresh.append((pi, c))
+                    continue
                 d = res.completions[0]
                 fresh.append((pi, Completion(list(c.token_ids) + list(d.token_ids), c.text + d.text, d.finish_reason)))
         p_better = _probe(reward, tracker, engine, [(pi, c.text) for pi, c in fresh])
         for (pi, c), p in zip(fresh, p_better):
             cands[pi].append(Candidate(text=c.text, token_ids=list(c.token_ids),
-                                       finish_reason="length" if c.finish_reason == "length" else "stop",
+                                       finish_reason=candidate_finish(c.finish_reason),
                                        answer=config.answer_fn(c.text), score=1.0 - p))
         still = []
         for pi in live:

@@ -1,8 +1,11 @@
 """A*-decoding (arXiv 2505.13672): a global priority queue per problem over partial trajectories with
-f = g + h, h = 1 - PRM(prefix). Each round pops the lowest-f node of every problem (one engine call for
-all problems; ``pops_per_round`` nodes each when > 1), samples k next steps from it, scores them and
-pushes them. A popped finished trajectory is a solution; the search stops after ``max(1, N // k)``
-solutions (the nominal-N mapping is [check]) and answers with ``select`` over them. A popped prefix
+f = g + h, h = 1 - PRM(prefix). Each round pops the ``pops_per_round`` lowest-f active nodes of every
+problem (one engine call for all problems), samples k next steps from each, scores them (one PRM call)
+and pushes them. By default a round pops N // k nodes, as many as the solutions sought, so a round is one
+batched engine call over problems and pops rather than one small call per pop ([check]: 1 is the strict
+A* order, and slower by the number of rounds). A popped finished trajectory is a solution; the search
+stops after ``max(1, N // k)`` solutions (the nominal-N mapping is [check]) and answers with ``select``
+over them. A popped prefix
 goes back into the queue with f + ``reinsert_penalty``·(times expanded), so a promising prefix whose
 samples all failed is sampled again before worse ones ([check]); expansions per problem are capped at
 ``expansions_per_n``·N (reaching the cap counts as running out of budget).
@@ -37,7 +40,7 @@ class AStarConfig(SearchConfig):
     k: int = 2  # next steps sampled per popped node [check]
     g: str = "mean_cost"  # [check]: mean_cost / sum_cost / depth / zero
     g_weight: float = 1.0
-    pops_per_round: int = 1  # active nodes expanded per problem per engine call (> 1 batches better, less strict)
+    pops_per_round: int | None = None  # active nodes expanded per problem per engine call; None: N // k [check]
     reinsert_penalty: float | None = 0.05  # [check] a popped prefix returns with f + penalty·expansions (None: never)
     expansions_per_n: int = 4  # cap on expansions per problem: expansions_per_n · N (the nominal budget)
     select: str = "best"
@@ -83,13 +86,14 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
     expanded: dict[int, int] = {}  # id(node) -> times expanded
     spent = [0] * len(problems)
     cap = max(1, config.expansions_per_n * budget.n)
+    per_round = config.pops_per_round or wanted
     live, exhausted = [True] * len(problems), [False] * len(problems)
 
     while any(live):
         to_expand: list[P.Path] = []
         for pi in range(len(problems)):
             taken = 0
-            while live[pi] and taken < config.pops_per_round:
+            while live[pi] and taken < per_round:
                 if not heaps[pi]:
                     live[pi] = taken > 0  # nodes taken this round may still push children
                     break

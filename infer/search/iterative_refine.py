@@ -21,6 +21,7 @@ from twinloop.infer.search.common import (
     SearchResult,
     Tracker,
     argbest,
+    candidate_finish,
     make_result,
     reward_prompt,
     score_outcomes,
@@ -91,7 +92,7 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
         for (pi, _), res in zip(owned, tracker.generate(engine, owned, config.sampling(n=size))):
             for c in res.completions:
                 new.append((pi, Candidate(text=c.text, token_ids=list(c.token_ids), answer=config.answer_fn(c.text),
-                                          finish_reason="length" if c.finish_reason == "length" else "stop")))
+                                          finish_reason=candidate_finish(c.finish_reason))))
         left = {pi: tracker.rm_calls_left(pi) for pi in live}
         scored = []
         for pi, c in new:

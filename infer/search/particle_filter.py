@@ -1,6 +1,7 @@
 """Particle filtering with a PRM (arXiv 2502.01618): N particles extended step by step, weighted by
-logit(PRM), resampled multinomially (or systematically, ``resampling="systematic"``); finished particles
-keep their weight and are never revived. See ``particles`` for the loop."""
+logit(PRM), the live ones resampled among themselves multinomially (or systematically,
+``resampling="systematic"``); finished particles keep their slot and weight and take no part in
+resampling. See ``particles`` for the loop."""
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -94,7 +94,9 @@ def extend(tracker: Tracker, engine: Engine, config: SearchConfig, paths: Sequen
     """``n`` one-step children for each path, all paths of all problems in one engine call.
 
     One call shares one max_tokens (the largest room left), so a path may overshoot ``config.max_tokens``
-    by less than one step; it is then marked truncated.
+    by less than one step; it is then marked truncated. Every child will cost one PRM call, so a problem
+    near its token or RM-call cap gets fewer children (paths in order; a path may get none) or shorter
+    steps, never more than the caps allow (``Tracker.generate``).
     """
     if not paths:
         return []
@@ -102,7 +104,7 @@ def extend(tracker: Tracker, engine: Engine, config: SearchConfig, paths: Sequen
     sampling = config.stepper.sampling(config.sampling(n=n, temperature=temperature), remaining_tokens=room, n=n)
     owned = [(p.problem, request_for(p, tracker, config)) for p in paths]
     out: list[list[Path]] = []
-    for p, res in zip(paths, tracker.generate(engine, owned, sampling)):
+    for p, res in zip(paths, tracker.generate(engine, owned, sampling, rm_per_sample=1)):
         kids = [child(p, res.prompt_ids, c, config) for c in res.completions]
         if forest is not None:
             for kid in kids:
@@ -118,7 +120,8 @@ def score(prm: Any, tracker: Tracker, engine: Engine, paths: Sequence[Path], how
     todo = [p for p in paths if p.steps and len(p.step_scores) != len(p.steps)]
     rows = score_steps(prm, tracker, engine, [(p.problem, p.steps) for p in todo])
     for p, row in zip(todo, rows):
-        p.step_scores = row
+        if row is not None:  # None: over the RM-call cap, left unscored
+            p.step_scores = row
     if forest is not None:
         for p in paths:
             forest.scored(p, how)

@@ -1,14 +1,22 @@
 """Shared part of the one-shot procedures (greedy, majority, weighted majority, best/worst-of-N):
-draw N whole responses per problem in one engine call for all problems, cut them to the budget, and
+draw N whole responses per problem (one engine call for all problems; in chunks under a token cap) and
 score them with the outcome reward."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search.common import Budget, Candidate, Problem, SearchConfig, Tracker, score_outcomes
+from twinloop.infer.search.common import (
+    Budget,
+    Candidate,
+    Problem,
+    SearchConfig,
+    Tracker,
+    candidate_finish,
+    score_outcomes,
+)
 
 
 @dataclass
@@ -21,23 +29,35 @@ class Drawn:
 
 def draw(problems: Sequence[Problem], engine: Engine, budget: Budget, config: SearchConfig, n: int,
          temperature: float | None = None) -> tuple[Tracker, list[Drawn]]:
-    """N samples per problem. With a generated-token cap, candidates are kept in order while their
-    running token total fits; later ones are dropped (their tokens are still accounted)."""
+    """N samples per problem, all problems in one engine call. Under a generated-token cap the samples come
+    in chunks of as many as the tokens left allow at full ``max_tokens`` (once fewer than that are left,
+    one sample with the room left), so the cap is never exceeded and no sample is drawn to be dropped; a
+    problem that gets fewer than N, or a sample cut short by the cap, is marked budget-exhausted. Without
+    a cap it is one call. Engine seeds move on by one per chunk."""
     tracker = Tracker(problems, budget)
-    owned = [(i, p.request(config.lora)) for i, p in enumerate(problems)]
-    results = tracker.generate(engine, owned, config.sampling(n=n, temperature=temperature))
-    drawn = []
-    for res in results:
-        d, spent = Drawn(), 0
-        for c in res.completions:
-            spent += len(c.token_ids)
-            if budget.generated_tokens is not None and spent > budget.generated_tokens:
-                d.budget_exhausted = True
-                break
-            d.candidates.append(Candidate(text=c.text, token_ids=list(c.token_ids),
-                                          finish_reason="length" if c.finish_reason == "length" else "stop",
-                                          answer=config.answer_fn(c.text)))
-        drawn.append(d)
+    base = config.sampling(n=n, temperature=temperature)
+    drawn = [Drawn() for _ in problems]
+    need = [n] * len(problems)
+    for chunk in range(n):  # every chunk draws at least one sample per problem still in it
+        owned, sizes = [], []
+        for pi, p in enumerate(problems):
+            left = tracker.tokens_left(pi)
+            if need[pi] == 0:
+                continue
+            if left == 0:
+                continue
+            owned.append((pi, p.request(config.lora)))
+            sizes.append(need[pi] if left is None else min(need[pi], max(1, left // base.max_tokens)))
+        if not owned:
+            break
+        sampling = base if base.seed is None else replace(base, seed=base.seed + chunk)
+        for (pi, _), res in zip(owned, tracker.generate(engine, owned, sampling, n_each=sizes)):
+            need[pi] -= len(res.completions)
+            for c in res.completions:
+                drawn[pi].candidates.append(Candidate(text=c.text, token_ids=list(c.token_ids), answer=config.answer_fn(
+                    c.text), finish_reason=candidate_finish(c.finish_reason)))
+    for pi, d in enumerate(drawn):
+        d.budget_exhausted = d.budget_exhausted or tracker.capped[pi] or len(d.candidates) < n
     return tracker, drawn
 
 

@@ -53,9 +53,12 @@ def _rank(tracker: Tracker, engine: Engine, prm: Any, config: TreeConfig, kids: 
         moving = [k for k in live if tips[id(k)].active]
         if not moving:
             break
-        for k, (nxt,) in zip(moving, P.extend(tracker, engine, config, [tips[id(k)] for k in moving], 1, 0.0)):
-            tips[id(k)] = nxt
-        P.score(prm, tracker, engine, [tips[id(k)] for k in moving])
+        moved = []
+        for k, nxt in zip(moving, P.extend(tracker, engine, config, [tips[id(k)] for k in moving], 1, 0.0)):
+            if nxt:  # the caps may leave a rollout without its next step: it is ranked where it stands
+                tips[id(k)] = nxt[0]
+                moved.append(k)
+        P.score(prm, tracker, engine, [tips[id(k)] for k in moved])
     for k in live:
         rank[id(k)] = tips[id(k)].value(config.aggregation)
     return rank
@@ -85,6 +88,9 @@ def search(problems: Sequence[Problem], engine: Engine, prm: Any, budget: Budget
     while pending:
         rank = _rank(tracker, engine, prm, config, [k for _, kids in pending for k in kids])
         for g, kids in pending:
+            if not kids and g.parents:  # the caps gave this group no child this round: it stops as it stands
+                g.closed = True
+                continue
             ordered = sorted(kids, key=lambda k: -rank[id(k)])  # stable: ties keep sampling order
             if subtrees:
                 best = ordered[0] if ordered else None
@@ -114,6 +120,7 @@ def search(problems: Sequence[Problem], engine: Engine, prm: Any, budget: Budget
     usage = tracker.finish()
     out = []
     for pi, p in enumerate(problems):
+        exhausted[pi] = exhausted[pi] or tracker.capped[pi]
         finals = [k for g in groups[pi] for k in g.done]
         if exhausted[pi] and not finals:  # out of budget before any finished: best partial so far
             finals = [k for g in groups[pi] for k in g.parents]

@@ -487,3 +487,9 @@ class ArithOutcomeReward(RewardBase):
             self.usage.unparseable += 1
             return 0.0
         return 1.0 if str(value) == str(row["answer"]).strip() else 0.0
+
+
+def reward() -> ArithOutcomeReward:
+    """The task's verifiable reward: the boxed answer against the gold (the exact process reward is
+    ``ArithProcessReward``, alias ``arith_process``)."""
+    return ArithOutcomeReward()
