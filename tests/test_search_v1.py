@@ -66,11 +66,11 @@ def test_unparseable_verdicts_spend_budget_but_add_nothing():
     assert r.usage.rm_calls == 4 and r.answer == "2"
     comparisons, mu = r.trace[0]["comparisons"], r.trace[0]["mu"]
     with_bad = [c for c in comparisons if 3 in c["pair"]]  # candidate 3 wrote "4": every verdict on it fails
-    assert with_bad and all(c["ratings"] is None for c in with_bad)  # they were spent...
-    assert all(c["ratings"] is not None for c in comparisons if 3 not in c["pair"])
+    assert with_bad and all(x is None for c in with_bad for x in c["ratings"])  # they were spent...
+    assert all(x is not None for c in comparisons if 3 not in c["pair"] for x in c["ratings"])
     assert mu[3] == 0.5  # ...and taught nothing: 3 keeps the never-compared default
     # μ is computed from the parsed verdicts alone (a failed verdict is not a tie)
-    parsed = [(*c["pair"], *map(float, c["ratings"])) for c in comparisons if c["ratings"] is not None]
+    parsed = [(*c["pair"], *map(float, x)) for c in comparisons for x in c["ratings"] if x is not None]
     assert mu == pytest.approx(mu_scores(4, parsed))
 
 
