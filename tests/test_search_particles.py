@@ -95,14 +95,37 @@ def test_epf_anneals_when_weights_collapse():
     assert entropy.trace[0]["genealogy"][0]["temperature"] > 1.0
 
 
+class RecordingEngine(ScriptedEngine):
+    """The scripted engine, keeping each call's completions (to tell the look-ahead calls apart)."""
+
+    def __init__(self, script):
+        super().__init__(script)
+        self.outputs = []
+
+    def generate(self, requests, sampling):
+        results = super().generate(requests, sampling)
+        self.outputs.append([c for r in results for c in r.completions])
+        return results
+
+
 def test_lookahead_costs_one_step_and_one_prm_call_per_particle():
-    plain = epf.run([Problem("Q")], ScriptedEngine({"Q": Q}), TablePRM(EXACT), Budget(n=4),
-                    EPFConfig(answer_fn=last_boxed))[0]
-    eng = ScriptedEngine({"Q": Q})
-    ahead = epf.run([Problem("Q")], eng, TablePRM(EXACT), Budget(n=4),
-                    EPFConfig(answer_fn=last_boxed, lookahead="mean"))[0]
+    plain_eng, plain_prm = RecordingEngine({"Q": Q}), TablePRM(EXACT)
+    plain = epf.run([Problem("Q")], plain_eng, plain_prm, Budget(n=4), EPFConfig(answer_fn=last_boxed))[0]
+    eng, prm = RecordingEngine({"Q": Q}), TablePRM(EXACT)
+    ahead = epf.run([Problem("Q")], eng, prm, Budget(n=4), EPFConfig(answer_fn=last_boxed, lookahead="mean"))[0]
     assert ahead.answer == "5"
-    assert ahead.usage.generated_tokens > plain.usage.generated_tokens and ahead.usage.rm_calls > plain.usage.rm_calls
+    # plain: the first sample (n = 4), then one step per round for the 4 particles in rounds 0 and 1.
+    # ahead: before each of those two resamplings, one more call: one step for each of the 4 particles.
+    assert [len(c.prompts) for c in plain_eng.calls] == [1, 4, 4]
+    assert [len(c.prompts) for c in eng.calls] == [1, 4, 4, 4, 4]
+    lookahead = [eng.calls[1], eng.calls[3]]
+    assert all(c.sampling.n == 1 and c.sampling.stop == ["\n\n"] for c in lookahead)  # exactly one step each
+    assert ahead.usage.engine_requests == plain.usage.engine_requests + 8
+    assert ahead.usage.rm_calls == plain.usage.rm_calls + 8 == 20 and prm.usage.items == 20
+    lookahead_tokens = sum(len(c.token_ids) for i in (1, 3) for c in eng.outputs[i])
+    other_tokens = sum(len(c.token_ids) for i in (0, 2, 4) for c in eng.outputs[i])
+    assert lookahead_tokens > 0 and ahead.usage.generated_tokens == lookahead_tokens + other_tokens
+    assert plain.usage.generated_tokens == sum(len(c.token_ids) for out in plain_eng.outputs for c in out)
 
 
 def test_particle_budget_exhaustion():

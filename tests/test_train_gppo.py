@@ -215,7 +215,8 @@ def test_reward_specs_take_keyword_literals():
     assert isinstance(mean, ArithProcessReward) and (mean.aggregation, strict.aggregation) == ("mean", "min")
     prompt = [{"role": "user", "content": "Compute 2 + 3 * 4. ..."}]
     one_wrong = "3 * 4 = 12\n\n2 + 12 = 15\n\nAnswer: \\boxed{15}"
-    assert mean([prompt], [one_wrong], expression=["2 + 3 * 4"]) == [pytest.approx(2 / 3)]
+    # one right step of three: the wrong sum, and the answer 15 is not the true 14
+    assert mean([prompt], [one_wrong], expression=["2 + 3 * 4"]) == [pytest.approx(1 / 3)]
     assert strict([prompt], [one_wrong], expression=["2 + 3 * 4"]) == [0.0]
     for bad in ["m:C(1)", "m:C(a=open('x'))", "m:C(a="]:
         with pytest.raises(ValueError, match="module:Class"):

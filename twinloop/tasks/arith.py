@@ -359,12 +359,35 @@ def check_step(tree, step: str):
     return False, tree, True
 
 
+def _is_answer_step(step: str) -> bool:
+    return parse_chain(step) is None and boxed_int(step) is not None
+
+
 def step_correctness(expression: str, steps: Sequence[str]) -> list[float]:
-    """1.0 / 0.0 per step by replaying ``steps`` against ``expression`` (see ``check_step``)."""
+    """1.0 / 0.0 per step by replaying ``steps`` against ``expression`` (see ``check_step``), so that a step
+    reward pays for progress only:
+
+    - the first answer step (``\\boxed{N}``) ends the solution: every step after it earns 0.0 (repeated
+      answer lines included);
+    - the answer step earns 1.0 only when its value *and* the final answer (the last answer step) equal the
+      expression's true value, so a wrong final answer never gets full credit under any aggregation;
+    - a step identical to an earlier one earns nothing by the replay itself: an equation is true only while
+      it reduces the current expression (each reduction shrinks it), so a repeat pays only where the
+      expression really holds the same operation twice (``(3 + 4) * (3 + 4)``).
+    """
     tree = parse_expression(expression)
-    scores = []
+    truth = evaluate(tree)
+    answers = [boxed_int(s) for s in steps if _is_answer_step(s)]
+    final = answers[-1] if answers else None
+    scores, answered = [], False
     for step in steps:
+        if answered:
+            scores.append(0.0)
+            continue
         ok, tree, _ = check_step(tree, step)
+        if _is_answer_step(step):
+            answered = True
+            ok = ok and boxed_int(step) == truth and final == truth
         scores.append(1.0 if ok else 0.0)
     return scores
 
@@ -402,8 +425,10 @@ def expression_from_prompt(prompt: Any) -> str | None:
 # ---------------------------------------------------------------- rewards
 
 class ArithProcessReward(RewardBase):
-    """Ground-truth process reward: exact per-step correctness (1.0 / 0.0), aggregated with ``aggregation``
-    (min [check]; last / prod / mean also available). The expression comes from an ``expression`` column,
+    """Ground-truth process reward: exact per-step correctness (1.0 / 0.0, ``step_correctness``: nothing after
+    the first answer step counts, and the answer step needs the true value), aggregated with ``aggregation``
+    (min [check]; last / prod / mean also available). So repeating steps or answer lines never raises the
+    score, and only a correct final answer can reach 1.0. The expression comes from an ``expression`` column,
     else from the prompt text. ``__call__`` scores a complete solution: one without a boxed answer step
     scores 0.0 and is counted as unparseable.
     """
