@@ -26,6 +26,7 @@ REWARD_ALIASES: dict[str, str] = {
     "grm": "twinloop.rewards.generative:GenerativeReward(mode='group')",
     "pairwise": "twinloop.rewards.pairwise:PairwiseVerifier()",
     "selfeval": "twinloop.rewards.selfeval:SelfEvalProbe()",
+    "calibrated": "twinloop.rewards.calibrated:CalibratedReward()",
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -147,27 +148,136 @@ def best_t(n: int, procedure: str = "bon", beta: float | None = None, kl_budget:
     return best
 
 
+# ------------------------------------------------------------------------------- transform from the decoding
+# The decoding the policy will meet (``twinloop eval`` method names) -> the transform that is optimal for it.
+DECODING_TRANSFORMS = {"best_of_n": "bon", "worst_of_n": "won", "sampling": "none"}
+DEFAULT_KL_BUDGET = 0.5  # nats of KL(π‖π_ref) the analytical t is tuned for when none is given [check]
+
+
+def transform_for_decoding(decoding: str, n: int = 1, kl_budget: float | None = None, t: float | None = None,
+                           ts: Sequence[float] | None = None) -> dict[str, Any]:
+    """The CTRL transform for a decoding spec: best-of-N -> exp(t·u), worst-of-N -> -exp(-t·u), plain sampling
+    (or N = 1, which is plain sampling) -> the identity. t is ``best_t`` for that N at ``kl_budget`` (default
+    ``DEFAULT_KL_BUDGET`` [check]); an explicit ``t`` overrides it. ``rl_beta`` is the KL coefficient on Φ itself
+    that lands the aligned policy on the budget. Returns ``{"transform", "t", "rl_beta", "kl_budget", "n"}``."""
+    if decoding not in DECODING_TRANSFORMS:
+        raise ValueError(f"no CTRL transform for decoding {decoding!r}: use one of {', '.join(DECODING_TRANSFORMS)}")
+    if n < 1:
+        raise ValueError(f"N must be >= 1, got {n}")
+    budget = DEFAULT_KL_BUDGET if kl_budget is None else float(kl_budget)
+    kind = DECODING_TRANSFORMS[decoding] if n > 1 else "none"
+    if kind == "none":
+        return {"transform": "none", "t": 0.0, "rl_beta": beta_for_kl("none", 0.0, budget), "kl_budget": budget,
+                "n": n}
+    if t is None:
+        chosen = best_t(n, kind, kl_budget=budget, ts=ts)
+        t, rl_beta = chosen["t"], chosen["rl_beta"]
+    else:
+        rl_beta = beta_for_kl(kind, float(t), budget, n)
+    return {"transform": kind, "t": float(t), "rl_beta": float(rl_beta), "kl_budget": budget, "n": n}
+
+
+def unit_transform(u: float, kind: str, t: float) -> float:
+    """Φ affinely mapped onto [0, 1]: (Φ(u) - Φ(0)) / (Φ(1) - Φ(0)). The aligned policy ∝ π_ref·e^{Φ/β} is
+    unchanged when β is divided by the same spread (``unit_beta``), and the trainer's rewards stay O(1)."""
+    low = transform(0.0, kind, t)
+    return (transform(u, kind, t) - low) / (transform(1.0, kind, t) - low)
+
+
+def unit_beta(rl_beta: float, kind: str, t: float) -> float:
+    """The KL coefficient for ``unit_transform`` rewards that gives the same aligned policy as ``rl_beta`` on Φ."""
+    return rl_beta / _phi_spread(kind, t)
+
+
 # ---------------------------------------------------------------------------------------- reference samples
 def prompt_key(prompt: Any) -> str:
-    """A stable hash of a text or chat-format prompt (the on-disk cache key)."""
+    """A stable hash of a text or chat-format prompt."""
     blob = json.dumps(prompt, sort_keys=True, ensure_ascii=False) if not isinstance(prompt, str) else prompt
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-class ReferenceSamples:
-    """m reference completions per prompt from π_ref on an Engine, cached on disk as JSON keyed by prompt hash.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+FULL_HASH_BYTES = 256 << 20  # weight files up to this size are hashed whole; larger ones by size + head + tail
 
-    A prompt already cached with at least m samples costs nothing; a shortfall is topped up and saved.
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """sha256 over a model or adapter folder's JSON configs and weight files (names, sizes, contents), so a
+    retrained or re-merged model gets a new cache. Files over 256 MiB are hashed by size and their first and last
+    16 MiB (cheap for multi-GB checkpoints; a change elsewhere with the same size is not seen)."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or not (f.suffix == ".json" or f.name.endswith(WEIGHT_SUFFIXES)):
+            continue
+        size = f.stat().st_size
+        h.update(f"{f.name}\0{size}\0".encode())
+        with f.open("rb") as fh:
+            if size <= FULL_HASH_BYTES:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            else:
+                h.update(fh.read(16 << 20))
+                fh.seek(size - (16 << 20))
+                h.update(fh.read())
+    return h.hexdigest()
+
+
+def engine_model_id(engine: Any) -> str | None:
+    """The model an engine serves: a vLLM engine's model string, a transformers model's ``_name_or_path``, an
+    OpenAI-style engine's served name; None when the engine does not say."""
+    model = getattr(engine, "model", None)
+    if isinstance(model, str):
+        return model
+    name = getattr(getattr(model, "config", None), "_name_or_path", None)
+    return name or getattr(engine, "model_name", None)
+
+
+def model_identity(model_id: str) -> str:
+    """A folder's fingerprint (config + weights), or the id itself for a hub name or a served model."""
+    return f"sha256:{folder_fingerprint(model_id)}" if Path(model_id).is_dir() else model_id
+
+
+def sampling_key(model: str, temperature: float, top_p: float, max_tokens: int, stop: Sequence[str] | None,
+                 lora: str | None, seed: int | None = None) -> tuple[str, dict[str, Any]]:
+    """(hash, fields) of everything that changes the distribution of reference samples: the model's identity
+    (a folder's config and weights hash), the sampling settings and the LoRA adapter's identity. m is not part of
+    it: the samples are i.i.d., so the first m of a cached list are m reference samples for any m (a larger m tops
+    the list up)."""
+    fields = {"model": model_identity(model), "lora": None if lora is None else model_identity(lora),
+              "temperature": float(temperature), "top_p": float(top_p), "max_tokens": int(max_tokens),
+              "stop": sorted(stop) if stop else None, "seed": seed}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest(), fields
+
+
+class ReferenceSamples:
+    """m reference completions per prompt from π_ref on an Engine, cached on disk.
+
+    One JSON file per sampling key (``sampling_key``: model and LoRA identity, temperature, top_p, max_tokens,
+    stop, seed) in ``cache_dir``, holding those fields and the samples by prompt hash, so a cache made with another
+    model or other sampling is never reused. A prompt already cached with at least m samples costs nothing; a
+    shortfall is topped up and saved (atomically). ``model_id`` names the model when the engine does not
+    (``engine_model_id``). With ``seed``, each prompt's request is seeded with it.
     """
 
-    def __init__(self, engine: Any, cache_path: str | Path, m: int = 100, temperature: float = 1.0,
-                 max_tokens: int = 256, stop: list[str] | None = None, lora: str | None = None) -> None:
+    def __init__(self, engine: Any, cache_dir: str | Path, m: int = 100, temperature: float = 1.0,
+                 max_tokens: int = 256, stop: list[str] | None = None, lora: str | None = None, top_p: float = 1.0,
+                 model_id: str | None = None, seed: int | None = None) -> None:
         if m < 1:
             raise ValueError(f"m must be >= 1, got {m}")
-        self.engine, self.m, self.lora = engine, m, lora
-        self.temperature, self.max_tokens, self.stop = temperature, max_tokens, stop
-        self.path = Path(cache_path)
-        self.cache: dict[str, list[str]] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        model_id = model_id or engine_model_id(engine)
+        if not model_id:
+            raise ValueError("reference samples need the model's identity for their cache key: give model_id= "
+                             "(the engine does not name its model)")
+        self.engine, self.m, self.lora, self.seed = engine, m, lora, seed
+        self.temperature, self.top_p, self.max_tokens, self.stop = temperature, top_p, max_tokens, stop
+        self.key, self.fields = sampling_key(model_id, temperature, top_p, max_tokens, stop, lora, seed)
+        self.path = Path(cache_dir) / f"references-{self.key[:24]}.json"
+        self.cache: dict[str, list[str]] = {}
+        if self.path.exists():
+            stored = json.loads(self.path.read_text())
+            if stored.get("fields") != self.fields:
+                raise ValueError(f"{self.path} holds samples for other settings: {stored.get('fields')}")
+            self.cache = stored["samples"]
         self.generated_tokens = 0
         self.prompt_tokens = 0
 
@@ -180,17 +290,19 @@ class ReferenceSamples:
             if len(self.cache.get(k, [])) < self.m:
                 missing.setdefault(k, p)
         for k, p in missing.items():
-            need = self.m - len(self.cache.get(k, []))
+            have = len(self.cache.get(k, []))
             req = Request(text=p, lora=self.lora) if isinstance(p, str) else Request(messages=list(p), lora=self.lora)
-            res = self.engine.generate([req], SamplingConfig(n=need, temperature=self.temperature,
-                                                             max_tokens=self.max_tokens, stop=self.stop))[0]
+            seed = None if self.seed is None else self.seed + have  # a top-up must not redraw the same samples
+            res = self.engine.generate([req], SamplingConfig(n=self.m - have, temperature=self.temperature,
+                                                             top_p=self.top_p, max_tokens=self.max_tokens,
+                                                             stop=self.stop, seed=seed))[0]
             self.prompt_tokens += res.usage.prompt_tokens or len(res.prompt_ids)
             self.generated_tokens += res.usage.generated_tokens
             self.cache.setdefault(k, []).extend(c.text for c in res.completions)
         if missing:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.cache))
+            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps({"fields": self.fields, "samples": self.cache}))
             tmp.replace(self.path)
         return [self.cache[k][: self.m] for k in keys]
 
@@ -202,26 +314,65 @@ def _token_counts(references: Any) -> tuple[int, int]:
 class CalibratedReward(RewardBase):
     """Any scalar Reward turned into Φ(Ĉ): calibrated against m reference samples per prompt.
 
-    ``references`` is a ReferenceSamples (engine + disk cache) or a callable ``prompts -> list[list[str]]``.
-    The base reward scores the references with the row's columns (e.g. the gold answer); those reference
-    rewards are memoised per prompt, so columns must be per-prompt data. ``transform`` is ``"none"`` (the
-    calibrated baseline), ``"bon"`` (exp(t·u)) or ``"won"`` (-exp(-t·u)); t is tuned per N and KL budget
-    with ``best_t`` (the paper's t values are [check]). A completion whose base reward is None stays None;
+    References: ``references`` is a ReferenceSamples or a callable ``prompts -> list[list[str]]``; or, the
+    recipe-friendly form, give the reference settings as literals (``m``, ``temperature``, ``top_p``,
+    ``max_tokens``, ``stop``, ``cache_dir``, ``model_id``, ``reference_lora``, ``seed``) and the reference policy's
+    ``engine`` as context, and a disk-cached ``ReferenceSamples`` is built. m is ~100 in the paper [check].
+
+    Transform: ``decoding`` (``best_of_n``, ``worst_of_n``, ``sampling``) with ``n`` and ``kl_budget`` picks it
+    (``transform_for_decoding``: t from ``best_t``, an explicit ``t`` overrides); or name ``transform`` (``"none"``:
+    the calibrated baseline, ``"bon"``: exp(t·u), ``"won"``: -exp(-t·u)) with ``t``. ``unit_range`` maps Φ onto
+    [0, 1] (``unit_transform``; divide the KL coefficient by the same spread: ``unit_beta``).
+
+    The base reward scores the references with the row's columns (e.g. the gold answer); those reference rewards
+    are memoised per prompt, so columns must be per-prompt data. A completion whose base reward is None stays None;
     references whose reward is None are skipped; a prompt with no scored reference gives None (counted).
     With GRPO, turn off per-group std scaling (``scale_rewards="none"``): it would undo Φ's scale.
     """
 
     name = "ctrl_calibrated"
-    context_args = ("engine", "model", "tokenizer", "references")  # reference samples: built by the caller
+    context_args = ("engine", "model", "tokenizer", "references")
     reward_args = ("base",)
 
-    def __init__(self, base: Callable[..., list[float | None]], references: Any, transform: str = "none",
-                 t: float = 1.0) -> None:
+    def __init__(self, base: Callable[..., list[float | None]], references: Any = None,
+                 transform: str | None = None, t: float | None = None, decoding: str | None = None, n: int = 1,
+                 kl_budget: float | None = None, unit_range: bool = False, engine: Any = None, m: int = 100,
+                 temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 256, stop: list[str] | None = None,
+                 cache_dir: str = "runs/ctrl-references", model_id: str | None = None,
+                 reference_lora: str | None = None, seed: int | None = None) -> None:
         super().__init__()
-        if transform not in TRANSFORMS:
+        if transform is not None and transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
-        self.base, self.references, self.transform, self.t = base, references, transform, t
+        self.base, self.transform, self.t, self.decoding, self.n = base, transform, t, decoding, n
+        self.kl_budget, self.unit_range = kl_budget, unit_range
+        self.m, self.temperature, self.top_p, self.max_tokens, self.stop = m, temperature, top_p, max_tokens, stop
+        self.cache_dir, self.model_id, self.reference_lora, self.seed = cache_dir, model_id, reference_lora, seed
+        self.rl_beta: float | None = None  # KL coefficient on Φ for the budget, when derived from the decoding
+        if decoding is not None:
+            plan = transform_for_decoding(decoding, n, kl_budget, t)
+            if transform is not None and transform != plan["transform"]:
+                raise ValueError(f"transform {transform!r} contradicts decoding {decoding!r} with N={n} "
+                                 f"(which needs {plan['transform']!r}); give one of them")
+            self.kind, self.exponent, self.rl_beta = plan["transform"], plan["t"], plan["rl_beta"]
+        else:
+            self.kind = transform or "none"
+            if self.kind != "none" and t is None:
+                raise ValueError(f"transform {self.kind!r} needs t, or a decoding spec to take t from best_t")
+            self.exponent = 0.0 if t is None else float(t)
+        if references is None:
+            if engine is None:
+                raise ValueError("CalibratedReward needs references, or an engine to sample them from")
+            references = ReferenceSamples(engine, cache_dir, m=m, temperature=temperature, top_p=top_p,
+                                          max_tokens=max_tokens, stop=stop, lora=reference_lora,
+                                          model_id=model_id, seed=seed)
+        self.references = references
         self._ref_rewards: dict[str, list[float]] = {}
+
+    def phi(self, u: float) -> float:
+        """Φ(u) of this reward's transform (on [0, 1] with ``unit_range``)."""
+        if self.unit_range and self.kind != "none":
+            return unit_transform(u, self.kind, self.exponent)
+        return transform(u, self.kind, self.exponent)
 
     def _reference_rewards(self, prompts: Sequence[Any], rows: Sequence[dict[str, Any]]) -> list[list[float]]:
         keys = [prompt_key(p) for p in prompts]
@@ -255,5 +406,5 @@ class CalibratedReward(RewardBase):
                 self.usage.unparseable += 1
                 out.append(None)
             else:
-                out.append(transform(calibrate(float(r), ref), self.transform, self.t))
+                out.append(self.phi(calibrate(float(r), ref)))
         return out

@@ -14,8 +14,12 @@ from twinloop.rewards.calibrated import (
     bon_transform,
     calibrate,
     prompt_key,
+    sampling_key,
     transform,
+    transform_for_decoding,
     transform_oracles,
+    unit_beta,
+    unit_transform,
     won_transform,
 )
 
@@ -114,19 +118,140 @@ class CountingEngine:
 
 
 def test_reference_samples_cached_on_disk(tmp_path):
-    path = tmp_path / "refs.json"
     eng = CountingEngine()
-    refs = ReferenceSamples(eng, path, m=4)
+    refs = ReferenceSamples(eng, tmp_path, m=4, model_id="some/model")
     chat = [{"role": "user", "content": "hi"}]
     got = refs.get(["a", chat, "a"])
     assert got == [["0", "1", "2", "3"]] * 3 and eng.calls == 2
-    assert set(json.loads(path.read_text())) == {prompt_key("a"), prompt_key(chat)}
-    again = ReferenceSamples(eng, path, m=4)
+    stored = json.loads(refs.path.read_text())
+    assert set(stored["samples"]) == {prompt_key("a"), prompt_key(chat)} and stored["fields"]["model"] == "some/model"
+    again = ReferenceSamples(eng, tmp_path, m=4, model_id="some/model")
     assert again.get(["a", chat]) == got[:2] and eng.calls == 2  # served from disk
-    bigger = ReferenceSamples(eng, path, m=6)
+    bigger = ReferenceSamples(eng, tmp_path, m=6, model_id="some/model")
     assert bigger.get(["a"]) == [["0", "1", "2", "3", "0", "1"]] and eng.calls == 3  # topped up
+    hotter = ReferenceSamples(eng, tmp_path, m=4, model_id="some/model", temperature=0.7)
+    assert hotter.path != refs.path and hotter.get(["a"]) == [["0", "1", "2", "3"]] and eng.calls == 4  # not reused
     with pytest.raises(ValueError):
-        ReferenceSamples(eng, path, m=0)
+        ReferenceSamples(eng, tmp_path, m=0, model_id="some/model")
+    with pytest.raises(ValueError, match="model_id"):
+        ReferenceSamples(eng, tmp_path, m=4)  # this engine does not name its model
+
+
+def _model_folder(path, weights=b"w" * 64, config='{"hidden_size": 8}'):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(config)
+    (path / "model.safetensors").write_bytes(weights)
+    return str(path)
+
+
+def test_cache_key_changes_with_the_model_the_sampling_and_the_lora(tmp_path):
+    model = _model_folder(tmp_path / "m")
+    base = dict(model=model, temperature=1.0, top_p=1.0, max_tokens=64, stop=None, lora=None, seed=None)
+    key = sampling_key(**base)[0]
+    assert sampling_key(**base)[0] == key  # deterministic
+    assert sampling_key(**{**base, "model": _model_folder(tmp_path / "copy")})[0] == key  # same files, same key
+    changes = {
+        "weights": {"model": _model_folder(tmp_path / "w", weights=b"v" + b"w" * 63)},
+        "config": {"model": _model_folder(tmp_path / "c", config='{"hidden_size": 16}')},
+        "model name": {"model": "other/model"},
+        "temperature": {"temperature": 0.7},
+        "top_p": {"top_p": 0.9},
+        "max_tokens": {"max_tokens": 65},
+        "stop": {"stop": ["\n"]},
+        "lora": {"lora": _model_folder(tmp_path / "adapter", weights=b"a" * 8)},
+        "seed": {"seed": 0},
+    }
+    keys = {name: sampling_key(**{**base, **change})[0] for name, change in changes.items()}
+    for name, changed in keys.items():
+        assert changed != key, name
+    assert len(set(keys.values())) == len(keys)
+    other_lora = sampling_key(**{**base, "lora": _model_folder(tmp_path / "adapter2", weights=b"b" * 8)})[0]
+    assert other_lora != keys["lora"]  # the adapter's weights, not its presence
+
+
+def test_transform_follows_the_decoding_spec():
+    bon = transform_for_decoding("best_of_n", 4, kl_budget=0.5)
+    chosen = best_t(4, "bon", kl_budget=0.5)
+    assert bon["transform"] == "bon" and bon["t"] == pytest.approx(chosen["t"]) and bon["t"] > 1.0
+    assert transform_oracles("bon", bon["t"], bon["rl_beta"], 4, grid=4000)["kl"] == pytest.approx(0.5, rel=1e-4)
+    won = transform_for_decoding("worst_of_n", 8, kl_budget=0.5)
+    assert won["transform"] == "won" and won["t"] > 1.0
+    plain = transform_for_decoding("sampling", 1, kl_budget=0.5)
+    assert plain["transform"] == "none"
+    assert transform_oracles("none", 0.0, plain["rl_beta"], 1, grid=4000)["kl"] == pytest.approx(0.5, rel=1e-4)
+    assert transform_for_decoding("best_of_n", 1)["transform"] == "none"  # best-of-1 is plain sampling
+    assert transform_for_decoding("best_of_n", 4, t=3.0)["t"] == 3.0  # an explicit t wins
+    assert transform_for_decoding("best_of_n", 4)["kl_budget"] == 0.5  # the documented default budget
+    with pytest.raises(ValueError, match="beam_search"):
+        transform_for_decoding("beam_search", 4)
+
+
+def test_unit_range_transform_values():
+    assert unit_transform(0.0, "bon", 5.0) == 0.0 and unit_transform(1.0, "won", 5.0) == pytest.approx(1.0)
+    assert unit_transform(0.5, "bon", 5.0) == pytest.approx((math.exp(2.5) - 1) / (math.exp(5) - 1))
+    assert unit_transform(0.5, "won", 5.0) == pytest.approx((1 - math.exp(-2.5)) / (1 - math.exp(-5)))
+    # the same aligned policy: Φ/β and Φ_unit/β_unit differ by a constant only
+    b = unit_beta(40.0, "bon", 5.0)
+    assert transform_oracles("bon", 5.0, 40.0, 4)["w_bon"] == pytest.approx(
+        aligned_policy_oracles(lambda u: (np.exp(5 * u) - 1) / (math.exp(5) - 1), b, 4)["w_bon"], abs=1e-9)
+
+
+def _sample_aligned(phi, beta, size, rng, grid=200000):
+    """Draws from p(u) ∝ e^{Φ(u)/β} on [0, 1] by inverse CDF on a fine grid."""
+    u = (np.arange(grid) + 0.5) / grid
+    logp = phi(u) / beta
+    p = np.exp(logp - logp.max())
+    cdf = np.cumsum(p) / p.sum()
+    return u[np.searchsorted(cdf, rng.random(size))] + (rng.random(size) - 0.5) / grid
+
+
+@pytest.mark.parametrize("kind,t,beta,n", [("bon", 6.0, 2.0, 4), ("won", 6.0, 0.05, 8), ("none", 0.0, 0.3, 4)])
+def test_closed_form_win_rates_match_monte_carlo(kind, t, beta, n):
+    rng = np.random.default_rng(0)
+    phi = {"bon": lambda u: np.exp(t * u), "won": lambda u: -np.exp(-t * u), "none": lambda u: u}[kind]
+    draws = 100000
+    pol = _sample_aligned(phi, beta, (draws, n), rng)
+    ref = rng.random((draws, n))  # C ~ U[0, 1] under π_ref
+    mc = {"w_std": (pol[:, 0] > ref[:, 0]).mean(), "w_bon": (pol.max(1) > ref.max(1)).mean(),
+          "w_won": (pol.min(1) > ref.min(1)).mean()}
+    exact = transform_oracles(kind, t, beta, n)
+    for key, value in mc.items():
+        se = math.sqrt(exact[key] * (1 - exact[key]) / draws)
+        assert value == pytest.approx(exact[key], abs=4 * se + 1e-4), key
+    assert exact["w_bon"] != pytest.approx(0.5, abs=0.02)  # the policy is not the reference
+
+
+def test_calibrated_reward_from_a_recipe_spec(tmp_path):
+    from twinloop.build import build_reward
+
+    class NamedEngine(CountingEngine):  # names its model; answers "\\boxed{0}", "\\boxed{1}", ...
+        model = "named/model"
+
+        def generate(self, requests, sampling):
+            return [Result(prompt_ids=r.prompt_ids, completions=[Completion(c.token_ids, f"\\boxed{{{c.text}}}", "stop")
+                                                                 for c in r.completions], usage=r.usage)
+                    for r in super().generate(requests, sampling)]
+
+    eng = NamedEngine()
+    spec = ("calibrated(base='numeric', decoding='best_of_n', n=4, kl_budget=0.5, m=3, max_tokens=8, "
+            f"cache_dir={str(tmp_path)!r}, unit_range=True)")
+    reward = build_reward(spec, engine=eng)
+    plan = transform_for_decoding("best_of_n", 4, kl_budget=0.5)
+    assert (reward.kind, reward.exponent) == ("bon", plan["t"]) and reward.rl_beta == pytest.approx(plan["rl_beta"])
+    scores = reward(["What is 1 + 1?"] * 3, ["\\boxed{1}", "\\boxed{2}", "\\boxed{5}"], answer=["1"] * 3)
+    # references "0", "1", "2" score 0, 1, 0 against answer 1: Ĉ = 5/6, 1/3, 1/3 for the three completions
+    expected = [unit_transform(u, "bon", plan["t"]) for u in (5 / 6, 1 / 3, 1 / 3)]
+    assert scores == pytest.approx(expected)
+    assert eng.calls == 1 and reward.references.fields["max_tokens"] == 8
+    rebuilt = build_reward(reward.spec(), engine=eng)
+    assert rebuilt(["What is 1 + 1?"], ["\\boxed{1}"], answer=["1"]) == pytest.approx(expected[:1])
+    assert eng.calls == 1  # the rebuilt reward reads the same disk cache
+    with pytest.raises(ValueError, match="engine"):
+        build_reward("calibrated(base='numeric', transform='none')")
+    with pytest.raises(ValueError, match="contradicts"):
+        build_reward("calibrated(base='numeric', transform='won', decoding='best_of_n', n=4)", engine=eng)
+    with pytest.raises(ValueError, match="needs t"):
+        build_reward("calibrated(base='numeric', transform='bon')", engine=eng)
 
 
 def test_calibrated_reward_wraps_any_scalar_reward():
