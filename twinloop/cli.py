@@ -30,6 +30,7 @@ TRAINERS: dict[str, str] = {
     "orm": "twinloop.train.orm",
     "prm": "twinloop.train.prm",
     "selfeval": "twinloop.train.selfeval",
+    "ctrl": "twinloop.train.ctrl",
 }
 
 
