@@ -57,7 +57,7 @@ class CTRLConfig(GRPOConfig):
         if self.reward_mode not in REWARD_MODES:
             raise ValueError(f"reward_mode must be one of {REWARD_MODES}; got {self.reward_mode!r}")
         if self.scale_rewards not in ("none", False):
-            raise ValueError(f"CTRL needs scale_rewards='none' (group std scaling undoes Φ); got {self.scale_rewards!r}")
+            raise ValueError(f"CTRL needs scale_rewards='none' (std scaling undoes Φ); got {self.scale_rewards!r}")
         self.plan = ctrl_plan(self.reward_mode, self.decoding, self.decoding_n, self.kl_budget, self.ctrl_t)
         if self.beta is None:
             self.beta = self.plan["beta"]

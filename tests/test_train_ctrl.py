@@ -1,0 +1,134 @@
+"""CTRL: the trainer's config rules, the evaluation's win-rate estimators, and a 2-process CPU run end to end."""
+import itertools
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from twinloop.rewards.calibrated import transform_oracles
+from twinloop.train.ctrl_eval import mean_ci, paired_margin, procedure_win_rate, win_rates
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _brute_force(policy, reference, n, procedure):
+    keep = {"plain": lambda d: d[0], "bon": max, "won": min}[procedure]
+    n = 1 if procedure == "plain" else n
+    total = count = 0.0
+    for a in itertools.product(policy, repeat=n):
+        for b in itertools.product(reference, repeat=n):
+            x, y = keep(a), keep(b)
+            total += 1.0 if x > y else 0.5 if x == y else 0.0
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("procedure", ["plain", "bon", "won"])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_procedure_win_rate_is_exact_over_the_empirical_laws(procedure, n):
+    policy, reference = [0.2, 0.5, 0.5, 1.0], [0.0, 0.5, 0.7]
+    assert procedure_win_rate(policy, reference, n, procedure) == pytest.approx(
+        _brute_force(policy, reference, n, procedure), abs=1e-12)
+
+
+def test_same_distribution_wins_half_and_order_matters():
+    rng = np.random.default_rng(0)
+    x = list(rng.integers(0, 4, 20) / 3)
+    for proc in ("plain", "bon", "won"):
+        assert procedure_win_rate(x, x, 8, proc) == pytest.approx(0.5, abs=1e-12)
+    better, worse = [1.0, 1.0, 0.5], [0.5, 0.0, 0.0]
+    assert procedure_win_rate(better, worse, 4, "bon") > 0.9 and procedure_win_rate(worse, better, 4, "won") < 0.1
+    with pytest.raises(ValueError):
+        procedure_win_rate(x, x, 2, "median")
+
+
+def test_sampled_win_rates_approach_the_closed_forms():
+    """A policy drawn from the aligned law p(u) ∝ e^{Φ(u)/β} against a U[0, 1] reference (C under π_ref)."""
+    rng = np.random.default_rng(1)
+    t, beta, k = 6.0, 150.0, 20000
+    grid = (np.arange(100000) + 0.5) / 100000
+    w = np.exp(np.exp(t * grid) / beta - np.exp(t) / beta)
+    pol = grid[np.searchsorted(np.cumsum(w) / w.sum(), rng.random(k))]
+    ref = rng.random(k)
+    exact = transform_oracles("bon", t, beta, 4)
+    got = win_rates([pol], [ref], [4])
+    assert got["plain"]["mean"] == pytest.approx(exact["w_std"], abs=0.01)
+    assert got["bon@4"]["mean"] == pytest.approx(exact["w_bon"], abs=0.01)
+    assert got["won@4"]["mean"] == pytest.approx(exact["w_won"], abs=0.01)
+    assert exact["w_bon"] > exact["w_std"] > 0.6  # not the reference; the BoN transform gains most under BoN
+
+
+def test_confidence_intervals():
+    ci = mean_ci([0.4, 0.6, 0.5, 0.7])
+    assert ci["mean"] == pytest.approx(0.55) and ci["se"] == pytest.approx(np.std([0.4, 0.6, 0.5, 0.7], ddof=1) / 2)
+    assert ci["lo"] == pytest.approx(0.55 - 1.96 * ci["se"]) and ci["hi"] == pytest.approx(0.55 + 1.96 * ci["se"])
+    assert paired_margin([0.6, 0.7], [0.5, 0.5])["mean"] == pytest.approx(0.15)
+
+
+def test_config_insists_on_kl_and_no_std_scaling(tmp_path):
+    from twinloop.rewards.calibrated import transform_for_decoding, unit_beta
+    from twinloop.train.ctrl import CTRLConfig
+
+    base = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    cfg = CTRLConfig(**base, decoding="best_of_n", decoding_n=4, kl_budget=0.5)
+    plan = transform_for_decoding("best_of_n", 4, kl_budget=0.5)
+    assert cfg.scale_rewards == "none" and cfg.plan["transform"] == "bon"
+    assert cfg.beta == pytest.approx(unit_beta(plan["rl_beta"], "bon", plan["t"])) and cfg.beta > 0
+    ident = CTRLConfig(**base, reward_mode="calibrated", kl_budget=0.5)
+    assert ident.plan["transform"] == "none" and ident.beta == pytest.approx(plan_beta_identity())
+    assert CTRLConfig(**base, reward_mode="raw", beta=0.2).beta == 0.2
+    assert CTRLConfig(**base, decoding="worst_of_n", decoding_n=8, ctrl_t=3.0).plan["t"] == 3.0
+    for bad in ({"scale_rewards": "group"}, {"beta": 0.0}, {"reward_mode": "bon"}, {"decoding": "beam_search"}):
+        with pytest.raises(ValueError):
+            CTRLConfig(**base, **bad)
+
+
+def plan_beta_identity():
+    from twinloop.rewards.calibrated import beta_for_kl
+
+    return beta_for_kl("none", 0.0, 0.5)
+
+
+def test_twinloop_train_knows_ctrl():
+    from twinloop.cli import TRAINERS
+
+    assert TRAINERS["ctrl"] == "twinloop.train.ctrl"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ctrl_run_end_to_end(tmp_path):
+    """2 CPU processes (DDP over gloo) on the shipped tiny policy with the recipe's base reward: references drawn
+    once by the main process and cached, Φ(Ĉ) rewards, β > 0 (a non-zero KL is logged), a saved policy."""
+    out, cache = tmp_path / "run", tmp_path / "refs"
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/cpu2.yaml",
+            "--main_process_port", str(_free_port()), "-m", "twinloop.train.ctrl",
+            "--config", "recipes/arith/ctrl.yaml", "--output_dir", str(out), "--reference_cache", str(cache),
+            "--max_steps", "3", "--train_size", "8", "--reference_m", "6", "--per_device_train_batch_size", "8",
+            "--num_generations", "8", "--max_completion_length", "64", "--logging_steps", "1",
+            "--save_strategy", "no", "--disable_tqdm", "true"]
+    res = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    plan = json.loads((out / "ctrl_plan.json").read_text())
+    assert plan["transform"] == "bon" and plan["n"] == 4 and plan["beta_used"] > 0
+    files = list(cache.glob("references-*.json"))
+    assert len(files) == 1  # one sampling key, written by one process
+    stored = json.loads(files[0].read_text())
+    assert len(stored["samples"]) == 8 and all(len(v) == 6 for v in stored["samples"].values())
+    assert stored["fields"]["temperature"] == 1.0 and stored["fields"]["max_tokens"] == 64
+    assert stored["fields"]["model"].startswith("sha256:")
+    logs = [json.loads(line.replace("'", '"')) for line in res.stdout.splitlines() + res.stderr.splitlines()
+            if line.startswith("{'loss'")]
+    assert len(logs) == 3 and all(math.isfinite(float(r["loss"])) for r in logs)
+    assert float(logs[-1]["kl"]) > 0  # the policy moved and the KL term sees it
+    assert (out / "model.safetensors").is_file()
