@@ -48,7 +48,7 @@ def train(method: str, out: Path, extra: list[str], log: Path) -> Path:
 
 def checkpoints(run: Path) -> list[tuple[int, str]]:
     steps = sorted((int(p.name.split("-")[1]), str(p)) for p in run.glob("checkpoint-*"))
-    return steps + [(-1, str(run))]  # -1: the final model
+    return steps or [(-1, str(run))]  # -1: the final model, when no checkpoint was kept
 
 
 def margins(study: dict[str, Any], a: str, b: str, key: str) -> list[dict[str, Any]]:
