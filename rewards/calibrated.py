@@ -148,6 +148,18 @@ def best_t(n: int, procedure: str = "bon", beta: float | None = None, kl_budget:
     return best
 
 
+def t_curve(n: int, procedure: str, kl_budget: float, ts: Sequence[float], grid: int = 4000) -> list[dict[str, float]]:
+    """The analytical win rate W_BoN (or W_WoN) of the aligned policy at ``kl_budget`` for each t: the curve
+    whose argmax ``best_t`` returns, for checking against an empirical sweep."""
+    key = "w_bon" if procedure == "bon" else "w_won"
+    out = []
+    for t in ts:
+        rl_beta = beta_for_kl(procedure, float(t), kl_budget, n, grid=grid)
+        out.append({"t": float(t), "rl_beta": rl_beta, "win_rate": transform_oracles(procedure, float(t), rl_beta,
+                                                                                      n, grid)[key]})
+    return out
+
+
 # ------------------------------------------------------------------------------- transform from the decoding
 # The decoding the policy will meet (``twinloop eval`` method names) -> the transform that is optimal for it.
 DECODING_TRANSFORMS = {"best_of_n": "bon", "worst_of_n": "won", "sampling": "none"}

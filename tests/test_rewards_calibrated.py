@@ -284,3 +284,13 @@ def test_calibrated_reward_wraps_any_scalar_reward():
     assert won(["p"], ["0.4"])[0] == pytest.approx(-0.082, abs=5e-4)
     with pytest.raises(ValueError):
         CalibratedReward(numeric, references, transform="exp")
+
+
+def test_t_curve_peaks_where_best_t_says():
+    from twinloop.rewards.calibrated import t_curve
+
+    ts = list(np.linspace(1.0, 20.0, 20))
+    curve = t_curve(4, "bon", 0.5, ts)
+    peak = max(curve, key=lambda r: r["win_rate"])
+    assert peak["t"] == best_t(4, "bon", kl_budget=0.5, ts=ts)["t"]
+    assert curve[0]["win_rate"] < peak["win_rate"] - 0.01 and 1.0 < peak["t"] < 20.0  # an interior maximum

@@ -89,6 +89,31 @@ def plot(study: dict[str, Any], path: Path, budgets: list[int]) -> None:
     fig.savefig(path, dpi=120)
 
 
+def analytical_t(out: Path, budgets: list[int], kl_budget: float) -> dict[str, Any]:
+    """W_BoN / W_WoN of the aligned policy at ``kl_budget`` against t, per N (closed forms; the curves whose
+    argmax best_t returns). Writes ``t_curve.json`` and ``t_curve.png``."""
+    import matplotlib
+    import numpy as np
+    from twinloop.rewards.calibrated import t_curve
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ts = list(np.linspace(0.25, 30.0, 60))
+    curves = {f"{p}@{n}": t_curve(n, p, kl_budget, ts) for n in budgets for p in ("bon", "won")}
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for name, rows in curves.items():
+        best = max(rows, key=lambda r: r["win_rate"])
+        ax.plot([r["t"] for r in rows], [r["win_rate"] for r in rows], label=f"{name} (best t {best['t']:.2f})")
+    ax.set_xlabel("t")
+    ax.set_ylabel(f"analytical win rate at KL = {kl_budget}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "t_curve.png", dpi=120)
+    (out / "t_curve.json").write_text(json.dumps({"kl_budget": kl_budget, "curves": curves}))
+    return curves
+
+
 def table(study: dict[str, Any], budgets: list[int]) -> str:
     keys = ["plain"] + [f"{p}@{n}" for n in budgets for p in ("bon", "won")]
     lines = ["| method | step | KL | " + " | ".join(keys) + " |", "|---" * (len(keys) + 3) + "|"]
@@ -113,9 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n_problems", type=int, default=64)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--budgets", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--kl_budget", type=float, default=0.5, help="for the analytical t curves")
+    parser.add_argument("--analytical_only", action="store_true", help="only the analytical t curves")
     args, extra = parser.parse_known_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    analytical_t(out, args.budgets, args.kl_budget)
+    if args.analytical_only:
+        return 0
     runs = {m: train(m, out, extra, out / "train.log") for m in args.methods}
     policies = {m: [(("final" if s < 0 else str(s)), p) for s, p in checkpoints(r)] for m, r in runs.items()}
     flat = [p for items in policies.values() for _, p in items]
