@@ -132,7 +132,8 @@ def p_order(step: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     from twinloop.train.ctrl_eval import evaluate
 
-    parser = argparse.ArgumentParser(prog="python -m twinloop.train.ctrl_study", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m twinloop.train.ctrl_study", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)  # unknown flags go to the trainers whole
     parser.add_argument("--out", default="runs/ctrl-study")
     parser.add_argument("--methods", nargs="+", default=["raw", "calibrated", "ctrl-bon4"])
     parser.add_argument("--n_problems", type=int, default=64)
