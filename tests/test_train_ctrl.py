@@ -132,3 +132,26 @@ def test_two_process_ctrl_run_end_to_end(tmp_path):
     assert len(logs) == 3 and all(math.isfinite(float(r["loss"])) for r in logs)
     assert float(logs[-1]["kl"]) > 0  # the policy moved and the KL term sees it
     assert (out / "model.safetensors").is_file()
+
+
+def test_study_flags_margins_table_and_plot(tmp_path):
+    from twinloop.train.ctrl_study import margins, method_flags, plot, table
+
+    assert method_flags("ctrl-won8") == ["--reward_mode", "ctrl", "--decoding", "worst_of_n", "--decoding_n", "8"]
+    assert method_flags("raw") == ["--reward_mode", "raw"]
+    with pytest.raises(ValueError):
+        method_flags("ctrl-median4")
+    ref = [[0.0, 0.5], [0.5, 1.0]]
+
+    def point(scores, kl):
+        return {"kl": mean_ci([kl, kl]), "win": win_rates(scores, ref, [4]), "per_prompt": {"scores": scores}}
+
+    study = {"eval": {"reference_scores": ref},
+             "points": {"calibrated": {"20": point([[0.5, 1.0], [1.0, 1.0]], 0.2)},
+                        "ctrl-bon4": {"20": point([[1.0, 1.0], [1.0, 1.0]], 0.3)}}}
+    rows = margins(study, "ctrl-bon4", "calibrated", "bon@4")
+    expected = (procedure_win_rate([1.0, 1.0], ref[0], 4, "bon") - procedure_win_rate([0.5, 1.0], ref[0], 4, "bon")) / 2
+    assert len(rows) == 1 and rows[0]["mean"] == pytest.approx(expected) and rows[0]["kl_a"] == pytest.approx(0.3)
+    assert "| ctrl-bon4 | 20 | 0.300" in table(study, [4])
+    plot(study, tmp_path / "p.png", [4])
+    assert (tmp_path / "p.png").stat().st_size > 0
