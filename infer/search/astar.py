@@ -1,14 +1,14 @@
 """A*-decoding (arXiv 2505.13672): a global priority queue per problem over partial trajectories with
 f = g + h, h = 1 - PRM(prefix). Each round pops the ``pops_per_round`` lowest-f active nodes of every
 problem (one engine call for all problems), samples k next steps from each, scores them (one PRM call)
-and pushes them. By default a round pops N // k nodes, as many as the solutions sought, so a round is one
-batched engine call over problems and pops rather than one small call per pop ([check]: 1 is the strict
-A* order, and slower by the number of rounds). A popped finished trajectory is a solution; the search
-stops after ``max(1, N // k)`` solutions (the nominal-N mapping is [check]) and answers with ``select``
-over them. A popped prefix
-goes back into the queue with f + ``reinsert_penalty``·(times expanded), so a promising prefix whose
-samples all failed is sampled again before worse ones ([check]); expansions per problem are capped at
-``expansions_per_n``·N (reaching the cap counts as running out of budget).
+and pushes them. By default a round pops as many nodes as solutions are still sought (N // k at first),
+so a round is one batched engine call over problems and pops rather than one small call per pop
+([check]: 1 is the strict A* order, and slower by the number of rounds). A popped finished trajectory is
+a solution; the search stops after ``max(1, N // k)`` solutions (the nominal-N mapping is [check]) and
+answers with ``select`` over them. A popped prefix goes back into the queue with f +
+``reinsert_penalty``·(times expanded), so a promising prefix whose samples all failed is sampled again
+before worse ones ([check]); expansions per problem are capped at ``expansions_per_n``·N (reaching the
+cap counts as running out of budget).
 
 The exact g is [check] in ALGORITHMS.md; ``g`` picks it: ``mean_cost`` (default: mean of 1 - step
 score over the path, so depth itself costs nothing), ``sum_cost``, ``depth`` (``g_weight`` per step) or
@@ -89,14 +89,14 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
     expanded: dict[int, int] = {}  # id(node) -> times expanded
     spent = [0] * len(problems)
     cap = max(1, config.expansions_per_n * budget.n)
-    per_round = config.pops_per_round or wanted
     live, exhausted = [True] * len(problems), [False] * len(problems)
 
     while any(live):
         to_expand: list[P.SearchPath] = []
         for pi in range(len(problems)):
             taken = 0
-            while live[pi] and taken < per_round:
+            limit = config.pops_per_round or wanted - len(solutions[pi])  # default: as many as still sought
+            while live[pi] and taken < limit:
                 if not heaps[pi]:
                     live[pi] = taken > 0  # nodes taken this round may still push children
                     break
