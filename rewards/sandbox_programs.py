@@ -7,6 +7,7 @@ anchored at line starts with no nested repetition.
 from __future__ import annotations
 
 import re
+import warnings
 
 _PYTHON_LABELS = ("python", "py", "python3", "")
 
@@ -78,7 +79,9 @@ def build_program(code: str, prefix: str, entry_point: str) -> str | None:
     else:  # a function body continuing the prompt, as in HumanEval's own harness
         program = prefix + code
     try:
-        compile(program, "candidate.py", "exec")
+        with warnings.catch_warnings():  # model output is full of e.g. "invalid decimal literal"
+            warnings.simplefilter("ignore")
+            compile(program, "candidate.py", "exec")
     except Exception:  # noqa: BLE001 - SyntaxError, ValueError (null bytes), RecursionError, MemoryError
         return None
     return program

@@ -76,12 +76,16 @@ def git_status() -> str:
     return subprocess.run(["git", "status", "--porcelain"], cwd=TREE, capture_output=True, text=True).stdout
 
 
-def run_suite(mode: str) -> dict:
+def run_suite(mode: str, unsafe: bool = False) -> dict:
+    """One batch in ``mode``. ``unsafe``: the baseline without isolation, only the read-only attacks of
+    hostile.BASELINE, only as an unprivileged uid (bench/reliability_report.py shows its oracles fire)."""
+    assert not unsafe or mode == "unprivileged"
     marker = f"twinloop-attack-{uuid.uuid4().hex}"
     canary = f"canary-{uuid.uuid4().hex}"
     home = os.path.expanduser("~")
     cfg = {"site": sysconfig.get_paths()["purelib"], "marker": marker, "tree": str(TREE), "home": home,
-           "humaneval": humaneval_file(), "workers": 4, "jobs": hostile.PROGRAMS, "completions": hostile.COMPLETIONS}
+           "humaneval": humaneval_file(), "workers": 4, "jobs": hostile.PROGRAMS, "completions": hostile.COMPLETIONS,
+           "unsafe": unsafe, "baseline": hostile.BASELINE}
     before = {"tmp": sorted(os.listdir("/tmp")), "git": git_status(), "hostname": socket.gethostname()}
     env = {**os.environ, "TWINLOOP_CANARY": canary, "OMP_NUM_THREADS": "1"}
     start = time.monotonic()
