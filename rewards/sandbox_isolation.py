@@ -325,9 +325,9 @@ def _candidate_process(cfg: dict, proc_fd: int, program: str, rfd: int, wfd: int
                 os._exit(0)
             _libc().prctl(1, signal.SIGKILL, 0, 0, 0)
             _drop_capabilities(_libc())
-        else:
+            os.setsid()  # kill(0, ...) would otherwise reach the judge: process groups cross PID namespaces
+        else:  # unsafe: stay in the run's process group, the only handle the host has on stray children
             _block_sockets()  # noqa: F821 - sent along (sandbox_harness)
-        os.setsid()  # kill(0, ...) would otherwise reach the judge: process groups cross PID namespaces
         _libc().prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
         _set_limits(cfg, candidate=True)
         os.umask(0o077)
