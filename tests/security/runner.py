@@ -1,7 +1,7 @@
 """Scores the hostile programs in one batch and prints what happened as JSON (run by test_attacks.py,
 as root or under ``setpriv --reuid 65534``; also by bench/reliability_report.py).
 
-stdin: {"site": venv site-packages, "marker", "tree", "home", "humaneval", "jobs": [...],
+stdin: {"site": [package folders, the venv's included], "marker", "tree", "home", "humaneval", "jobs": [...],
 "completions": [...]}. The caller's environment holds TWINLOOP_CANARY. Listeners on loopback TCP,
 an abstract unix socket, a unix socket file and a SysV segment count whatever reaches them.
 """
@@ -46,7 +46,8 @@ def listeners(marker: str) -> tuple[dict, list[socket.socket], int]:
 
 def main() -> None:
     cfg = json.loads(sys.stdin.read())
-    site.addsitedir(cfg["site"])  # an interpreter outside the venv (another uid) still finds twinloop
+    for folder in cfg["site"]:  # an interpreter outside the venv (another uid) still finds twinloop
+        site.addsitedir(folder)
     from twinloop.rewards.sandbox import CodeExecutionReward, Sandbox, SandboxLimits
 
     marker = cfg["marker"]

@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import sysconfig
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +32,11 @@ def humaneval_file() -> str:
     if found is None or not found.submodule_search_locations:
         return ""
     return str(Path(next(iter(found.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz")
+
+
+def site_dirs() -> list[str]:
+    """This process's package folders (a venv's included), for an interpreter started outside the venv."""
+    return [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p)]
 
 
 def interpreter(prefix: list[str]) -> str:
@@ -83,7 +87,7 @@ def run_suite(mode: str, unsafe: bool = False) -> dict:
     marker = f"twinloop-attack-{uuid.uuid4().hex}"
     canary = f"canary-{uuid.uuid4().hex}"
     home = os.path.expanduser("~")
-    cfg = {"site": sysconfig.get_paths()["purelib"], "marker": marker, "tree": str(TREE), "home": home,
+    cfg = {"site": site_dirs(), "marker": marker, "tree": str(TREE), "home": home,
            "humaneval": humaneval_file(), "workers": 4, "jobs": hostile.PROGRAMS, "completions": hostile.COMPLETIONS,
            "unsafe": unsafe, "baseline": hostile.BASELINE}
     before = {"tmp": sorted(os.listdir("/tmp")), "git": git_status(), "hostname": socket.gethostname()}
