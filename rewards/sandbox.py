@@ -225,6 +225,8 @@ def _read_verdict(outcome: ExecutionOutcome, stdout: bytes, nonce: str, expected
     """Accepts only the judge's verdict: the run's nonce and exactly ``expected`` boolean checks."""
     try:
         verdict = json.loads(stdout)
+        if verdict["nonce"] == nonce and "harness_error" in verdict:  # before any test code ran
+            raise SandboxError(f"code sandbox: {str(verdict['harness_error'])[:500]}")
         checks = verdict["checks"]
         valid = (verdict["nonce"] == nonce and type(checks) is list and len(checks) == expected
                  and all(type(c) is bool for c in checks))

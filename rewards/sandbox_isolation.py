@@ -296,11 +296,15 @@ def _init_main(cfg: dict, fds: dict[str, Any]) -> None:
     os.dup2(null, 1)
     os.dup2(null, 2)
     spec = _read_frame(0)  # the tests and the nonce arrive after the fork: never in the candidate's memory
-    if cfg["isolate"]:
-        _check(_libc().unshare(_CLONE["user"]), "unshare(judge)")  # no more privileges over ns1
-    _set_limits(cfg, candidate=False)
-    sys.path[:0] = cfg["package_paths"]
-    verdict = _judge(spec, to_judge, from_judge)  # noqa: F821 - sent along (sandbox_harness)
+    try:
+        if cfg["isolate"]:
+            _check(_libc().unshare(_CLONE["user"]), "unshare(judge)")  # no more privileges over ns1
+        _set_limits(cfg, candidate=False)
+    except BaseException as e:  # before any test code: the nonce still vouches for the harness
+        verdict = {"harness_error": f"judge setup failed: {e}"[:500]}
+    else:
+        sys.path[:0] = cfg["package_paths"]
+        verdict = _judge(spec, to_judge, from_judge)  # noqa: F821 - sent along (sandbox_harness)
     verdict["nonce"] = spec["nonce"]
     data = json.dumps(verdict).encode()
     while data:
