@@ -364,3 +364,23 @@ def test_humaneval_canonical_solutions_pass_and_wrong_ones_fail(limit):
     assert [p["task_id"] for p, o in zip(problems, outcomes[:n]) if not o.all_passed] == []
     assert [p["task_id"] for p, o in zip(problems, outcomes[n:]) if o.all_passed] == []
     assert wall < 180.0
+
+
+def test_only_the_judges_verdict_for_this_run_is_accepted():
+    from twinloop.rewards.sandbox import ExecutionOutcome, SandboxError, _read_verdict
+
+    def read(verdict, expected=2):
+        outcome = ExecutionOutcome(0, expected)
+        _read_verdict(outcome, json.dumps(verdict).encode(), "n1", expected)
+        return outcome.passed, outcome.error
+
+    good = {"nonce": "n1", "checks": [True, False], "timed_out": False, "load_error": None}
+    assert read(good) == (1, None)
+    assert read({**good, "nonce": "n2", "checks": [True, True]})[0] == 0  # another run's (or a forged) nonce
+    assert read({**good, "checks": [True, True, True]})[0] == 0  # check count differs from the host's count
+    assert read({**good, "checks": [1, True]})[0] == 0  # not booleans
+    assert read({**good, "checks": []}, expected=0) == (0, None)
+    assert "no valid verdict" in read({"checks": [True, True]})[1]
+    with pytest.raises(SandboxError, match="judge setup failed: x"):
+        read({"nonce": "n1", "harness_error": "judge setup failed: x"})
+    assert read({"nonce": "n2", "harness_error": "forged"})[0] == 0  # no nonce, no sandbox failure
