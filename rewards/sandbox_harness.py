@@ -262,7 +262,7 @@ def launcher_script() -> str:
                                                             "SETUP_FAILED")]
     helpers = (iso.SetupError, iso._libc, iso._check, iso._mount, iso._write, iso._enter_outer_namespaces,
                iso._become_fresh_uid, iso._open_sources, iso._bind_read_only, iso._build_root, iso._drop_capabilities,
-               iso._enter_candidate_namespaces, iso._set_limits, iso._keep_only_fds, iso._die_with_parent,
+               iso._enter_candidate_namespaces, iso._owned, iso._set_limits, iso._keep_only_fds, iso._die_with_parent,
                iso._status, iso._read_frame, iso._init_main, iso._candidate_process, iso._launch_main)
     parts += [inspect.getsource(obj) for obj in helpers]
     return "\n\n".join(parts) + "\n\n_launch_main(json.loads(sys.argv[1]))\n"

@@ -204,9 +204,19 @@ def _set_limits(cfg: dict, candidate: bool) -> None:
     limits = [(r.RLIMIT_AS, cfg["memory"]), (r.RLIMIT_NOFILE, 256), (r.RLIMIT_CORE, 0),
               (r.RLIMIT_FSIZE, cfg["max_file"])]
     if candidate:  # RLIMIT_NPROC counts per user namespace: only the candidate's own processes
-        limits += [(r.RLIMIT_NPROC, cfg["max_processes"]), (r.RLIMIT_CPU, cfg["cpu_s"])]
+        nproc = cfg["max_processes"]
+        if not cfg["isolate"]:  # unsafe: it counts every process and thread of the caller's uid
+            nproc += sum(1 for p in os.listdir("/proc") if p.isdigit() and _owned(f"/proc/{p}"))
+        limits += [(r.RLIMIT_NPROC, nproc), (r.RLIMIT_CPU, cfg["cpu_s"])]
     for which, value in limits:
         resource.setrlimit(which, (value, value))
+
+
+def _owned(path: str) -> bool:
+    try:
+        return os.stat(path).st_uid == os.getuid()
+    except OSError:  # the process just ended
+        return False
 
 
 def _keep_only_fds(keep: list[int]) -> list[int]:
