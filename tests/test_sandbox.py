@@ -220,8 +220,9 @@ def test_judge_uses_the_problems_helpers_not_the_candidates(sandbox):
 
 def test_a_sandbox_that_cannot_isolate_refuses_with_the_cause_and_the_switch():
     """User namespaces exhausted (max_user_namespaces=0 in a namespace of our own): a real kernel refusal."""
+    sites = [p for p in sys.path if p.endswith("-packages")]  # an interpreter outside the venv finds twinloop
     script = (
-        "import warnings\n"
+        f"import site, warnings\nfor p in {sites!r}:\n    site.addsitedir(p)\n"
         "from twinloop.rewards.sandbox import Sandbox, SandboxLimits, SandboxError\n"
         "try:\n    Sandbox(SandboxLimits(timeout_s=5.0)).run('def f():\\n    return 1\\n', 'assert f() == 1', 'f')\n"
         "except SandboxError as e:\n    print('REFUSED', e)\n"
