@@ -98,8 +98,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="twinloop-kill-") as tmp:
         rows += kill_rows(args.skip_train, Path(tmp))
     rows.append(("server faults (section 5)", "-", "not run", "not part of this change"))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
     head = ("suite", "tried", "result", "details")
+    widths = [max(len(r[i]) for r in [*rows, head]) for i in range(3)]
     print(" | ".join(h.ljust(w) for h, w in zip(head, widths)) + " | " + head[3])
     print("-|-".join("-" * w for w in widths) + "-|-" + "-" * 20)
     for row in rows:
