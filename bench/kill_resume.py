@@ -58,7 +58,13 @@ def _kill_group(proc: subprocess.Popen, marker: str) -> list[int]:
     deadline = time.monotonic() + 5.0
     while _alive_with(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return _alive_with(marker)
+    survivors = _alive_with(marker)
+    for pid in survivors:  # reported as a finding, then ended so the next launch starts clean
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return survivors
 
 
 # --- eval ----------------------------------------------------------------------------------------------
