@@ -73,6 +73,11 @@ class SandboxLimits:
     workdir_mb: int = 64  # size of each tmpfs: /tmp and the working directory
     max_reply_mb: int = 16  # largest value the candidate may return in one call
 
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"SandboxLimits.{name} must be a positive number, got {value!r}")
+
 
 class SandboxError(RuntimeError):
     """The sandbox itself failed (never the program it ran): isolation missing or its setup broke."""

@@ -385,3 +385,12 @@ def test_only_the_judges_verdict_for_this_run_is_accepted():
     with pytest.raises(SandboxError, match="judge setup failed: x"):
         read({"nonce": "n1", "harness_error": "judge setup failed: x"})
     assert read({"nonce": "n2", "harness_error": "forged"})[0] == 0  # no nonce, no sandbox failure
+
+
+def test_bad_sandbox_settings_fail_in_one_line_before_running_anything():
+    with pytest.raises(ValueError, match=r"^SandboxLimits.memory_mb must be a positive number, got 0$"):
+        SandboxLimits(memory_mb=0)
+    with pytest.raises(ValueError, match=r"^SandboxLimits.timeout_s must be a positive number, got '10'$"):
+        SandboxLimits(timeout_s="10")
+    with pytest.raises(ValueError, match=r"^sandbox package 'no_such_package_xyz' is not an installed package$"):
+        Sandbox(packages=["no_such_package_xyz"])
