@@ -409,7 +409,10 @@ def package_dirs(names: list[str]) -> dict[str, str]:
 
     found: dict[str, str] = {}
     for name in names:
-        spec = importlib.util.find_spec(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):  # a dotted name whose parent is missing, or an empty name
+            spec = None
         if spec is None or not spec.submodule_search_locations:
             raise ValueError(f"sandbox package {name!r} is not an installed package")
         path = os.path.realpath(next(iter(spec.submodule_search_locations)))
