@@ -462,3 +462,12 @@ class ArithOutcomeReward(RewardBase):
             self.usage.unparseable += 1
             return 0.0
         return 1.0 if str(value) == str(row["answer"]).strip() else 0.0
+
+
+# ---------------------------------------------------------------- no-oracle verifiers (routes in arith_routes.py)
+
+def recompute_reward(engine: Any, **settings: Any):
+    """The policy (or any Engine) re-derives each step by another route; see ``twinloop.tasks.arith_routes``."""
+    from twinloop.tasks.arith_routes import recompute_reward as build
+
+    return build(engine, **settings)
