@@ -184,3 +184,17 @@ def test_tiny_policy_recomputes_gold_steps_and_flags_planted_errors(policy_engin
     assert passed >= 9, good  # the policy re-derives about 95% of operations correctly (STACK.md)
     assert caught >= 10, bad
     assert reward.usage.output_tokens > 0 and reward.usage.model_calls > 0
+
+
+# ---------------------------------------------------------------------------------- GSM8K annotations
+def test_gsm8k_annotation_route_commutes_sums_and_products():
+    from twinloop.tasks.gsm8k_routes import GsmAnnotationRoute, commuted
+
+    assert commuted("48*2") == "2*48" and commuted("3 + 4.5") == "4.5+3" and commuted("48/2") == "48/2"
+    route = GsmAnnotationRoute()
+    steps = ["Natalia sold 48/2 = <<48/2=24>>24 clips in May.", "In all 48+24 = <<48+24=72>>72 clips."]
+    (d,) = route.plan("q", steps, 1).derivations
+    assert d.claimed == 72 and d.stages[0].prompt([]) == "In all 48+24 = <<24+48="
+    assert route.context(steps[:1]) == steps[0] + "\n"
+    assert route.plan("q", ["No numbers here."], 0) == StepPlan(score=1.0)
+    assert route.plan("q", ["<<3*4=x>>"], 0).unparseable
