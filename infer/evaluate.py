@@ -114,6 +114,8 @@ def build_reward(spec: str | None, task: str, engine: Any = None):
         return arith.ArithProcessReward() if spec == "arith_process" else arith.ArithOutcomeReward()
     if spec == "task":
         return task_reward(task)
+    if spec.partition(":")[0] in NO_ORACLE_REWARDS:
+        return no_oracle_reward(spec, engine)
     kind, _, adapter = spec.partition(":")
     if kind in SELF_REWARDS:
         if adapter and not Path(adapter).is_dir():
@@ -140,6 +142,28 @@ def build_reward(spec: str | None, task: str, engine: Any = None):
         return load_reward(spec)
     raise ValueError(f"unknown reward {spec!r}: use arith_process, arith_outcome, task, none, pairwise, grm, "
                      "selfeval or a bundle folder")
+
+
+NO_ORACLE_REWARDS = ("recompute", "operands", "recompute+operands")  # arithmetic, no gold answer anywhere
+
+
+def no_oracle_reward(spec: str, engine: Any = None):
+    """``recompute`` (the policy engine re-derives each step by another route), ``operands`` (operand
+    consistency), ``recompute+operands`` (min of both per step); ``:expected`` scores agreement by the
+    route's probability. Arithmetic only for now."""
+    from twinloop.tasks import arith_routes
+
+    kind, _, option = spec.partition(":")
+    if option not in ("", "expected"):
+        raise ValueError(f"unknown option {option!r} in reward {spec!r}; the only one is :expected")
+    if kind == "operands":
+        return arith_routes.operands_reward()
+    if engine is None:  # validation only
+        return None
+    settings = {"expected": option == "expected"}
+    if kind == "recompute":
+        return arith_routes.recompute_reward(engine, **settings)
+    return arith_routes.recompute_operands_reward(engine, **settings)
 
 
 def make_judge(task: str) -> Callable[[Problem, str | None], bool]:

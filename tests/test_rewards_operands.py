@@ -77,3 +77,15 @@ def test_combined_reward_rejects_outcome_rewards():
         CombinedProcessReward([lambda p, c: [0.0]])
     with pytest.raises(ValueError, match="aggregation"):
         OperandConsistencyReward(aggregation="median")
+
+
+def test_eval_reward_specs():
+    from twinloop.infer.evaluate import build_reward
+
+    assert isinstance(build_reward("operands", "arith"), OperandConsistencyReward)
+    assert build_reward("recompute", "arith") is None  # validation without an engine
+    engine = ScriptedEngine({"x": ["y"]})
+    assert build_reward("recompute:expected", "arith", engine).expected is True
+    assert build_reward("recompute+operands", "arith", engine).name == "recompute+operands"
+    with pytest.raises(ValueError, match="option"):
+        build_reward("recompute:median", "arith", engine)
