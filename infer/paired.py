@@ -30,3 +30,20 @@ def paired(rows_a: Sequence[dict], rows_b: Sequence[dict]) -> dict:
     ids = sorted(set(a) & set(b))
     wins, losses = discordant([a[i] for i in ids], [b[i] for i in ids])
     return {"problems": len(ids), "wins": wins, "losses": losses, "p": sign_test(wins, losses)}
+
+
+def pair_accuracy(groups: Sequence[tuple[Sequence[float], Sequence[bool]]]) -> dict[str, float]:
+    """Within-problem pair accuracy: over every (correct, wrong) pair of samples of the same problem, the share
+    the scores order right (ties count ½). Never across problems, where difficulty alone separates scores."""
+    right = ties = n = 0
+    for scores, ok in groups:
+        for s_good, g in zip(scores, ok):
+            if not g:
+                continue
+            for s_bad, b in zip(scores, ok):
+                if b:
+                    continue
+                n += 1
+                right += 1.0 if s_good > s_bad else 0.5 if s_good == s_bad else 0.0
+                ties += s_good == s_bad
+    return {"pair_accuracy": right / n if n else float("nan"), "ties": ties / n if n else float("nan"), "pairs": n}

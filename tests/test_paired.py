@@ -25,3 +25,16 @@ def test_paired_matches_problems_by_id():
          {"problem_id": "p3", "correct": False}]
     b = [{"problem_id": "p2", "correct": False}, {"problem_id": "p1", "correct": True}]
     assert paired(a, b) == {"problems": 2, "wins": 1, "losses": 0, "p": 1.0}
+
+
+def test_within_problem_pair_accuracy():
+    from twinloop.infer.paired import pair_accuracy
+
+    groups = [([0.9, 0.2, 0.5], [True, False, False]),  # 2 pairs, both right
+              ([0.3, 0.3], [True, False]),  # a tie: ½
+              ([0.1, 0.8], [True, False]),  # wrong order
+              ([1.0, 0.0], [True, True])]  # no wrong sample: no pair
+    got = pair_accuracy(groups)
+    assert got["pairs"] == 4
+    assert got["pair_accuracy"] == pytest.approx((2 + 0.5 + 0) / 4)
+    assert got["ties"] == pytest.approx(0.25)
