@@ -140,6 +140,7 @@ class RecomputeProcessReward(RewardBase):
     """
 
     name = "recompute"
+    context_args = ("engine", "model", "tokenizer", "route")  # objects, not settings
 
     def __init__(self, engine: Any, route: Route, aggregation: str = "min", expected: bool = False,
                  unparseable_score: float = 0.0, max_tokens: int = 24, delimiter: str = "\n\n",

@@ -80,10 +80,22 @@ class ArithRecomputeRoute:
         return StepPlan(derivations=tuple(derivations))
 
 
-def recompute_reward(engine: Any, **settings: Any) -> RecomputeProcessReward:
+class ArithRecomputeReward(RecomputeProcessReward):
+    """``RecomputeProcessReward`` on ``ArithRecomputeRoute``, built from literal settings (spec alias ``recompute``);
+    ``tens_first=False`` recomputes every operation in context (the same route: a weaker check)."""
+
+    def __init__(self, engine: Any, tens_first: bool = True, aggregation: str = "min", expected: bool = False,
+                 unparseable_score: float = 0.0, max_tokens: int = 24, cache_size: int = 200_000,
+                 lora: str | None = None) -> None:
+        super().__init__(engine, ArithRecomputeRoute(tens_first=tens_first), aggregation=aggregation,
+                         expected=expected, unparseable_score=unparseable_score, max_tokens=max_tokens,
+                         cache_size=cache_size, lora=lora)
+        self.tens_first = tens_first
+
+
+def recompute_reward(engine: Any, **settings: Any) -> ArithRecomputeReward:
     """The no-oracle process reward for arithmetic: ``engine`` (the policy works) re-derives every step."""
-    route = ArithRecomputeRoute(**{k: settings.pop(k) for k in ("tens_first",) if k in settings})
-    return RecomputeProcessReward(engine, route, **settings)
+    return ArithRecomputeReward(engine, **settings)
 
 
 def arith_operands(step: str) -> tuple[list[float], list[float]] | None:
@@ -96,11 +108,28 @@ def arith_operands(step: str) -> tuple[list[float], list[float]] | None:
     return [float(x), float(y)], [float(z)]
 
 
-def operands_reward(consume: bool = True, **settings: Any) -> OperandConsistencyReward:
-    """Operand consistency for arithmetic: every number of the problem is used once (``consume`` [check])."""
-    return OperandConsistencyReward(parse_step=arith_operands, consume=consume, **settings)
+class ArithOperandsReward(OperandConsistencyReward):
+    """Operand consistency for arithmetic (spec alias ``operands``): the exact step parser, and every number of
+    the problem used once (``consume`` [check])."""
+
+    def __init__(self, consume: bool = True, aggregation: str = "min", unparseable_score: float = 0.0) -> None:
+        super().__init__(parse_step=arith_operands, consume=consume, aggregation=aggregation,
+                         unparseable_score=unparseable_score)
 
 
-def recompute_operands_reward(engine: Any, combine: str = "min", **settings: Any) -> CombinedProcessReward:
-    """Recomputation and operand consistency together, step scores combined by ``combine`` (min [check])."""
-    return CombinedProcessReward([recompute_reward(engine, **settings), operands_reward()], combine=combine)
+def operands_reward(**settings: Any) -> ArithOperandsReward:
+    return ArithOperandsReward(**settings)
+
+
+class ArithRecomputeOperandsReward(CombinedProcessReward):
+    """Recomputation and operand consistency, step scores combined by ``combine`` (min [check]); spec alias
+    ``recompute+operands``."""
+
+    def __init__(self, engine: Any, expected: bool = False, combine: str = "min", aggregation: str = "min",
+                 tens_first: bool = True, consume: bool = True) -> None:
+        super().__init__([ArithRecomputeReward(engine, tens_first=tens_first, expected=expected),
+                          ArithOperandsReward(consume=consume)], combine=combine, aggregation=aggregation)
+
+
+def recompute_operands_reward(engine: Any, **settings: Any) -> ArithRecomputeOperandsReward:
+    return ArithRecomputeOperandsReward(engine, **settings)
