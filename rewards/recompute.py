@@ -14,12 +14,16 @@ aggregation of its steps (``min`` by default [check]). A step whose claim the ro
 route generation whose value cannot be read, score ``unparseable_score`` (0.0 [check]) and are counted in
 ``usage.unparseable``. Usage: ``output_tokens`` are the tokens the engine generated for the verifier,
 ``input_tokens`` its prompt tokens the prefix cache did not serve; so search accounts them as RM tokens.
+A step scored before (same problem, same steps so far) is not recomputed, but is charged what it cost the
+first time, so a method's RM tokens do not depend on what ran earlier on the same reward object (``twinloop
+eval`` reuses one across methods and budgets). Within a step-level search this charges re-scored prefixes
+again, as the token-classification PRMs are charged (they re-read the whole prefix at every call).
 """
 from __future__ import annotations
 
 import math
 import re
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -153,7 +157,8 @@ class RecomputeProcessReward(RewardBase):
         self.engine, self.route = engine, route
         self.aggregation, self.expected, self.unparseable_score = aggregation, expected, unparseable_score
         self.max_tokens, self.delimiter, self.cache_size, self.lora = max_tokens, delimiter, cache_size, lora
-        self._memo: OrderedDict[tuple, float] = OrderedDict()
+        self._memo: OrderedDict[tuple, tuple[float, float, float]] = OrderedDict()  # score, out, in tokens
+        self._owed = [0.0, 0.0]  # fractional tokens of memo hits not yet charged (output, input)
 
     def _sampling(self) -> SamplingConfig:
         return SamplingConfig(n=1, temperature=0.0, max_tokens=self.max_tokens, stop=[self.delimiter],
@@ -171,7 +176,7 @@ class RecomputeProcessReward(RewardBase):
                 key = (problem, tuple(item_steps[: k + 1]))
                 if key in self._memo:
                     self._memo.move_to_end(key)
-                    out[i][k] = self._memo[key]
+                    out[i][k] = self._charge_again(self._memo[key])
                     continue
                 plan = self.route.plan(problem, item_steps, k)
                 if plan.unparseable:
@@ -184,30 +189,48 @@ class RecomputeProcessReward(RewardBase):
                         prompt_ids[i] = encode_prompt(tok, prompt)
                     todo.append((i, k, plan, prompt_ids[i]))
         if todo:
-            self._run(todo, steps, out)
+            costs = self._run(todo, steps, out)
             for i, k, _, _ in todo:
-                self._remember((message_text(prompts[i]), tuple(steps[i][: k + 1])), out[i][k])
+                self._remember((message_text(prompts[i]), tuple(steps[i][: k + 1])), out[i][k], *costs[(i, k)])
         return [[float(x) for x in row] for row in out]
 
-    def _remember(self, key: tuple, score: float) -> float:
-        self._memo[key] = score
-        while len(self._memo) > self.cache_size:
-            self._memo.popitem(last=False)
+    def _remember(self, key: tuple, score: float, out_tokens: float = 0.0, in_tokens: float = 0.0) -> float:
+        if self.cache_size > 0:
+            self._memo[key] = (score, out_tokens, in_tokens)
+            while len(self._memo) > self.cache_size:
+                self._memo.popitem(last=False)
+        return score
+
+    def _charge_again(self, entry: tuple[float, float, float]) -> float:
+        """A remembered step's score, charging its first cost again (whole tokens; fractions carried over)."""
+        score, out_tokens, in_tokens = entry
+        self._owed[0] += out_tokens
+        self._owed[1] += in_tokens
+        whole_out, whole_in = int(self._owed[0] + 1e-9), int(self._owed[1] + 1e-9)
+        self.usage.output_tokens += whole_out
+        self.usage.input_tokens += whole_in
+        self._owed[0] -= whole_out
+        self._owed[1] -= whole_in
         return score
 
     def _run(self, todo: list[tuple[int, int, StepPlan, list[int]]], steps: Sequence[Sequence[str]],
-             out: list[list[float | None]]) -> None:
-        """All derivations stage by stage; each stage is one engine call with identical prompts merged."""
-        jobs = []  # [item, step, derivation, context text, base ids, values so far, failed]
+             out: list[list[float | None]]) -> dict[tuple[int, int], tuple[float, float]]:
+        """All derivations stage by stage; each stage is one engine call with identical prompts merged.
+        Returns each step's share of the tokens (output, uncached input): a merged prompt's tokens are split
+        evenly over the derivations that sent it."""
+        jobs = []  # [item, step, derivation, context text, base ids, values so far, failed, [out, in] tokens]
         for i, k, plan, base in todo:
             ctx = self.route.context(steps[i][:k])
-            jobs += [[i, k, d, ctx, base, [], False] for d in plan.derivations]
+            jobs += [[i, k, d, ctx, base, [], False, [0.0, 0.0]] for d in plan.derivations]
         depth = max(len(j[2].stages) for j in jobs)
         for s in range(depth):
             live = [j for j in jobs if not j[6] and s < len(j[2].stages)]
             self._stage(live, s)
         scores: dict[tuple[int, int], list[float]] = {}
-        for i, k, d, _, _, values, failed in jobs:
+        costs: dict[tuple[int, int], tuple[float, float]] = {}
+        for i, k, d, _, _, values, failed, cost in jobs:
+            before = costs.get((i, k), (0.0, 0.0))
+            costs[(i, k)] = (before[0] + cost[0], before[1] + cost[1])
             got = None if failed else agreement(d.claimed, values[-1][0], values[-1][1], self.expected)
             if got is None:
                 self.usage.unparseable += 1
@@ -215,6 +238,7 @@ class RecomputeProcessReward(RewardBase):
             scores.setdefault((i, k), []).append(got)
         for (i, k), row in scores.items():
             out[i][k] = min(row)
+        return costs
 
     def _stage(self, live: list[list[Any]], s: int) -> None:
         tok = self.engine.tokenizer
@@ -229,10 +253,15 @@ class RecomputeProcessReward(RewardBase):
         results = self.engine.generate([Request(prompt_ids=list(ids), lora=self.lora) for ids in unique],
                                        self._sampling())
         self.usage.model_calls += len(results)
-        for res in results:
-            self.usage.output_tokens += res.usage.generated_tokens
-            self.usage.input_tokens += max(0, res.usage.prompt_tokens - res.usage.cached_prompt_tokens)
+        spent = [(res.usage.generated_tokens, max(0, res.usage.prompt_tokens - res.usage.cached_prompt_tokens))
+                 for res in results]
+        for gen, unc in spent:
+            self.usage.output_tokens += gen
+            self.usage.input_tokens += unc
+        senders = Counter(where)
         for j, u in zip(live, where):
+            j[7][0] += spent[u][0] / senders[u]
+            j[7][1] += spent[u][1] / senders[u]
             comp = results[u].completions[0]
             value = j[2].stages[s].read(comp.text)
             if value is None:

@@ -110,9 +110,21 @@ def test_same_route_prompts_are_sent_once_and_known_steps_are_remembered():
     reward = recompute_reward(engine)
     reward([PROMPT] * 3, [RIGHT, WRONG, RIGHT])  # both candidates make the same claim 47 + 38: 2 stages, 1 prompt each
     assert [len(c.prompts) for c in engine.calls] == [1, 1]
-    calls = len(engine.calls)
+    calls, spent = len(engine.calls), reward.usage.output_tokens
     assert reward.step_scores([PROMPT], [["47 + 38 = 86"]]) == [[0.0]]
     assert len(engine.calls) == calls  # remembered from the first call: no model work
+    assert 0 < reward.usage.output_tokens - spent < spent  # but charged its share of the first cost
+
+
+def test_a_remembered_response_is_charged_what_it_cost_the_first_time():
+    engine = scripted()
+    reward = recompute_reward(engine)
+    reward([PROMPT, PROMPT], [RIGHT, WRONG])
+    first = (reward.usage.output_tokens, reward.usage.input_tokens)
+    calls = len(engine.calls)
+    assert reward([PROMPT, PROMPT], [RIGHT, WRONG]) == [1.0, 0.0]
+    assert len(engine.calls) == calls
+    assert (reward.usage.output_tokens, reward.usage.input_tokens) == (2 * first[0], 2 * first[1])
 
 
 def test_usage_counts_exactly_what_the_engine_generated_for_the_verifier():
