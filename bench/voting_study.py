@@ -26,13 +26,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from twinloop.infer.engine import Request, SamplingConfig
-    from twinloop.infer.search.common import canonical_answer, vote
-    from twinloop.infer.vllm_engine import VLLMEngine
+    from twinloop.infer.search._common import canonical_answer, vote
 
+    from twinloop.build import build_engine
     from twinloop.tasks import arith
 
     temps = [float(t) for t in args.temperatures.split(",")]
-    engine = VLLMEngine(args.checkpoint, dtype="float32", max_model_len=1024, seed=0)
+    engine = build_engine(f"vllm:{args.checkpoint}", dtype="float32", max_model_len=1024, seed=0)
 
     def answers(rows, n, temperature):
         res = engine.generate([Request(messages=r["prompt"]) for r in rows],

@@ -17,19 +17,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from twinloop.checkpoints import card
 from twinloop.checkpoints.manifest import verify as verify_manifest
 from twinloop.checkpoints.manifest import write_manifest
 from twinloop.checkpoints.spec import (
     KINDS,
     SPEC_FILE,
-    check_spec,
     class_for,
     constructor_kwargs,
-    from_trainer_spec,
-    make_spec,
-    reward_class,
-    settings_of,
+    read_reward_json,
+    reward_document,
+    write_reward_json,
 )
+from twinloop.rewards.base import import_class, setting_names
 
 AUTO_CLASSES = {"sequence_classification": "AutoModelForSequenceClassification",
                 "token_classification": "AutoModelForTokenClassification", "causal_lm": "AutoModelForCausalLM"}
@@ -177,74 +177,68 @@ def trainer_metrics(folder: Path) -> dict[str, float]:
 
 def model_card(spec: dict[str, Any], *, title: str, base_model: str | None, method: str | None,
                data: list[str], metrics: dict[str, float], library: str) -> str:
-    """README.md text: HF front matter (base model, tags, datasets, metrics) and a short body."""
-    import yaml
-
+    """README.md text of an export: front matter (base model, tags, datasets, metrics) and a short body."""
     kind, head = spec["kind"], spec["model"]["head"]
-    meta: dict[str, Any] = {"library_name": library, "pipeline_tag": PIPELINE_TAGS[head],
-                            "tags": ["twinloop", "reward-model", kind] + ([method.lower()] if method else [])}
-    if base_model:
-        meta["base_model"] = base_model
-    if data:
-        meta["datasets"] = list(data)
-    if metrics:
-        meta["metrics"] = sorted(metrics)
     lo, hi = spec["score_range"]
-    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "", f"# {title}", "",
-             f"A twinloop **{kind}** reward model ({spec['reward_class'].rsplit('.', 1)[-1]}).", "",
-             f"- base model: {base_model or 'unknown'}", f"- training method: {method or 'unknown'}",
-             f"- data: {', '.join(data) if data else 'unknown'}",
-             f"- weights: {spec['model']['weights']}", f"- score range: [{lo}, {hi}] (None = unbounded)", "",
-             "Load it with `twinloop.checkpoints.export.load_reward(folder)`; `twinloop_reward.json` says how to "
-             "call it without twinloop. `twinloop verify folder` checks every file against `manifest.json`.", ""]
-    if metrics:
-        lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.6g} |" for k, v in sorted(metrics.items())] + [""]
-    return "\n".join(lines)
+    summary = [f"A twinloop **{kind}** reward model ({spec['reward_class'].replace(':', '.').rsplit('.', 1)[-1]}).",
+               "", f"- base model: {base_model or 'unknown'}", f"- training method: {method or 'unknown'}",
+               f"- data: {', '.join(data) if data else 'unknown'}", f"- weights: {spec['model']['weights']}",
+               f"- score range: [{lo}, {hi}] (None = unbounded)", "",
+               "Load it with `twinloop.build.build_reward(folder)`; `twinloop_reward.json` says how to call it "
+               "without twinloop. `twinloop verify folder` checks every file against `manifest.json`."]
+    return card.model_card(title=title, summary=summary, library=library, pipeline_tag=PIPELINE_TAGS[head],
+                           tags=["twinloop", "reward-model", kind] + ([method.lower()] if method else []),
+                           base_model=base_model, datasets=data, metrics=metrics)
 
 
 # ------------------------------------------------------------------------------------------------ export
-def _complete_settings(cls_name: str, given: dict[str, Any] | None, tokenizer: Any) -> dict[str, Any]:
-    """Defaults of the class constructor, overridden by ``given``; validated by building the reward on a
-    stand-in so that a bad setting fails at export, not at load."""
-    import inspect
+class _StubModel:  # enough of an engine/model for the constructors' checks at export time
+    config = type("C", (), {"num_labels": 1})()
 
-    cls = reward_class(cls_name)
-    params = inspect.signature(cls.__init__).parameters
-    keys = {"ScalarRM": ("sigmoid", "max_length", "fallback"),
-            "TokenClassifierPRM": ("delimiter", "aggregation", "fallback"),
-            "YesNoProbePRM": ("delimiter", "aggregation", "fallback", "question", "yes", "no"),
-            "GenerativeReward": ("k", "temperature", "max_tokens", "mode", "binary", "k_meta"),
-            "PairwiseVerifier": ("temperature", "max_tokens", "template", "both_orders")}[cls_name]
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(keys))
-    if unknown:
-        raise ValueError(f"{cls_name} has no setting {unknown}; settings: {list(keys)}")
-    defaults = {"delimiter": "\n\n", "aggregation": "last", "fallback": 0.0}  # StepReward keyword defaults
-    settings = {k: given.get(k, params[k].default if k in params else defaults[k]) for k in keys}
-    if isinstance(settings.get("delimiter"), int):
-        settings["delimiter"] = {"token_id": settings["delimiter"]}
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
 
-    class _Stub:  # enough of an engine/model for the constructors' checks
-        config = type("C", (), {"num_labels": 1})()
 
-    stub = _Stub()
-    stub.tokenizer = tokenizer
+def construct_reward(cls: type, settings: dict[str, Any], *, engine: Any = None, model: Any = None,
+                     tokenizer: Any = None, lora: str | None = None) -> Any:
+    """A reward class built from bundle settings and its model objects, by the head it reads: a classifier
+    takes ``model=`` + ``tokenizer=`` (or ``engine=``), a causal-LM judge ``engine=`` (+ ``lora=``)."""
     kwargs = constructor_kwargs(settings)
-    built = cls(model=stub, tokenizer=tokenizer, **kwargs) if cls_name in ("ScalarRM", "TokenClassifierPRM") \
-        else cls(stub, **kwargs)
-    return settings_of(built)
+    known = setting_names(cls)
+    unknown = sorted(set(kwargs) - set(known) - set(cls.bundle_args))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no setting {unknown[0]!r}; settings: {known}")
+    try:
+        if cls.head == "causal_lm":
+            return cls(engine=engine, **({"lora": lora} if lora else {}), **kwargs)
+        if engine is not None:
+            return cls(engine=engine, **kwargs)
+        return cls(model=model, tokenizer=tokenizer, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"{cls.__name__}: {e}") from e
+
+
+def _complete_settings(cls: type, given: dict[str, Any] | None, tokenizer: Any) -> dict[str, Any]:
+    """The class's settings with its defaults filled in, validated by building the reward on a stand-in model
+    so that a bad setting fails at export, not at load."""
+    stub = _StubModel(tokenizer)
+    built = construct_reward(cls, dict(given or {}), engine=stub if cls.head == "causal_lm" else None,
+                             model=stub, tokenizer=tokenizer)
+    return built.settings()
 
 
 def export(checkpoint: str | os.PathLike, out: str | os.PathLike, kind: str, *, merge_lora: bool = False,
            settings: dict[str, Any] | None = None, reward: Any = None, base_model: str | None = None,
            meta_rm: str | os.PathLike | None = None, method: str | None = None, data: list[str] | None = None,
-           metrics: dict[str, float] | None = None, overwrite: bool = False) -> Path:
+           metrics: dict[str, float] | None = None, overwrite: bool = False, reward_class: Any = None,
+           trust_remote_code: bool = False) -> Path:
     """Write the export folder ``out`` from ``checkpoint``; returns ``out``.
 
     ``settings`` are the reward's constructor keywords (defaults filled in), or read from a live ``reward``
-    object. ``meta_rm`` (GRM only) is an exported meta-RM folder, copied into ``out/meta_rm``. The folder is
-    written beside ``out`` and renamed into place, so a failed export leaves nothing half-written.
+    object. The class is the reward object's, else ``reward_class`` (a class or ``module:Class``; outside
+    ``twinloop.`` only with ``trust_remote_code``), else the kind's default. ``meta_rm`` (GRM only) is an
+    exported meta-RM folder, copied into ``out/meta_rm``. The folder is written beside ``out`` and renamed into
+    place, so a failed export leaves nothing half-written.
     """
     from transformers import AutoTokenizer
 
@@ -262,23 +256,24 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, kind: str, *, 
     if architecture:  # an adapter's head may differ from its base's (e.g. a SEQ_CLS LoRA on a causal LM)
         head_name = AUTO_CLASSES[head].removeprefix("AutoModelFor")
         architecture = f"{architecture.rsplit('For', 1)[0]}For{head_name}"
-    cls_name = class_for(kind, architecture)
-    wanted = {"ScalarRM": "sequence_classification",
-              "TokenClassifierPRM": "token_classification"}.get(cls_name, "causal_lm")
-    if head != wanted:
-        raise ValueError(f"a {kind!r} reward ({cls_name}) needs a {wanted} model; {src} holds a {head} model")
+    cls = type(reward) if reward is not None else reward_class or class_for(kind, architecture)
+    if isinstance(cls, str):
+        cls = import_class(cls, trust_remote_code)
+    cls_name = cls.__name__
+    if kind not in getattr(cls, "kinds", ()):
+        raise ValueError(f"a {kind!r} export cannot hold {cls_name} (it is a "
+                         f"{' or '.join(getattr(cls, 'kinds', ())) or 'non-model'} reward)")
+    if head != cls.head:
+        raise ValueError(f"a {kind!r} reward ({cls_name}) needs a {cls.head} model; {src} holds a {head} model")
     if reward is not None:
-        if type(reward).__name__ != cls_name:
-            raise ValueError(f"the reward object is a {type(reward).__name__}, but a {kind!r} export of {src} "
-                             f"holds a {cls_name}")
-        settings = settings_of(reward)
+        settings = reward.settings()
     elif settings is None:
-        settings = _source_settings(src, cls_name)
+        settings = _source_settings(src, cls)
     tok_dir = src if (src / "tokenizer_config.json").is_file() else config_dir
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    if head == "causal_lm" and not getattr(tokenizer, "chat_template", None) and cls_name != "YesNoProbePRM":
+    if head == "causal_lm" and not getattr(tokenizer, "chat_template", None) and getattr(cls, "sends_chat", True):
         raise ValueError(f"the tokenizer in {tok_dir} has no chat template; {cls_name} sends chat messages")
-    settings = _complete_settings(cls_name, settings, tokenizer)
+    settings = _complete_settings(cls, settings, tokenizer)
 
     stage = out.parent / f".{out.name}.staging-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
@@ -289,18 +284,19 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, kind: str, *, 
             _copy_adapter(src, stage)
         else:
             model = _build_full_model(src, head, adapter, base)
-            if head != "causal_lm" and cls_name == "ScalarRM" and model.config.num_labels != 1:
+            if head == "sequence_classification" and model.config.num_labels != 1:
                 raise ValueError(f"a scalar {kind!r} RM needs num_labels=1, {src} has {model.config.num_labels}")
             model.save_pretrained(stage)
         tokenizer.save_pretrained(stage)
         meta_ref = None
         if meta_rm is not None:
-            meta_ref = _copy_meta_rm(Path(meta_rm), stage, cls_name)
+            meta_ref = _copy_meta_rm(Path(meta_rm), stage, cls)
         card_info = _front_matter(src / "README.md")
         base_name = base_model or (str(base) if base else None) or card_info.get("base_model")
-        spec = make_spec(kind, cls_name, settings, tokenizer, architecture=architecture, weights=weights,
-                         base_model=str(base) if base else None, meta_rm=meta_ref)
-        (stage / SPEC_FILE).write_text(json.dumps(spec, indent=1) + "\n")
+        spec = reward_document(cls, kind, settings, tokenizer, architecture=architecture, weights=weights,
+                               base_model=str(base) if base else None, meta_rm=meta_ref)
+        spec["manifest"] = "manifest.json"  # an export is always checked against it on load
+        write_reward_json(stage, spec)
         tags = [t for t in card_info.get("tags", []) or [] if t not in ("twinloop",)]
         all_metrics = {**trainer_metrics(src), **(metrics or {})}
         (stage / "README.md").write_text(model_card(
@@ -329,11 +325,10 @@ def _build_full_model(src: Path, head: str, adapter: bool, base: Path | None):
     return model.merge_and_unload().eval()
 
 
-def _copy_meta_rm(meta: Path, stage: Path, cls_name: str) -> str:
-    if cls_name != "GenerativeReward":
-        raise ValueError("only a GRM export can carry a meta RM")
-    spec = _read_json(meta / SPEC_FILE) if (meta / SPEC_FILE).is_file() else None
-    check_spec(spec, str(meta / SPEC_FILE))
+def _copy_meta_rm(meta: Path, stage: Path, cls: type) -> str:
+    if "meta_rm" not in getattr(cls, "bundle_args", ()):
+        raise ValueError(f"only a GRM export can carry a meta RM, not {cls.__name__}")
+    spec = read_reward_json(meta)
     if spec["kind"] != "meta":
         raise ValueError(f"{meta} is a {spec['kind']!r} export; the GRM's meta RM must be a 'meta' export")
     problems = verify_manifest(meta)
@@ -345,31 +340,20 @@ def _copy_meta_rm(meta: Path, stage: Path, cls_name: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ import
 def read_spec(folder: str | os.PathLike) -> dict[str, Any]:
-    """The folder's reward spec; a trainer's own ``twinloop_reward.json`` (not an export) is read too."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"reward folder {folder} not found")
-    path = folder / SPEC_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no {SPEC_FILE}: not a twinloop reward export")
-    spec = _read_json(path)
-    if isinstance(spec, dict) and "class" in spec and "reward_class" not in spec:
-        config = folder / "config.json"
-        arch = (_read_json(config).get("architectures") or [None])[0] if config.is_file() else None
-        return from_trainer_spec(spec, arch)
-    check_spec(spec, str(path))
-    return spec
+    """The folder's reward document (an export's or a trainer's: one format)."""
+    return read_reward_json(folder)
 
 
-def _source_settings(src: Path, cls_name: str) -> dict[str, Any] | None:
-    """Settings recorded beside the checkpoint (a trainer's or an earlier export's spec), if for this class."""
+def _source_settings(src: Path, cls: type) -> dict[str, Any] | None:
+    """Settings recorded beside the checkpoint (a trainer's or an earlier export's document), if for this class."""
     if not (src / SPEC_FILE).is_file():
         return None
     try:
         spec = read_spec(src)
     except ValueError:
         return None
-    return dict(spec["settings"]) if spec["reward_class"].endswith("." + cls_name) else None
+    named = spec["reward_class"].replace(":", ".").rsplit(".", 1)[-1]
+    return dict(spec["settings"]) if named == cls.__name__ else None
 
 
 def _require_safetensors(folder: Path, lora: bool) -> None:
@@ -398,28 +382,29 @@ def load_reward(folder: str | os.PathLike, *, engine: Any = None, backend: str =
     if backend not in ("transformers", "vllm"):
         raise ValueError(f"backend must be 'transformers' or 'vllm', got {backend!r}")
     # an export always has a manifest; a trainer's own output folder (its spec has no format_version) may not
-    if check_manifest and ("format_version" in spec or (folder / "manifest.json").is_file()):
+    if check_manifest and (spec.get("manifest") or (folder / "manifest.json").is_file()):
         problems = verify_manifest(folder)
         if problems:
             raise ValueError(f"{folder} fails its manifest check: {'; '.join(problems[:5])}")
-    cls_name = spec["reward_class"].rsplit(".", 1)[-1]
-    cls = reward_class(cls_name)
+    cls = import_class(spec["reward_class"], trust_remote_code)
+    cls.check_bundle(spec, str(folder / SPEC_FILE))
     kwargs = {**constructor_kwargs(spec["settings"]), **overrides}
     head, lora = spec["model"]["head"], spec["model"]["weights"] == "lora"
     _require_safetensors(folder, lora)
     base = Path(base_model or spec["model"].get("base_model") or "") if lora else None
-    if lora and not base.is_dir():
+    if lora and engine is None and not base.is_dir():
         raise FileNotFoundError(f"base model {str(base)!r} of LoRA export {folder} is not a local folder; "
                                 "pass base_model=")
     common = dict(dtype=_torch_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code)
     engine_kwargs = dict(engine_kwargs or {})
     if head != "causal_lm":
         if engine is not None:
-            return cls(engine=engine, **kwargs)
+            return _from_bundle(construct_reward(cls, kwargs, engine=engine), folder, overrides)
         if backend == "vllm":
             if lora:
                 raise ValueError("vLLM pooling cannot serve a classifier LoRA; export with --merge-lora")
-            return cls(engine=_vllm(folder, "pooling", dtype, trust_remote_code, engine_kwargs), **kwargs)
+            pooled = _vllm(folder, "pooling", dtype, trust_remote_code, engine_kwargs)
+            return _from_bundle(construct_reward(cls, kwargs, engine=pooled), folder, overrides)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
         if lora:
             from peft import PeftModel
@@ -428,14 +413,15 @@ def load_reward(folder: str | os.PathLike, *, engine: Any = None, backend: str =
             model = PeftModel.from_pretrained(_auto(head).from_pretrained(base, **common, **extra), str(folder))
         else:
             model = _auto(head).from_pretrained(folder, **common)
-        return cls(model=model.eval(), tokenizer=tokenizer, **kwargs)
+        return _from_bundle(construct_reward(cls, kwargs, model=model.eval(), tokenizer=tokenizer), folder, overrides)
     adapter = str(folder) if lora else None
     if engine is None:
         weights_dir = base if lora else folder
         if backend == "vllm":
             if lora:
-                rank = int(_read_json(folder / "adapter_config.json").get("r", 16))
-                engine_kwargs.update(enable_lora=True, max_lora_rank=max(8, rank), tokenizer=str(folder))
+                from twinloop.infer.engine import lora_rank
+
+                engine_kwargs.update(enable_lora=True, max_lora_rank=lora_rank(str(folder)), tokenizer=str(folder))
             engine = _vllm(weights_dir, "generate", dtype, trust_remote_code, engine_kwargs)
         else:
             from twinloop.infer.hf_engine import HFEngine
@@ -443,11 +429,18 @@ def load_reward(folder: str | os.PathLike, *, engine: Any = None, backend: str =
             tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
             model = _auto("causal_lm").from_pretrained(weights_dir, **common)
             engine = HFEngine(model, tokenizer=tokenizer, dtype=dtype)
-    meta = spec["call"].get("meta_rm") if cls_name == "GenerativeReward" else None
+    meta = spec.get("call", {}).get("meta_rm") if "meta_rm" in getattr(cls, "bundle_args", ()) else None
     if meta and "meta_rm" not in kwargs:
         kwargs["meta_rm"] = load_reward(folder / meta, backend=backend, dtype=dtype, check_manifest=False,
                                         trust_remote_code=trust_remote_code)
-    return cls(engine, lora=adapter, **kwargs)
+    return _from_bundle(construct_reward(cls, kwargs, engine=engine, lora=adapter), folder, overrides)
+
+
+def _from_bundle(reward: Any, folder: Path, overrides: dict[str, Any]) -> Any:
+    """A reward loaded as the bundle says names the bundle as its spec (overridden settings: its class spec)."""
+    if not overrides:
+        reward._bundle = str(folder)
+    return reward
 
 
 def _vllm(folder: Path, runner: str, dtype: str, trust_remote_code: bool, engine_kwargs: dict[str, Any]):

@@ -1,184 +1,85 @@
-"""What ``twinloop_reward.json`` says: the reward kind, its class, its settings and how to call it.
+"""``twinloop_reward.json``: the one bundle format, written by ``write_reward_json`` for the exporter and every
+trainer alike, and read back by ``read_reward_json``.
 
-The settings are exactly the constructor keywords of the reward class (read back from a live object with
-``settings_of``), so loading a bundle rebuilds the same Reward object. The ``call`` block restates, for a
-reader without twinloop, the input format, the template and parser, and the score range.
+The document names the reward class (``module:Class``), its settings (exactly its constructor keywords, read
+from a live object with ``reward.settings()``), the spec that rebuilds it, the model head it reads, the score
+range and, for a reader without twinloop, how to call the model. Everything class-specific comes from the
+class itself (``kinds``, ``head``, ``export_score_range``, ``export_call``): a new exportable reward kind touches
+its own module only.
 """
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
-KINDS = ("orm", "prm", "grm", "pairwise", "meta")
+from twinloop.rewards.base import class_path, import_class
+
+KINDS = ("orm", "prm", "grm", "pairwise", "meta", "selfeval")
 SPEC_FILE = "twinloop_reward.json"
-FORMAT_VERSION = 1
-
-# kind -> reward classes it may hold (module path, class name); the first is the default
-CLASSES: dict[str, tuple[str, ...]] = {
-    "orm": ("ScalarRM",),
-    "meta": ("ScalarRM",),
-    "prm": ("TokenClassifierPRM", "YesNoProbePRM"),
-    "grm": ("GenerativeReward",),
-    "pairwise": ("PairwiseVerifier",),
-}
-MODULES = {"ScalarRM": "twinloop.rewards.scalar", "TokenClassifierPRM": "twinloop.rewards.process",
-           "YesNoProbePRM": "twinloop.rewards.process", "GenerativeReward": "twinloop.rewards.generative",
-           "PairwiseVerifier": "twinloop.rewards.pairwise"}
-# the transformers head each class reads
-HEADS = {"ScalarRM": "sequence_classification", "TokenClassifierPRM": "token_classification",
-         "YesNoProbePRM": "causal_lm", "GenerativeReward": "causal_lm", "PairwiseVerifier": "causal_lm"}
+FORMAT_VERSION = 2  # 2: reward_class as module:Class plus a spec string; 1 (module.Class) still reads
 
 
-def reward_class(name: str) -> type:
-    import importlib
+def class_for(kind: str, architecture: str | None) -> type:
+    """The default reward class of an export kind (by the one alias dict), a PRM picked by the model head."""
+    from twinloop.rewards import REWARD_ALIASES
 
-    if name not in MODULES:
-        raise ValueError(f"unknown reward class {name!r}; bundles hold one of {sorted(MODULES)}")
-    return getattr(importlib.import_module(MODULES[name]), name)
-
-
-def class_for(kind: str, architecture: str | None) -> str:
-    """The reward class of a kind, picked by the model head for a PRM (token classifier or Yes/No probe)."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if kind == "prm" and architecture and architecture.endswith("ForCausalLM"):
-        return "YesNoProbePRM"
-    return CLASSES[kind][0]
+    if kind not in KINDS or kind == "selfeval":
+        raise ValueError(f"kind must be one of {', '.join(k for k in KINDS if k != 'selfeval')}, got {kind!r}")
+    alias = "prm_probe" if kind == "prm" and architecture and architecture.endswith("ForCausalLM") else kind
+    return import_class(REWARD_ALIASES[alias].partition("(")[0])
 
 
-def _delimiter(reward: Any) -> str | dict[str, int]:
-    """A PRM's delimiter as given to its constructor: the text, or ``{"token_id": id}``."""
-    from twinloop.rewards.process import text_ids
-
-    if list(reward.tag_ids) == text_ids(reward.tokenizer, reward.delimiter_text):
-        return reward.delimiter_text
-    return {"token_id": int(reward.tag_ids[0])}
+def spec_string(cls: type, settings: dict[str, Any]) -> str:
+    return f"{class_path(cls)}({', '.join(f'{k}={v!r}' for k, v in settings.items())})"
 
 
-def _first_token_text(tokenizer: Any, token_id: int, what: str) -> str:
-    from twinloop.rewards.process import text_ids
+def reward_document(cls: type, kind: str, settings: dict[str, Any], tokenizer: Any, *, architecture: str | None,
+                    weights: str, base_model: str | None, meta_rm: str | None = None) -> dict[str, Any]:
+    """The whole ``twinloop_reward.json`` document for a reward class and its settings."""
+    if kind not in getattr(cls, "kinds", ()):
+        raise ValueError(f"a {kind!r} bundle cannot hold {cls.__name__} (it is a "
+                         f"{' or '.join(getattr(cls, 'kinds', ())) or 'non-model'} reward)")
+    if meta_rm and "meta_rm" not in getattr(cls, "bundle_args", ()):
+        raise ValueError(f"only a reward that takes a meta RM (a GRM) can carry one, not {cls.__name__}")
+    extra = {"meta_rm": meta_rm} if meta_rm else {}
+    return {"format_version": FORMAT_VERSION, "kind": kind, "reward_class": class_path(cls),
+            "spec": spec_string(cls, settings),
+            "model": {"architecture": architecture, "head": cls.head, "weights": weights, "base_model": base_model},
+            "settings": settings, "score_range": cls.export_score_range(settings),
+            "call": cls.export_call(settings, tokenizer, kind=kind, **extra)}
 
-    text = tokenizer.decode([token_id])
-    if not text or text_ids(tokenizer, text)[:1] != [token_id]:
-        raise ValueError(f"the {what} answer token {token_id} does not survive a decode/encode round trip")
-    return text
+
+def write_reward_json(folder: str | os.PathLike, document: dict[str, Any]) -> Path:
+    """Write the document into ``folder`` (checked first, so a bad one never lands)."""
+    check_spec(document, str(Path(folder) / SPEC_FILE))
+    path = Path(folder, SPEC_FILE)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(document, indent=1) + "\n")
+    tmp.replace(path)
+    return path
 
 
-def settings_of(reward: Any) -> dict[str, Any]:
-    """Constructor keywords that rebuild ``reward`` (its model or engine aside)."""
-    name = type(reward).__name__
-    if name == "ScalarRM":
-        return {"sigmoid": reward.sigmoid, "max_length": reward.max_length, "fallback": reward.fallback}
-    if name == "TokenClassifierPRM":
-        return {"delimiter": _delimiter(reward), "aggregation": reward.aggregation, "fallback": reward.fallback}
-    if name == "YesNoProbePRM":
-        return {"delimiter": _delimiter(reward), "aggregation": reward.aggregation, "fallback": reward.fallback,
-                "question": reward.question, "yes": _first_token_text(reward.tokenizer, reward.yes_id, "yes"),
-                "no": _first_token_text(reward.tokenizer, reward.no_id, "no")}
-    if name == "GenerativeReward":
-        return {"k": reward.k, "temperature": reward.temperature, "max_tokens": reward.max_tokens,
-                "mode": reward.mode, "binary": reward.binary, "k_meta": reward.k_meta}
-    if name == "PairwiseVerifier":
-        return {"temperature": reward.temperature, "max_tokens": reward.max_tokens, "template": reward.template,
-                "both_orders": reward.both_orders}
-    raise ValueError(f"{name} cannot be exported as a reward bundle; exportable: {sorted(MODULES)}")
+def write_trainer_bundle(folder: str | os.PathLike, reward: Any, kind: str, *, weights: str = "full",
+                         base_model: str | None = None, tokenizer: Any = None) -> Path:
+    """What a trainer writes beside the model it saved: the same document an export holds (an export adds the
+    manifest), built from the live reward object."""
+    folder = Path(folder)
+    config = folder / "config.json"
+    arch = (json.loads(config.read_text()).get("architectures") or [None])[0] if config.is_file() else None
+    tok = tokenizer if tokenizer is not None else getattr(reward, "tokenizer", None)
+    doc = reward_document(type(reward), kind, reward.settings(), tok, architecture=arch, weights=weights,
+                          base_model=base_model)
+    return write_reward_json(folder, doc)
 
 
 def constructor_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
-    """Settings from JSON to constructor keywords (a token-id delimiter back to an int)."""
+    """Settings from JSON to constructor keywords (format 1 wrote a token-id delimiter as ``{"token_id": id}``)."""
     out = dict(settings)
     if isinstance(out.get("delimiter"), dict):
         out["delimiter"] = int(out["delimiter"]["token_id"])
     return out
-
-
-def score_range(cls: str, settings: dict[str, Any]) -> list[float | None]:
-    """[low, high] of the scores; None where unbounded (a raw logit)."""
-    if cls == "ScalarRM":
-        return [0.0, 1.0] if settings.get("sigmoid") else [None, None]
-    if cls == "GenerativeReward":
-        from twinloop.rewards.generative import BINARY_RANGE, SCORE_RANGE
-
-        lo, hi = BINARY_RANGE if settings.get("binary") else SCORE_RANGE
-        return [float(lo), float(hi)]
-    return [0.0, 1.0]
-
-
-def call_description(kind: str, cls: str, settings: dict[str, Any], tokenizer: Any,
-                     meta_rm: str | None = None) -> dict[str, Any]:
-    """How to call the model without twinloop: input format, templates, parser, aggregation."""
-    if cls == "ScalarRM":
-        what = ("a GRM judging prompt (twinloop.rewards.generative.format_grm_prompt) as the prompt and the GRM "
-                "judgment as the completion" if kind == "meta" else "the prompt and the completion")
-        return {"input": f"{what}: chat prompts through the chat template with the completion as the assistant "
-                         "turn, else prompt + completion + eos as text (TRL RewardTrainer format)",
-                "output": "the raw logit of the single label at the last token"
-                          + (", mapped through a sigmoid" if settings.get("sigmoid") else ""),
-                "truncation": "keep the last max_length tokens" if settings.get("max_length") else None}
-    if cls in ("TokenClassifierPRM", "YesNoProbePRM"):
-        from twinloop.rewards.process import text_ids
-
-        delim = settings["delimiter"]
-        tag_ids = [delim["token_id"]] if isinstance(delim, dict) else text_ids(tokenizer, delim)
-        out = {"step_delimiter": tokenizer.decode(tag_ids) if isinstance(delim, dict) else delim,
-               "step_token_ids": tag_ids,
-               "input": "prompt ids (chat template with generation prompt for chat prompts), then for each step "
-                        "its text ids followed by the step tokens",
-               "aggregation": settings["aggregation"],
-               "no_step_fallback": settings["fallback"]}
-        if cls == "TokenClassifierPRM":
-            out["step_score"] = ("P(good) read at the last step token of each step: sigmoid of one label, or "
-                                 "softmax label 1 of two or more")
-        else:
-            out["step_score"] = (f"P({settings['yes']!r}) over {{{settings['yes']!r}, {settings['no']!r}}} for the "
-                                 f"next token after prompt + steps so far + {settings['question']!r}")
-        return out
-    if cls == "GenerativeReward":
-        from twinloop.rewards.generative import GRM_TEMPLATE, HINT
-
-        return {"template": GRM_TEMPLATE, "hint": HINT, "input": "the template as one user chat message",
-                "parser": "the last \\boxed{...} holds one integer per response, comma-separated, within the "
-                          "score range; anything else is an invalid judgment",
-                "voting": "voting@k: k samples at the temperature, response order shuffled per sample and "
-                          "un-permuted, scores summed over valid samples (Eq. 14)",
-                "voting_k": settings["k"], "meta_rm": meta_rm,
-                "meta_voting": "keep the k_meta judgments the meta RM rates highest (default k // 2)"
-                if meta_rm else None}
-    from twinloop.rewards.pairwise import RATING_MAX, RATING_MIN
-
-    return {"template": settings["template"], "input": "the template as one user chat message",
-            "rating_format": "<rating_A>X</rating_A><rating_B>Y</rating_B>",
-            "rating_range": [RATING_MIN, RATING_MAX],
-            "preference": "P(A > B) = 1/2 + (rating_A - rating_B) / 18; 1/2 when unparseable",
-            "reward": "mean P(completion > peer) over the other completions of the same prompt"}
-
-
-def make_spec(kind: str, cls: str, settings: dict[str, Any], tokenizer: Any, *, architecture: str | None,
-              weights: str, base_model: str | None, meta_rm: str | None = None) -> dict[str, Any]:
-    """The whole ``twinloop_reward.json`` document."""
-    if cls not in CLASSES.get(kind, ()):
-        raise ValueError(f"a {kind!r} bundle holds {' or '.join(CLASSES[kind])}, not {cls}")
-    if meta_rm and cls != "GenerativeReward":
-        raise ValueError("only a GRM bundle can reference a meta RM")
-    return {"format_version": FORMAT_VERSION, "kind": kind, "reward_class": f"{MODULES[cls]}.{cls}",
-            "model": {"architecture": architecture, "head": HEADS[cls], "weights": weights, "base_model": base_model},
-            "settings": settings, "score_range": score_range(cls, settings),
-            "call": call_description(kind, cls, settings, tokenizer, meta_rm)}
-
-
-TRAINER_KINDS = {"outcome": "orm", "process": "prm", **{k: k for k in KINDS}}
-
-
-def from_trainer_spec(doc: dict[str, Any], architecture: str | None) -> dict[str, Any]:
-    """A spec as twinloop's trainers write it next to their output (``{"kind": "outcome", "class":
-    "module:Class", "kwargs": {...}}``), in export form (weights full, no call block)."""
-    cls = str(doc.get("class", "")).replace(":", ".").rsplit(".", 1)[-1]
-    kind = TRAINER_KINDS.get(str(doc.get("kind")))
-    if kind is None or cls not in CLASSES[kind]:
-        raise ValueError(f"trainer reward spec names kind {doc.get('kind')!r} and class {doc.get('class')!r}, "
-                         f"which twinloop cannot load")
-    return {"kind": kind, "reward_class": f"{MODULES[cls]}.{cls}",
-            "model": {"architecture": architecture, "head": HEADS[cls], "weights": "full", "base_model": None},
-            "settings": dict(doc.get("kwargs") or {}), "call": {}}
 
 
 def check_spec(spec: Any, where: str) -> None:
@@ -188,11 +89,21 @@ def check_spec(spec: Any, where: str) -> None:
     if spec.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{where} has format_version {spec['format_version']}; this twinloop reads "
                          f"<= {FORMAT_VERSION}")
-    cls = spec["reward_class"].rsplit(".", 1)[-1]
-    if cls not in CLASSES[spec["kind"]]:
-        raise ValueError(f"{where}: a {spec['kind']!r} bundle cannot hold {cls}")
-    if cls == "GenerativeReward":
-        from twinloop.rewards.generative import GRM_TEMPLATE
+    if not isinstance(spec.get("settings", {}), dict) or "head" not in spec.get("model", {}):
+        raise ValueError(f"{where} lacks settings or model.head")
 
-        if spec.get("call", {}).get("template", GRM_TEMPLATE) != GRM_TEMPLATE:
-            raise ValueError(f"{where} was exported with a different GRM template than this twinloop uses")
+
+def read_reward_json(folder: str | os.PathLike) -> dict[str, Any]:
+    """The folder's reward document, checked."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"reward folder {folder} not found")
+    path = folder / SPEC_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no {SPEC_FILE}: not a twinloop reward bundle")
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    check_spec(spec, str(path))
+    return spec

@@ -33,6 +33,38 @@ def encode_request(tokenizer: Any, request: Request) -> list[int]:
     return list(tokenizer(request.text, add_special_tokens=False).input_ids)
 
 
+def free_port() -> int:
+    """An OS-assigned free TCP port on 127.0.0.1 (servers, and a colocated engine's single-process group: TRL
+    tries 29500 first, which two runs started together both get)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def lora_rank(adapter: str, floor: int = 8) -> int:
+    """The engine's max LoRA rank for an adapter folder: its own ``r`` rounded up to a power of two (vLLM wants
+    one of 8, 16, 32, ...). The one LoRA-rank rule, for eval and for exported judges alike."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(adapter, "adapter_config.json")) as f:
+            r = int(json.load(f).get("r", floor))
+    except (OSError, ValueError):
+        r = floor
+    return max(floor, 1 << (r - 1).bit_length())
+
+
+def finish_reason(raw: Any) -> str:
+    """A backend's finish reason in the contract's words: "stop" (EOS, stop string or stop token) and
+    "length" pass through; anything else ("abort", or None for an unfinished output) is "abort", so a
+    request the server dropped is never mistaken for a response that ended at EOS."""
+    raw = None if raw is None else str(raw).lower()
+    return raw if raw in ("stop", "length") else "abort"
+
+
 def check_model_dir(model: str) -> None:
     """One-line error for a model folder that does not exist or lacks a config."""
     import os

@@ -1,47 +1,48 @@
 """`twinloop eval`: run search procedures at several budgets on a task; write one JSONL row per problem
-and budget (resumable: a rerun skips finished rows, every row is flushed as soon as its batch ends),
-print a summary table and draw accuracy against generated tokens.
+and budget (resumable: a rerun skips finished rows, every row is flushed as soon as its batch ends, and a
+rerun under other settings is refused); the table and plot come from ``twinloop.infer.report``.
 
     twinloop eval --checkpoint checkpoints/tiny-arith-policy --task arith --method greedy,majority,best_of_n \
         --budgets 4,8,16,32 --reward arith_process --n-problems 50
 
-Several engines shard the problems (``--servers URL,URL`` of running vLLM servers); all shards append to
-the same JSONL. Methods are the module names under ``twinloop.infer.search``.
+Several engines share the work (``--servers URL,URL`` of running vLLM servers): each takes the next batch
+from one queue, a dead server's batch goes to the live ones, and all append to the same JSONL. Methods are
+the module names under ``twinloop.infer.search``.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import json
 import os
 import pkgutil
 import threading
-from collections import defaultdict
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from twinloop.infer.search.common import Budget, Problem, SearchResult
+from twinloop.infer.engine import lora_rank
+from twinloop.infer.eval_tasks import (  # noqa: F401  (re-exported: quickstart and benches import them here)
+    load_rows,
+    make_judge,
+    task_reward,
+    to_problems,
+)
+from twinloop.infer.report import read_rows  # noqa: F401  (re-exported)
+from twinloop.infer.search._common import Budget, Problem, SearchResult
 
 SEARCH_PACKAGE = "twinloop.infer.search"
-NOT_PROCEDURES = {"common", "stepper", "sampling", "paths", "tree", "particles", "resampling"}
-BUDGET_FREE = {"greedy"}  # one sample whatever the budget
-DEFAULTS: dict[str, Any] = {
-    "checkpoint": None, "task": "arith", "split": "test", "methods": "greedy,majority,best_of_n",
-    "budgets": "4,8,16,32", "reward": None, "n_problems": None, "out": None, "batch": 32, "temperature": 0.7,
-    "max_tokens": 512, "engine": "vllm", "servers": None, "dtype": "float32", "max_model_len": None, "seed": 0,
-    "max_generated_tokens": None, "max_rm_calls": None, "set": None, "no_plot": False, "tokenizer": None,
-}
 SETTINGS = ("checkpoint", "tokenizer", "task", "split", "temperature", "max_tokens", "reward", "set",
-            "max_generated_tokens", "max_rm_calls")  # a results file is only resumed under the same values of these
+            "max_generated_tokens", "max_rm_calls", "seed", "dtype", "engine", "max_model_len",
+            "dev_problems")  # a results file is only resumed under the same values of these
 
 
 # ------------------------------------------------------------------------------------------ methods
 def procedures() -> list[str]:
     pkg = importlib.import_module(SEARCH_PACKAGE)
-    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name not in NOT_PROCEDURES)
+    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
 
 
 def load_procedure(name: str):
@@ -66,129 +67,7 @@ def build_config(module: Any, temperature: float, max_tokens: int, seed: int, ov
     if unknown:
         name = module.__name__.rsplit(".", 1)[-1]
         raise ValueError(f"{name} has no setting {unknown[0]!r}; settings: {sorted(names)}")
-    return cls(temperature=temperature, max_tokens=max_tokens, seed=seed, **overrides)
-
-
-# ---------------------------------------------------------------------------------- tasks and rewards
-def task_module(task: str):
-    name = task.split(":", 1)[0]
-    try:
-        return importlib.import_module(f"twinloop.tasks.{name}")
-    except ModuleNotFoundError as e:
-        raise ValueError(f"unknown task {task!r}; tasks live in twinloop/tasks/ "
-                         "(arith, gsm8k, mmath, humaneval, rgym:NAME)") from e
-
-
-def load_rows(task: str, split: str, n: int | None) -> list[dict[str, Any]]:
-    mod = task_module(task)
-    if ":" in task:  # reasoning-gym: rgym:countdown
-        return mod.load(task.split(":", 1)[1], split=split, n=n)
-    return mod.load(split=split, n=n)
-
-
-def task_reward(task: str):
-    """The task's own verifiable reward (the correctness judge)."""
-    mod = task_module(task)
-    if ":" in task:
-        return mod.reward(task.split(":", 1)[1])
-    if hasattr(mod, "reward"):
-        return mod.reward()
-    if task == "arith":
-        return mod.ArithOutcomeReward()
-    raise ValueError(f"task {task!r} has no reward() to judge answers")
-
-
-SELF_REWARDS = ("pairwise", "grm", "selfeval")  # judged by the policy model itself (optionally :ADAPTER)
-
-
-def build_reward(spec: str | None, task: str, engine: Any = None):
-    """``arith_process`` (exact PRM), ``arith_outcome`` / ``task`` (gold oracles), ``none``, a reward
-    bundle folder (twinloop.checkpoints.export.load_reward), or a judge run on the policy engine:
-    ``pairwise`` (V1 verifier), ``grm`` (SPCT GRM), ``selfeval`` (self-evaluation probe), each with an
-    optional LoRA adapter as ``NAME:ADAPTER_DIR``."""
-    if spec is None or spec == "none":
-        return None
-    if spec in ("arith_process", "arith_outcome"):
-        from twinloop.tasks import arith
-
-        return arith.ArithProcessReward() if spec == "arith_process" else arith.ArithOutcomeReward()
-    if spec == "task":
-        return task_reward(task)
-    if spec.partition(":")[0] in NO_ORACLE_REWARDS:
-        return no_oracle_reward(spec, engine)
-    kind, _, adapter = spec.partition(":")
-    if kind in SELF_REWARDS:
-        if adapter and not Path(adapter).is_dir():
-            raise FileNotFoundError(f"LoRA adapter folder {adapter} not found")
-        if engine is None:  # validation only
-            return None
-        lora = adapter or None
-        if kind == "pairwise":
-            from twinloop.rewards.pairwise import PairwiseVerifier
-
-            return PairwiseVerifier(engine, lora=lora)
-        if kind == "grm":
-            from twinloop.rewards.generative import GenerativeReward
-
-            return GenerativeReward(engine, lora=lora, mode="group")
-        from twinloop.rewards.selfeval import SelfEvalProbe, probe_settings
-
-        return SelfEvalProbe(engine, lora=lora, **probe_settings(lora))
-    if Path(spec).is_dir():
-        try:
-            from twinloop.checkpoints.export import load_reward
-        except ImportError as e:
-            raise ValueError("loading a reward bundle needs twinloop.checkpoints.export.load_reward") from e
-        return load_reward(spec)
-    raise ValueError(f"unknown reward {spec!r}: use arith_process, arith_outcome, task, none, pairwise, grm, "
-                     "selfeval or a bundle folder")
-
-
-NO_ORACLE_REWARDS = ("recompute", "operands", "recompute+operands")  # arithmetic, no gold answer anywhere
-
-
-def no_oracle_reward(spec: str, engine: Any = None):
-    """``recompute`` (the policy engine re-derives each step by another route), ``operands`` (operand
-    consistency), ``recompute+operands`` (min of both per step); ``:expected`` scores agreement by the
-    route's probability. Arithmetic only for now."""
-    from twinloop.tasks import arith_routes
-
-    kind, _, option = spec.partition(":")
-    if option not in ("", "expected"):
-        raise ValueError(f"unknown option {option!r} in reward {spec!r}; the only one is :expected")
-    if kind == "operands":
-        return arith_routes.operands_reward()
-    if engine is None:  # validation only
-        return None
-    settings = {"expected": option == "expected"}
-    if kind == "recompute":
-        return arith_routes.recompute_reward(engine, **settings)
-    return arith_routes.recompute_operands_reward(engine, **settings)
-
-
-def make_judge(task: str) -> Callable[[Problem, str | None], bool]:
-    """answer -> correct, through the task's reward on ``\\boxed{answer}`` (None is wrong)."""
-    reward = task_reward(task)
-
-    def judge(problem: Problem, answer: str | None) -> bool:
-        if answer is None:
-            return False
-        cols = {k: [v] for k, v in problem.columns.items()}
-        score = reward([problem.prompt], ["\\boxed{" + str(answer) + "}"], **cols)[0]
-        return score is not None and score >= 0.5
-
-    return judge
-
-
-def to_problems(rows: Sequence[dict[str, Any]]) -> list[Problem]:
-    """Rows to Problems; the worked ``solution`` is not forwarded to rewards."""
-    out = []
-    for i, row in enumerate(rows):
-        if "prompt" not in row:
-            raise ValueError(f"task row {i} has no 'prompt' field")
-        cols = {k: v for k, v in row.items() if k not in ("prompt", "solution", "id")}
-        out.append(Problem(prompt=row["prompt"], columns=cols, id=str(row.get("id", i))))
-    return out
+    return cls(**{"temperature": temperature, "max_tokens": max_tokens, "seed": seed} | overrides)
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -229,12 +108,14 @@ def end_torn_line(path: Path) -> None:
 def evaluate(problems: Sequence[Problem], engines: Sequence[Any], methods: Sequence[str], budgets: Sequence[int],
              out_path: Path, judge: Callable[[Problem, str | None], bool], reward_factory: Callable[[Any], Any],
              config_for: Callable[[Any], Any], batch: int = 32, caps: dict[str, int | None] | None = None,
-             progress: bool = True) -> int:
+             progress: bool = True, retries: int = 2) -> int:
     """Run every (method, budget) on every problem not yet in ``out_path``; returns rows written.
 
-    Problems are split into batches; batches are spread over ``engines`` (one thread per engine, each with
-    its own reward object, built on that engine, so usage deltas stay exact). Each finished batch is
-    appended and flushed.
+    Problems are split into batches (jobs) in one shared queue; one thread per engine takes the next job,
+    with its own reward object built on that engine, so usage deltas stay exact. Each finished batch is
+    appended and flushed. An engine that fails (EngineError, e.g. a dead server) takes no more jobs and its
+    unfinished job goes back to the queue for the live engines, at most ``retries`` times per job; when no
+    engine is left, or a job used up its retries, a one-line EngineError ends the run (a rerun resumes).
     """
     from tqdm import tqdm
 
@@ -242,8 +123,8 @@ def evaluate(problems: Sequence[Problem], engines: Sequence[Any], methods: Seque
     done = finished_keys(out_path)
     jobs: list[tuple[str, int, list[Problem]]] = []
     for method in methods:
-        load_procedure(method)  # unknown names fail before any work
-        for n in ([1] if method in BUDGET_FREE else budgets):
+        budget_free = load_procedure(method).BUDGET_FREE  # unknown names fail before any work
+        for n in ([1] if budget_free else budgets):
             todo = [p for p in problems if (method, n, p.id) not in done]
             jobs += [(method, n, todo[i:i + batch]) for i in range(0, len(todo), batch)]
     total = sum(len(j[2]) for j in jobs)
@@ -254,193 +135,83 @@ def evaluate(problems: Sequence[Problem], engines: Sequence[Any], methods: Seque
     lock = threading.Lock()
     bar = tqdm(total=total, desc="eval", unit="problem", disable=not progress)
     written = [0]
+    rewards: dict[int, Any] = {}
 
-    def shard_worker(shard: int) -> None:
+    def work(shard: int, job: tuple[str, int, list[Problem]]) -> None:
+        method, n, chunk = job
         engine = engines[shard]
-        reward = reward_factory(engine)
-        for method, n, chunk in jobs[shard::len(engines)]:
-            module = load_procedure(method)
-            budget = Budget(n=n, generated_tokens=caps.get("generated_tokens"), rm_calls=caps.get("rm_calls"))
-            results = module.run(chunk, engine, reward, budget, config_for(module))
-            rows = [result_row(method, n, p, r, judge(p, r.answer), shard) for p, r in zip(chunk, results)]
-            with lock:
-                with out_path.open("a") as f:
-                    for row in rows:
-                        f.write(json.dumps(row) + "\n")
-                        f.flush()
-                    os.fsync(f.fileno())
-                written[0] += len(rows)
-                bar.update(len(rows))
+        if shard not in rewards:
+            rewards[shard] = reward_factory(engine)
+        module = load_procedure(method)
+        budget = Budget(n=n, generated_tokens=caps.get("generated_tokens"), rm_calls=caps.get("rm_calls"))
+        results = module.run(chunk, engine, rewards[shard], budget, config_for(module))
+        rows = [result_row(method, n, p, r, judge(p, r.answer), shard) for p, r in zip(chunk, results)]
+        with lock:
+            with out_path.open("a") as f:
+                for row in rows:
+                    f.write(json.dumps(row) + "\n")
+                    f.flush()
+                os.fsync(f.fileno())
+            written[0] += len(rows)
+            bar.update(len(rows))
 
     try:
-        if len(engines) == 1:
-            shard_worker(0)
-        else:
-            with ThreadPoolExecutor(len(engines)) as pool:
-                for fut in [pool.submit(shard_worker, s) for s in range(len(engines))]:
-                    fut.result()
+        run_queue(jobs, len(engines), work, retries)
     finally:
         bar.close()
     return written[0]
 
 
-# ------------------------------------------------------------------------------------------ reporting
-def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (method, budget): problems, accuracy, mean generated tokens, mean RM calls, wall seconds."""
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        groups[(r["method"], int(r["budget"]))].append(r)
-    out = []
-    for (method, n), rs in sorted(groups.items()):
-        k = len(rs)
-        out.append({"method": method, "budget": n, "problems": k, "accuracy": sum(r["correct"] for r in rs) / k,
-                    "generated_tokens": sum(r["generated_tokens"] for r in rs) / k,
-                    "rm_calls": sum(r["rm_calls"] for r in rs) / k,
-                    "wall_seconds": sum(r["wall_seconds"] for r in rs),
-                    "exhausted": sum(bool(r["budget_exhausted"]) for r in rs) / k})
-    return out
+def run_queue(jobs: Sequence[Any], n_workers: int, work: Callable[[int, Any], None], retries: int = 2) -> None:
+    """Run ``work(worker, job)`` for every job, each worker (engine) taking the next job from one queue.
 
+    A worker whose job raises EngineError is dead: it takes no more jobs and the job goes back to the
+    queue with one more try. Rounds of the live workers repeat while jobs are queued; every round either
+    empties the queue or loses a worker, so there are at most ``n_workers + 1`` rounds. Raises a one-line
+    EngineError when no worker is left or a job failed ``retries + 1`` times.
+    """
+    from twinloop.contracts import EngineError
 
-def format_table(summary: Sequence[dict[str, Any]]) -> str:
-    """The summary as a text table; with greedy in the run, a column of accuracy gained over it."""
-    greedy = next((s["accuracy"] for s in summary if s["method"] == "greedy"), None)
-    head = f"{'method':<18} {'N':>4} {'probs':>5} {'accuracy':>8} {'gen tok':>9} {'RM calls':>8} {'wall s':>8}"
-    head += f" {'vs greedy':>9}" if greedy is not None else ""
-    lines = [head, "-" * len(head)]
-    for s in summary:
-        line = (f"{s['method']:<18} {s['budget']:>4} {s['problems']:>5} {s['accuracy']:>8.3f} "
-                f"{s['generated_tokens']:>9.1f} {s['rm_calls']:>8.1f} {s['wall_seconds']:>8.1f}")
-        lines.append(line + (f" {s['accuracy'] - greedy:>+9.3f}" if greedy is not None else ""))
-    return "\n".join(lines)
+    queue = deque((job, 0) for job in jobs)
+    lock = threading.Lock()
+    dead: dict[int, str] = {}
+    given_up: list[str] = []
 
-
-def tokens_to_reach(summary: Sequence[dict[str, Any]], method: str = "best_of_n", budget: int = 32) -> dict[str, Any]:
-    """Per method, the fewest mean generated tokens at which its accuracy reaches ``method@budget``'s
-    (None when no budget of it does), and that as a fraction of the reference's tokens."""
-    ref = next((s for s in summary if s["method"] == method and s["budget"] == budget), None)
-    if ref is None:
-        return {}
-    out: dict[str, Any] = {"reference": f"{method}@{budget}", "accuracy": ref["accuracy"],
-                           "generated_tokens": ref["generated_tokens"], "methods": {}}
-    for name in sorted({s["method"] for s in summary}):
-        hits = [s for s in summary if s["method"] == name and s["accuracy"] >= ref["accuracy"] - 1e-12]
-        best = min(hits, key=lambda s: s["generated_tokens"]) if hits else None
-        out["methods"][name] = None if best is None else {
-            "budget": best["budget"], "generated_tokens": best["generated_tokens"],
-            "fraction": best["generated_tokens"] / ref["generated_tokens"] if ref["generated_tokens"] else None}
-    return out
-
-
-def format_reach(reach: dict[str, Any]) -> str:
-    if not reach:
-        return ""
-    title = (f"tokens to reach {reach['reference']} accuracy {reach['accuracy']:.3f} "
-             f"({reach['generated_tokens']:.1f} tokens):")
-    lines = [title]
-    for name, hit in reach["methods"].items():
-        lines.append(f"  {name:<18} " + ("never" if hit is None else
-                                         f"N={hit['budget']:<4} {hit['generated_tokens']:>9.1f} tokens "
-                                         f"({hit['fraction']:.2f}x)"))
-    return "\n".join(lines)
-
-
-def plot(summary: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Accuracy against mean generated tokens per problem, one line per method, points labelled by N."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for s in summary:
-        by_method[s["method"]].append(s)
-    for method, pts in sorted(by_method.items()):
-        pts = sorted(pts, key=lambda s: s["generated_tokens"])
-        xs, ys = [p["generated_tokens"] for p in pts], [p["accuracy"] for p in pts]
-        ax.plot(xs, ys, marker="o", label=method)
-        for p in pts:
-            ax.annotate(str(p["budget"]), (p["generated_tokens"], p["accuracy"]), fontsize=7,
-                        textcoords="offset points", xytext=(3, 3))
-    ax.set_xscale("log")
-    ax.set_xlabel("generated tokens per problem (mean)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title or "accuracy vs generated tokens")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
+    def worker(w: int) -> None:
+        while True:
+            with lock:
+                if not queue or given_up:
+                    return
+                job, tries = queue.popleft()
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
+                work(w, job)
+            except EngineError as e:
+                with lock:
+                    dead[w] = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    if tries >= retries:
+                        given_up.append(f"a job failed {tries + 1} times (last: {dead[w]})")
+                    else:
+                        queue.append((job, tries + 1))
+                return
+
+    for _ in range(n_workers + 1):
+        live = [w for w in range(n_workers) if w not in dead]
+        if not queue or given_up or not live:
+            break
+        if len(live) == 1:
+            worker(live[0])
+        else:
+            with ThreadPoolExecutor(len(live)) as pool:
+                for fut in [pool.submit(worker, w) for w in live]:
+                    fut.result()
+    if given_up:
+        raise EngineError(f"eval stopped: {given_up[0]}; finished rows are kept, rerun to resume")
+    if queue:
+        reasons = "; ".join(f"engine {w}: {why}" for w, why in sorted(dead.items()))
+        raise EngineError(f"eval stopped: every engine failed ({reasons}); finished rows are kept, rerun to resume")
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    a = parser.add_argument
-    a("--checkpoint", help="policy model folder (Hugging Face format)")
-    a("--task", help="arith, gsm8k, mmath, humaneval or rgym:NAME (default arith)")
-    a("--split", help="task split (default test)")
-    a("--method", "--methods", dest="methods", help="comma list of search methods (default greedy,majority,best_of_n)")
-    a("--budgets", help="comma list of nominal N (default 4,8,16,32)")
-    a("--reward", help="arith_process | arith_outcome | task | none | reward bundle folder")
-    a("--n-problems", type=int, help="first N problems of the split")
-    a("--out", help="output folder (default runs/eval-TASK); results.jsonl there is resumed")
-    a("--batch", type=int, help="problems per engine batch (default 32)")
-    a("--temperature", type=float, help="sampling temperature (default 0.7)")
-    a("--max-tokens", type=int, help="max generated tokens per candidate (default 512)")
-    a("--max-generated-tokens", type=int, help="per-problem cap on generated tokens")
-    a("--max-rm-calls", type=int, help="per-problem cap on reward-model calls")
-    a("--set", action="append", metavar="KEY=VALUE", help="procedure setting, e.g. --set width=4 (repeatable)")
-    a("--engine", choices=["vllm", "hf"], help="offline engine when no --servers (default vllm)")
-    a("--servers", help="comma list of vLLM server URLs to shard over (OpenAI-compatible)")
-    a("--tokenizer", help="tokenizer folder, when it is not the checkpoint's own")
-    a("--dtype", help="model dtype (default float32)")
-    a("--max-model-len", type=int, help="engine context length (default: the model's, at most 4096)")
-    a("--seed", type=int, help="engine and procedure seed (default 0)")
-    a("--recipe", help="YAML file with any of these options; flags given on the command line win")
-    a("--no-plot", action="store_true", default=None, help="skip the PNG")
-
-
-def resolve(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults < recipe YAML < command-line flags."""
-    opts = dict(DEFAULTS)
-    if getattr(args, "recipe", None):
-        import yaml
-
-        path = Path(args.recipe)
-        if not path.is_file():
-            raise FileNotFoundError(f"recipe {path} not found")
-        data = yaml.safe_load(path.read_text()) or {}
-        data = {k.replace("-", "_"): v for k, v in data.items()}
-        if "method" in data:
-            data["methods"] = data.pop("method")
-        unknown = sorted(set(data) - set(DEFAULTS))
-        if unknown:
-            raise ValueError(f"recipe {path} has unknown key {unknown[0]!r}")
-        opts.update(data)
-    for k in DEFAULTS:
-        v = getattr(args, k, None)
-        if v is not None:
-            opts[k] = v
-    for k in ("methods", "budgets"):
-        if isinstance(opts[k], (list, tuple)):
-            opts[k] = ",".join(str(x) for x in opts[k])
-    if isinstance(opts["set"], dict):
-        opts["set"] = [f"{k}={json.dumps(v)}" for k, v in opts["set"].items()]
-    return opts
-
-
 def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
     out = {}
     for item in items or []:
@@ -449,6 +220,29 @@ def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
         k, v = item.split("=", 1)
         out[k.strip()] = parse_value(v.strip())
     return out
+
+
+def method_settings(items: Sequence[str] | None, methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """--set values per method: ``METHOD:KEY=VALUE`` goes to that method only, ``KEY=VALUE`` to every method of
+    the run whose config has KEY. A METHOD not in the run, or a KEY no method of the run has, is an error."""
+    per: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for key, value in parse_sets(items).items():
+        method, _, name = key.rpartition(":")
+        if method:
+            if method not in per:
+                raise ValueError(f"--set {key}: {method} is not a method of this run ({', '.join(methods)})")
+            per[method][name] = value
+            continue
+        having = [m for m in methods if name in {f.name for f in dataclasses.fields(load_procedure(m).Config)}]
+        if not having:
+            raise ValueError(f"--set {name}: no method of this run ({', '.join(methods)}) has that setting")
+        for m in having:
+            per[m][name] = value
+    return per
+
+
+def method_of(module: Any) -> str:
+    return module.__name__.rsplit(".", 1)[-1]
 
 
 def build_engines(opts: dict[str, Any]) -> list[Any]:
@@ -470,19 +264,11 @@ def build_engines(opts: dict[str, Any]) -> list[Any]:
         return [HFEngine(ckpt, tokenizer=tok, dtype=opts["dtype"])]
     from twinloop.infer.vllm_engine import VLLMEngine
 
-    kind, _, adapter = str(opts.get("reward") or "").partition(":")
-    lora = {"enable_lora": True, "max_lora_rank": lora_rank(adapter)} if kind in SELF_REWARDS and adapter else {}
+    adapter = str(opts.get("reward") or "").partition(":")[2]  # a judge on the policy through a LoRA: NAME:ADAPTER
+    is_adapter = bool(adapter) and (Path(adapter) / "adapter_config.json").is_file()
+    lora = {"enable_lora": True, "max_lora_rank": lora_rank(adapter)} if is_adapter else {}
     return [VLLMEngine(ckpt, dtype=opts["dtype"], max_model_len=opts["max_model_len"] or model_context(ckpt),
                        seed=opts["seed"], enable_prefix_caching=True, tokenizer=opts["tokenizer"], **lora)]
-
-
-def lora_rank(adapter: str, floor: int = 8) -> int:
-    """The engine's max LoRA rank for an adapter folder: its own ``r`` (vLLM wants one of 8, 16, 32, ...)."""
-    try:
-        r = int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", floor))
-    except (OSError, ValueError):
-        r = floor
-    return max(floor, 1 << (r - 1).bit_length())
 
 
 def model_context(folder: str, cap: int = 4096) -> int:
@@ -494,23 +280,44 @@ def model_context(folder: str, cap: int = 4096) -> int:
     return int(min(cap, config.get("max_position_embeddings") or 2048))
 
 
+def effective_settings(opts: dict[str, Any]) -> dict[str, Any]:
+    """The settings a results file depends on, as the run will really use them."""
+    mine = {k: opts.get(k) for k in SETTINGS}
+    mine["engine"] = "servers" if opts.get("servers") else opts.get("engine")
+    if mine["engine"] == "vllm" and opts.get("checkpoint"):
+        mine["max_model_len"] = opts.get("max_model_len") or model_context(str(opts["checkpoint"]))
+    return mine
+
+
 def check_settings(out: Path, opts: dict[str, Any]) -> None:
-    """Refuse to resume a results file written under different settings."""
+    """Refuse (one line) to resume a results file written under different settings; a settings file
+    from before a setting was recorded counts as different."""
     path = out / "settings.json"
-    mine = {k: opts[k] for k in SETTINGS}
     if path.exists():
-        theirs = json.loads(path.read_text())
+        mine, theirs = effective_settings(opts), json.loads(path.read_text())
         diff = sorted(k for k in SETTINGS if theirs.get(k) != mine.get(k))
         if diff:
             raise ValueError(f"{out}/results.jsonl was written with another {diff[0]} "
-                             f"({theirs.get(diff[0])!r}); use another --out")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(mine, indent=1))
+                             f"({theirs.get(diff[0])!r}, now {mine.get(diff[0])!r}); use another --out")
 
 
-def run(args: argparse.Namespace) -> int:
-    opts = resolve(args)
+def write_settings(out: Path, opts: dict[str, Any]) -> None:
+    """Record the settings once the engines are built (a run that fails to start leaves no settings)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "settings.json"
+    if not path.exists():
+        path.write_text(json.dumps(effective_settings(opts), indent=1))
+
+
+RewardBuilder = Callable[[Any, str, Any], Any]  # (spec, task, engine or None to validate) -> reward
+
+
+def run(opts: dict[str, Any], build_reward: RewardBuilder) -> int:
+    """`twinloop eval` with the settings of ``twinloop.infer.eval_config.parse_eval_args``; ``build_reward`` comes
+    from the CLI layer (``twinloop.eval_cli``): rewards are built by the one builder, above the engines."""
+    from twinloop.infer import report
+
+    opts = dict(opts)
     methods = [m.strip() for m in str(opts["methods"]).split(",") if m.strip()]
     for m in methods:
         load_procedure(m)
@@ -518,11 +325,16 @@ def run(args: argparse.Namespace) -> int:
         budgets = [int(b) for b in str(opts["budgets"]).split(",") if b.strip()]
     except ValueError as e:
         raise ValueError(f"--budgets wants integers like 4,8,16,32, got {opts['budgets']!r}") from e
-    sets = parse_sets(opts["set"])
+    per_method = method_settings(opts["set"], methods)
     reward_spec = opts["reward"] or ("arith_process" if opts["task"] == "arith" else None)
     opts["reward"] = reward_spec
+
+    def config_for(module: Any) -> Any:
+        return build_config(module, opts["temperature"], opts["max_tokens"], opts["seed"],
+                            per_method.get(method_of(module), {}))
+
     for m in methods:  # fail on unknown settings before loading anything heavy
-        build_config(load_procedure(m), opts["temperature"], opts["max_tokens"], opts["seed"], sets)
+        config_for(load_procedure(m))
     out = Path(opts["out"] or f"runs/eval-{opts['task'].replace(':', '-')}")
     rows = load_rows(opts["task"], opts["split"], opts["n_problems"])
     problems = to_problems(rows)
@@ -530,26 +342,37 @@ def run(args: argparse.Namespace) -> int:
     build_reward(reward_spec, opts["task"])  # validate the spec early
     check_settings(out, opts)
     engines = build_engines(opts)
+    write_settings(out, opts)
+
+    built: list[Any] = []
+
+    def reward_for(engine: Any) -> Any:
+        built.append(build_reward(reward_spec, opts["task"], engine))
+        return built[-1]
+
+    caps = {"generated_tokens": opts["max_generated_tokens"], "rm_calls": opts["max_rm_calls"]}
     try:
-        evaluate(problems, engines, methods, budgets, out / "results.jsonl", judge,
-                 lambda engine: build_reward(reward_spec, opts["task"], engine),
-                 lambda module: build_config(module, opts["temperature"], opts["max_tokens"], opts["seed"], sets),
-                 batch=int(opts["batch"]), caps={"generated_tokens": opts["max_generated_tokens"],
-                                                 "rm_calls": opts["max_rm_calls"]})
+        if "compute_optimal" in methods:
+            from twinloop.infer import co_fit
+
+            co = per_method["compute_optimal"]
+            menu = co_fit.menu_for(config_for(load_procedure("compute_optimal")), methods)
+            co.setdefault("method_settings", co_fit.settings_for_menu(per_method, menu))
+            if "policy" not in co:  # fit on dev (cached beside the results)
+                dev = to_problems(load_rows(opts["task"], "dev", opts["dev_problems"] or 100))
+                co["policy"] = str(co_fit.fit_on_dev(dev, engines, methods, budgets, out, judge, reward_for,
+                                                     config_for, batch=int(opts["batch"]), caps=caps))
+        evaluate(problems, engines, methods, budgets, out / "results.jsonl", judge, reward_for, config_for,
+                 batch=int(opts["batch"]), caps=caps)
     finally:
         for e in engines:
             e.close()
     ids = {p.id for p in problems}
-    chosen = [r for r in read_rows(out / "results.jsonl") if r["method"] in methods and str(r["problem_id"]) in ids]
-    summary = summarize(chosen)
-    print(format_table(summary))
-    reach = tokens_to_reach(summary, "best_of_n", max(budgets))
-    if reach:
-        print(format_reach(reach))
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    if not opts["no_plot"] and summary:
-        print(f"plot: {plot(summary, out / 'accuracy_vs_tokens.png', title=str(opts['task']))}")
+    chosen = [r for r in report.read_rows(out / "results.jsonl")
+              if r["method"] in methods and str(r["problem_id"]) in ids]
+    lm_judge = any(getattr(r, "engine", None) is not None and any(r.engine is e for e in engines) for r in built)
+    report.report(chosen, out, str(opts["task"]), lm_judge, ("best_of_n", max(budgets)), draw=not opts["no_plot"])
     return 0
 
 
-__all__ = ["add_arguments", "evaluate", "format_table", "plot", "run", "summarize"]
+__all__ = ["evaluate", "run", "run_queue"]

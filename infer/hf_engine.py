@@ -1,10 +1,20 @@
 """transformers ``generate`` backend: the fallback when vLLM is unavailable, and the reference in tests."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from .engine import (Completion, EngineError, Request, Result, SamplingConfig, Usage, check_dtype,
-                     check_model_dir, encode_request)
+from .engine import (
+    Completion,
+    EngineError,
+    Request,
+    Result,
+    SamplingConfig,
+    Usage,
+    check_dtype,
+    check_model_dir,
+    encode_request,
+)
 
 
 class _AllowOnly:
@@ -51,9 +61,9 @@ class HFEngine:
         if lora is None:
             return self.model if self._peft is None else self._peft, (
                 contextlib.nullcontext() if self._peft is None else self._peft.disable_adapter())
-        from peft import PeftModel
-
         import os
+
+        from peft import PeftModel
         if not os.path.isdir(lora):
             raise EngineError(f"LoRA adapter folder {lora!r} does not exist")
         name = self._adapters.get(lora)
@@ -106,11 +116,19 @@ class HFEngine:
 
     def _completion(self, gen: list[int], logps, s: SamplingConfig, eos: set[int]) -> Completion:
         pad = self.tokenizer.pad_token_id
-        # trim right padding (shorter sequences in an n-sample batch), keep a final EOS
-        end = len(gen)
-        while end > 0 and gen[end - 1] == pad and pad not in eos:
-            end -= 1
-        gen = gen[:end]
+        # a sample ends at its first EOS/stop token; what follows is padding (shorter samples of an n-sample
+        # batch), even when the pad token is the EOS token, so it is neither returned nor counted as generated
+        first = next((k for k, t in enumerate(gen) if t in eos), None)
+        if first is not None:
+            gen = gen[: first + 1]
+        else:
+            end = len(gen)
+            while end > 0 and gen[end - 1] == pad:
+                end -= 1
+            gen = gen[:end]
+        body = self.tokenizer.decode([t for t in gen if t not in eos], skip_special_tokens=True)
+        if s.stop and pad in eos and first is not None and any(st in body for st in s.stop):
+            gen = gen[:first]  # stopped by a stop string: the "EOS" after it is a pad token
         finish = "length"
         if gen and gen[-1] in eos:
             finish = "stop"

@@ -20,6 +20,7 @@ from .engine import (
     check_dtype,
     check_model_dir,
     encode_request,
+    finish_reason,
 )
 
 
@@ -211,7 +212,7 @@ class VLLMEngine:
                 lps = [float(pos[t].logprob) for pos, t in zip(c.logprobs, toks)]
                 if s.logprobs > 0:
                     tops = [{int(k): float(v.logprob) for k, v in pos.items()} for pos in c.logprobs]
-            reason = c.finish_reason if c.finish_reason in ("stop", "length") else "stop"
+            reason = finish_reason(c.finish_reason)
             comps.append(Completion(token_ids=toks, text=c.text, finish_reason=reason, logprobs=lps, top_logprobs=tops))
         usage = Usage(prompt_tokens=len(o.prompt_token_ids), cached_prompt_tokens=int(o.num_cached_tokens or 0),
                       generated_tokens=sum(len(c.token_ids) for c in comps))
@@ -289,6 +290,12 @@ class VLLMEngine:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.collective_rpc(_refresh_tied_lm_head)
         self.llm.reset_prefix_cache()
+
+    def shutdown_engine_core(self) -> None:
+        """Stop the engine's core now, even an attached one (a trainer's colocated engine must stop while the
+        process group it was set up with still exists; at exit it would find the group gone)."""
+        if getattr(self, "llm", None) is not None:
+            self.llm.llm_engine.engine_core.shutdown()
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

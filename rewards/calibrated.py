@@ -212,6 +212,8 @@ class CalibratedReward(RewardBase):
     """
 
     name = "ctrl_calibrated"
+    context_args = ("engine", "model", "tokenizer", "references")  # reference samples: built by the caller
+    reward_args = ("base",)
 
     def __init__(self, base: Callable[..., list[float | None]], references: Any, transform: str = "none",
                  t: float = 1.0) -> None:

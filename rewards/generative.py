@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from twinloop.rewards.answers import last_boxed  # noqa: F401  (the one definition; tests import it here)
 from twinloop.rewards.base import RewardBase, column, message_text
 
 SCORE_RANGE = (1, 10)
@@ -52,22 +53,6 @@ def format_grm_prompt(query: str, responses: Sequence[str], binary: bool = False
 
 
 _INT = re.compile(r"[+-]?\d{1,6}")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{…}`` (balanced braces), or None if absent or unclosed."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 1, start + len("\\boxed{")
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j]
-    return None
 
 
 def parse_scores(text: Any, n: int, score_range: tuple[int, int] = SCORE_RANGE) -> list[int] | None:
@@ -194,6 +179,32 @@ class GenerativeReward(RewardBase):
     """
 
     name = "spct_grm"
+    kinds = ("grm",)
+    head = "causal_lm"
+    reward_args = ("meta_rm",)
+    bundle_args = ("lora", "meta_rm")  # a GRM bundle carries its meta RM as a sub-folder
+
+    @classmethod
+    def export_score_range(cls, settings: dict[str, Any]) -> list[float | None]:
+        lo, hi = BINARY_RANGE if settings.get("binary") else SCORE_RANGE
+        return [float(lo), float(hi)]
+
+    @classmethod
+    def check_bundle(cls, document: dict[str, Any], where: str) -> None:
+        if document.get("call", {}).get("template", GRM_TEMPLATE) != GRM_TEMPLATE:
+            raise ValueError(f"{where} was exported with a different GRM template than this twinloop uses")
+
+    @classmethod
+    def export_call(cls, settings: dict[str, Any], tokenizer: Any, meta_rm: str | None = None,
+                    **extra: Any) -> dict[str, Any]:
+        return {"template": GRM_TEMPLATE, "hint": HINT, "input": "the template as one user chat message",
+                "parser": "the last \\boxed{...} holds one integer per response, comma-separated, within the "
+                          "score range; anything else is an invalid judgment",
+                "voting": "voting@k: k samples at the temperature, response order shuffled per sample and "
+                          "un-permuted, scores summed over valid samples (Eq. 14)",
+                "voting_k": settings.get("k", 1), "meta_rm": meta_rm,
+                "meta_voting": "keep the k_meta judgments the meta RM rates highest (default k // 2)"
+                if meta_rm else None}
 
     def __init__(self, engine: Any, lora: str | None = None, k: int = 1, temperature: float = 0.5,
                  max_tokens: int = 512, mode: str = "pointwise", binary: bool = False,

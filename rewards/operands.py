@@ -82,7 +82,7 @@ class OperandConsistencyReward(RewardBase):
     """
 
     name = "operands"
-    context_args = ("parse_step",)  # a function, not a setting
+    context_args = ("engine", "model", "tokenizer", "parse_step")  # a function, not a setting
 
     def __init__(self, parse_step: StepParse = equation_numbers, consume: bool = False, aggregation: str = "min",
                  unparseable_score: float = 0.0, delimiter: str = "\n\n") -> None:
@@ -135,7 +135,7 @@ class CombinedProcessReward(RewardBase):
     (so search charges every part's model tokens) plus this reward's own calls."""
 
     name = "combined"
-    context_args = ("rewards",)  # reward objects; a task's subclass builds them from literal settings
+    context_args = ("engine", "model", "tokenizer", "rewards")  # objects; a task subclass builds them from literals
 
     def __init__(self, rewards: Sequence[Any], combine: str = "min", aggregation: str = "min",
                  unparseable_score: float = 0.0, delimiter: str = "\n\n") -> None:

@@ -124,6 +124,17 @@ class PairwiseVerifier(RewardBase):
     """
 
     name = "pairwise_v1"
+    kinds = ("pairwise",)
+    head = "causal_lm"
+
+    @classmethod
+    def export_call(cls, settings: dict[str, Any], tokenizer: Any, **extra: Any) -> dict[str, Any]:
+        return {"template": settings.get("template", PAIRWISE_TEMPLATE),
+                "input": "the template as one user chat message",
+                "rating_format": "<rating_A>X</rating_A><rating_B>Y</rating_B>",
+                "rating_range": [RATING_MIN, RATING_MAX],
+                "preference": "P(A > B) = 1/2 + (rating_A - rating_B) / 18; 1/2 when unparseable",
+                "reward": "mean P(completion > peer) over the other completions of the same prompt"}
 
     def __init__(self, engine: Any, lora: str | None = None, temperature: float = 0.0, max_tokens: int = 512,
                  template: str = PAIRWISE_TEMPLATE, both_orders: bool = False) -> None:
@@ -151,6 +162,30 @@ class PairwiseVerifier(RewardBase):
             ratings = parse_ratings(text)
             self.usage.unparseable += ratings is None
             out.append(Judgment(ratings, text))
+        return out
+
+    @property
+    def presentations(self) -> int:
+        """Verifier calls per pair: 2 with ``both_orders``, else 1."""
+        return 2 if self.both_orders else 1
+
+    def rate_pairs(self, items: Sequence[tuple[str, str, str]],
+                   swap: Sequence[bool] | None = None) -> list[list[tuple[int, int] | None]]:
+        """Ratings (r_a, r_b) of each (prompt, a, b), always in the item's own order, one per presentation
+        (None when unparseable), all presentations in one engine call. With ``both_orders`` each pair is
+        shown as (A, B) and (B, A); otherwise once, as (B, A) where ``swap[i]`` (a caller that randomises
+        the order cancels position bias on average)."""
+        flips = [[False, True] if self.both_orders else [bool(swap[i]) if swap is not None else False]
+                 for i in range(len(items))]
+        shown = [(p, b, a) if f else (p, a, b) for (p, a, b), fs in zip(items, flips) for f in fs]
+        verdicts = iter(self.judge(shown))
+        out = []
+        for fs in flips:
+            row = []
+            for f in fs:
+                r = next(verdicts).ratings
+                row.append(None if r is None else ((r[1], r[0]) if f else (r[0], r[1])))
+            out.append(row)
         return out
 
     def preferences(self, items: Sequence[tuple[str, str, str]]) -> list[float]:

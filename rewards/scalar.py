@@ -41,6 +41,22 @@ class ScalarRM(RewardBase):
     """
 
     name = "outcome_rm"
+    kinds = ("orm", "meta")
+    head = "sequence_classification"
+
+    @classmethod
+    def export_score_range(cls, settings: dict[str, Any]) -> list[float | None]:
+        return [0.0, 1.0] if settings.get("sigmoid") else [None, None]
+
+    @classmethod
+    def export_call(cls, settings: dict[str, Any], tokenizer: Any, kind: str = "orm", **extra: Any) -> dict[str, Any]:
+        what = ("a GRM judging prompt (twinloop.rewards.generative.format_grm_prompt) as the prompt and the GRM "
+                "judgment as the completion" if kind == "meta" else "the prompt and the completion")
+        return {"input": f"{what}: chat prompts through the chat template with the completion as the assistant "
+                         "turn, else prompt + completion + eos as text (TRL RewardTrainer format)",
+                "output": "the raw logit of the single label at the last token"
+                          + (", mapped through a sigmoid" if settings.get("sigmoid") else ""),
+                "truncation": "keep the last max_length tokens" if settings.get("max_length") else None}
 
     def __init__(self, model: Any = None, engine: Any = None, tokenizer: Any = None, sigmoid: bool = False,
                  max_length: int | None = None, fallback: float = 0.0) -> None:

@@ -14,20 +14,6 @@ from twinloop.rewards.base import RewardBase, message_text
 from twinloop.rewards.process import encode_prompt, text_ids, two_way_probability
 
 SELF_EVAL_QUESTION = 'Would you do better if you started over? ("Yes." or "No.")'
-PROBE_FILE = "twinloop_probe.json"  # an adapter trained for the probe names its question and answer words here
-
-
-def probe_settings(adapter: str | None) -> dict[str, str]:
-    """``question`` / ``yes`` / ``no`` saved with a probe adapter (empty: the defaults)."""
-    import json
-    from pathlib import Path
-
-    path = Path(adapter, PROBE_FILE) if adapter else None
-    if path is None or not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
-    return {k: str(data[k]) for k in ("question", "yes", "no") if k in data}
-
 
 class SelfEvalProbe(RewardBase):
     """P("No") on any Engine (optionally through a LoRA adapter trained for the probe).
@@ -38,6 +24,8 @@ class SelfEvalProbe(RewardBase):
     """
 
     name = "self_eval"
+    kinds = ("selfeval",)
+    head = "causal_lm"
 
     def __init__(self, engine: Any, question: str = SELF_EVAL_QUESTION, yes: str = "Yes", no: str = "No",
                  lora: str | None = None, chat: bool | None = None) -> None:

@@ -4,104 +4,32 @@ All of them have TRL's reward signature (``reward(prompts, completions, **column
 ``RewardBase`` and never raise on model output: output without a recognisable answer scores 0.0 and is
 counted in ``usage.unparseable``. A missing gold column is a user error and raises a one-line ValueError.
 
-``extract_answer`` is the pure answer extractor search procedures use for voting: it returns a canonical
-string, so equal answers written differently (``1,234`` / ``1234.0``) fall into one bucket.
+``extract_answer`` (``twinloop.rewards.answers``) is the pure answer extractor search procedures use for
+voting: it returns a canonical string, so equal answers written differently (``1,234`` / ``1234.0``) fall
+into one bucket. Every extractor here runs in linear time on any input.
 """
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from twinloop.rewards.answers import (
+    MAX_SPAN_CHARS,
+    answer_span,
+    canonical_answer,
+    extract_answer,
+    integer_key,
+    last_boxed,
+)
 from twinloop.rewards.base import RewardBase
 
+__all__ = ["BoxedFormatReward", "ExactMatchReward", "MathReward", "NumericReward", "ReasoningGymReward",
+           "StepFormatReward", "canonical_answer", "extract_answer", "gold_answer", "last_boxed", "to_number"]
+
 GOLD_COLUMNS = ("answer", "solution", "gold", "ground_truth")
-
-_HASHES = re.compile(r"####\s*([^\n]+)")
-_ANSWER_IS = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)\s*:?\s*([^\n]+)", re.IGNORECASE)
-_NUMBER_PREFIX = re.compile(r"^[-+−]?\s*(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:/\d+)?")
-_GROUPED_NUMBER = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_PLAIN_NUMBER = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)$")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), nested braces balanced; None if absent
-    or unclosed."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    while start >= 0:
-        i = start + (6 if text.startswith("\\boxed", start) else 5)
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            depth, j = 0, i
-            while j < len(text):
-                depth += {"{": 1, "}": -1}.get(text[j], 0)
-                if depth == 0:
-                    return text[i + 1:j]
-                j += 1
-        elif i < len(text):  # "\boxed 5"
-            m = re.match(r"[^\s$]+", text[i:])
-            if m:
-                return m.group(0)
-        start = max(text.rfind("\\boxed", 0, start), text.rfind("\\fbox", 0, start))
-    return None
-
-
-def canonical_answer(answer: str) -> str:
-    """One spelling per answer: no surrounding ``$``/spaces/final period, no thousands commas,
-    numbers in shortest form (``42.0`` -> ``42``), ``\\dfrac``/``\\tfrac`` -> ``\\frac``, no inner spaces."""
-    s = answer.replace("−", "-")
-    previous = None
-    while s != previous:  # peel "$", spaces and a final period in any order
-        previous, s = s, s.strip().strip("$").rstrip(".")
-    s = re.sub(r"^\\text\{(.*)\}$", r"\1", s)
-    if _GROUPED_NUMBER.match(s):
-        s = s.replace(",", "")
-    if _PLAIN_NUMBER.match(s):
-        try:
-            value = float(s)
-            if value == int(value) and abs(value) < 1e15:
-                return str(int(value))
-            return repr(value)
-        except ValueError:
-            pass
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\left", "").replace("\\right", "")
-    return re.sub(r"\s+", "", s)
-
-
-def _answer_phrase(captured: str) -> str:
-    """The answer at the start of 'The answer is ...': a number alone when it starts with one."""
-    captured = captured.strip().strip("*").strip()
-    if captured.startswith("$") and captured.count("$") >= 2:
-        return captured[1:captured.index("$", 1)]
-    m = _NUMBER_PREFIX.match(captured)
-    if m and re.search(r"\d", m.group(0)):
-        return m.group(0).replace(" ", "")
-    return re.split(r"\.\s|\.$", captured)[0]
-
-
-def extract_answer(text: str) -> str | None:
-    """The final answer of a solution as a canonical string, or None.
-
-    Looks for, in order: the last ``\\boxed{}``, the last ``#### N`` (GSM8K), the last
-    "The answer is N" / "Answer: N".
-    """
-    if not isinstance(text, str) or not text.strip():
-        return None
-    found = last_boxed(text)
-    if found is None:
-        hashes = _HASHES.findall(text)
-        if hashes:
-            found = _answer_phrase(hashes[-1])
-    if found is None:
-        phrases = _ANSWER_IS.findall(text)
-        if phrases:
-            found = _answer_phrase(phrases[-1])
-    if found is None:
-        return None
-    found = canonical_answer(found)
-    return found or None
 
 
 def to_number(answer: str) -> float | None:
@@ -112,11 +40,10 @@ def to_number(answer: str) -> float | None:
         s = f"{m.group(1)}{m.group(2)}/{m.group(3)}"
     m = re.fullmatch(r"(-?\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)", s)
     try:
-        if m:
-            return float(m.group(1)) / float(m.group(2))
-        return float(s)
-    except (ValueError, ZeroDivisionError):
+        value = float(m.group(1)) / float(m.group(2)) if m else float(s)
+    except (ValueError, ZeroDivisionError, OverflowError):
         return None
+    return value if math.isfinite(value) else None
 
 
 def gold_answer(gold: Any) -> str:
@@ -149,11 +76,16 @@ class _GoldReward(RewardBase):
 
 
 class MathReward(_GoldReward):
-    """1.0 when the extracted answer is mathematically equal to the gold (math-verify 0.9.0), else 0.0.
+    """1.0 when the completion's final answer is mathematically equal to the gold, by math-verify 0.9.0's
+    ``parse`` (LaTeX and expression extraction, boxed answers first) and ``verify``; else 0.0.
 
-    The answer is read from ``\\boxed{}``, ``#### N`` or "The answer is N" (``extract_answer``); output with
-    none of these, or that math-verify cannot parse, scores 0.0 and is counted unparseable. Gold comes from
-    the first present column of ``answer`` / ``solution`` / ``gold`` / ``ground_truth``.
+    twinloop only finds *where* the answer is, in linear time (``answers.answer_span``): the last group of
+    boxes, else the ``#### N`` line, else the text around the last "answer", else the tail; math-verify reads
+    that piece (at most ``MAX_SPAN_CHARS``; its own extraction is quadratic on long text). Two plain integers
+    compare exactly without math-verify (the fast path gives its verdict, and has no digit limit).
+    Output with nothing math-verify can read scores 0.0 and is counted unparseable; nothing raises.
+    Gold comes from the first present column of ``answer`` / ``solution`` / ``gold`` / ``ground_truth``: a
+    plain answer (``\\frac{1}{2}``, read as LaTeX) or a worked solution with ``\\boxed{}`` or ``####``.
     """
 
     name = "math"
@@ -161,36 +93,71 @@ class MathReward(_GoldReward):
     def __init__(self, gold_columns: Sequence[str] | None = None, timeout_seconds: int = 5) -> None:
         super().__init__(gold_columns)
         self.timeout_seconds = timeout_seconds
-        self._gold_cache: dict[str, Any] = {}
+        self._gold_cache: dict[str, tuple[str | None, list]] = {}
 
-    def _parse(self, answer: str):
-        from math_verify import parse
-
+    def _timeout(self) -> int | None:
         # math-verify's timeouts use SIGALRM, which exists only in the main thread.
-        timeout = self.timeout_seconds if threading.current_thread() is threading.main_thread() else None
-        return parse(f"\\boxed{{{answer}}}", parsing_timeout=timeout)
+        return self.timeout_seconds if threading.current_thread() is threading.main_thread() else None
+
+    def _parse(self, piece: str) -> list:
+        from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+        configs = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+        # math-verify's extraction finds \boxed only; its normalisation already treats \fbox the same
+        return parse(piece.replace("\\fbox", "\\boxed"), configs, parsing_timeout=self._timeout())
+
+    def _gold_answer(self, gold: Any) -> tuple[str | None, list]:
+        """``(integer key or None, math-verify parse)`` of a gold value, cached."""
+        text = str(gold).strip()
+        if text not in self._gold_cache:
+            kind, piece, answer = answer_span(text) or ("tail", text, text)
+            if kind in ("answer", "tail"):  # a plain answer column: LaTeX without delimiters
+                piece = answer = text if any(m in text for m in ("$", "\\(", "\\[")) else f"${text}$"
+            key = integer_key(answer) if answer is not None else None
+            if len(self._gold_cache) > 100_000:
+                self._gold_cache.clear()
+            self._gold_cache[text] = (key, self._parse(piece))
+        return self._gold_cache[text]
+
+    def verdict(self, gold: Any, completion: str, fast_path: bool = True) -> bool | None:
+        """True / False, or None when the completion holds nothing readable. ``fast_path=False`` always asks
+        math-verify (the tests use it to show the integer fast path agrees)."""
+        span = answer_span(completion)
+        if span is None:
+            return None
+        kind, piece, answer = span
+        gold_key, gold_parsed = self._gold_answer(gold)
+        if fast_path and gold_key is not None and answer is not None:
+            key = integer_key(answer)
+            if key is not None:
+                return key == gold_key
+        if len(piece) > MAX_SPAN_CHARS:
+            return None
+        pred = self._parse(piece)
+        if not pred:
+            return None
+        from math_verify import verify
+
+        return bool(verify(gold_parsed, pred, timeout_seconds=self._timeout()))
 
     def score(self, prompt: str, completion: str, **row: Any) -> float:
-        gold_text = gold_answer(self.gold(row))
-        answer = self.predicted(completion)
-        if answer is None:
-            return 0.0
-        if gold_text is not None and answer == gold_text:
-            return 1.0
+        gold = self.gold(row)
+        if not str(gold).strip():
+            raise ValueError(f"{self.name}: empty gold answer in the row {row.get('id', '')!r}")
         try:
-            from math_verify import verify
-
-            if gold_text not in self._gold_cache:
-                self._gold_cache[gold_text] = self._parse(gold_text or "")
-            gold, pred = self._gold_cache[gold_text], self._parse(answer)
-            if not pred:
-                self.usage.unparseable += 1
-                return 0.0
-            timeout = self.timeout_seconds if threading.current_thread() is threading.main_thread() else None
-            return 1.0 if verify(gold, pred, timeout_seconds=timeout) else 0.0
+            verdict = self.verdict(gold, completion)
         except Exception:  # noqa: BLE001 - math-verify/sympy failures on model output must not raise
+            verdict = None
+        except BaseException as e:  # math-verify's TimeoutException is a BaseException
+            from math_verify.errors import TimeoutException
+
+            if not isinstance(e, TimeoutException):
+                raise
+            verdict = None
+        if verdict is None:
             self.usage.unparseable += 1
             return 0.0
+        return 1.0 if verdict else 0.0
 
 
 class NumericReward(_GoldReward):

@@ -1,5 +1,5 @@
-"""Reward export and import: every kind round-trips to the same Reward object with bit-identical scores
-(CPU fp32), the folder is a plain HF folder (AutoModel, TRL), and the manifest catches altered files."""
+"""Reward export and import: every kind round-trips to the same Reward object with the same scores (CPU fp32,
+within ``SAME``), the folder is a plain HF folder (AutoModel, TRL), and the manifest catches altered files."""
 import json
 
 import pytest
@@ -9,6 +9,9 @@ from twinloop.checkpoints.manifest import verify
 
 PROMPTS = ["What is 2 + 3?", [{"role": "user", "content": "What is 7 * 8?"}], "What is 9 - 4?"]
 COMPLETIONS = ["2 + 3 = 5\n\nAnswer: 5", "7 * 8 = 56\n\nSo 56.", "\n\n"]  # the last has no step
+# Scores of one model before and after a reload: CPU fp32 reductions may run in another order from one call to
+# the next (thread scheduling under load gave a 2e-7 difference), so "the same" is within this tolerance.
+SAME = {"rel": 1e-5, "abs": 1e-6}
 
 
 def _classifier(tiny_model_dir, out, cls_name, num_labels, seed):
@@ -38,12 +41,10 @@ def tokcls(tiny_model_dir, tmp_path_factory):
 
 
 def _same_settings(a, b):
-    from twinloop.checkpoints.spec import settings_of
-
-    assert type(a) is type(b) and settings_of(a) == settings_of(b)
+    assert type(a) is type(b) and a.settings() == b.settings()
 
 
-def test_scalar_rm_round_trip_bit_identical_and_plain_hf_folder(seqcls, tmp_path):
+def test_scalar_rm_round_trip_same_scores_and_plain_hf_folder(seqcls, tmp_path):
     from transformers import AutoModelForSequenceClassification
     from twinloop.rewards.scalar import ScalarRM
 
@@ -54,7 +55,7 @@ def test_scalar_rm_round_trip_bit_identical_and_plain_hf_folder(seqcls, tmp_path
                  metrics={"eval_accuracy": 0.75})
     after = load_reward(out)
     _same_settings(before, after)
-    assert after(PROMPTS, COMPLETIONS) == scores  # bit for bit
+    assert after(PROMPTS, COMPLETIONS) == pytest.approx(scores, **SAME)
     plain = AutoModelForSequenceClassification.from_pretrained(out)  # no twinloop needed
     assert plain.config.num_labels == 1
     spec = read_spec(out)
@@ -90,8 +91,8 @@ def test_scalar_rm_export_is_a_trl_reward_model_path(seqcls, tmp_path, tiny_mode
 
 @pytest.mark.parametrize("merge", [False, True])
 def test_scalar_rm_lora_adapter_kept_or_merged(tiny_model_dir, tmp_path, merge):
-    """A SEQ_CLS LoRA (score head in modules_to_save): kept, scores are bit-identical; merged, the folder is a
-    plain classifier whose scores differ only by the merge arithmetic."""
+    """A SEQ_CLS LoRA (score head in modules_to_save): kept, the same scores; merged, the folder is a plain
+    classifier whose scores differ only by the merge arithmetic."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from twinloop.rewards.scalar import ScalarRM
@@ -112,7 +113,7 @@ def test_scalar_rm_lora_adapter_kept_or_merged(tiny_model_dir, tmp_path, merge):
         assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
         assert after(PROMPTS, COMPLETIONS) == pytest.approx(scores, abs=1e-5)
     else:
-        assert after(PROMPTS, COMPLETIONS) == scores
+        assert after(PROMPTS, COMPLETIONS) == pytest.approx(scores, **SAME)
 
 
 def test_meta_rm_round_trip_and_grm_carries_it(seqcls, lora_dirs, tmp_path):
@@ -126,14 +127,15 @@ def test_meta_rm_round_trip_and_grm_carries_it(seqcls, lora_dirs, tmp_path):
     scores = meta(judge_prompts, judgments)
     meta_out = export(src, tmp_path / "meta", "meta", reward=meta)
     loaded = load_reward(meta_out)
-    assert loaded(judge_prompts, judgments) == scores and read_spec(meta_out)["score_range"] == [0.0, 1.0]
+    assert loaded(judge_prompts, judgments) == pytest.approx(scores, **SAME)
+    assert read_spec(meta_out)["score_range"] == [0.0, 1.0]
     assert "GRM judging prompt" in read_spec(meta_out)["call"]["input"]
 
     _, merged = lora_dirs
     grm_out = export(merged, tmp_path / "grm", "grm", settings={"k": 2, "k_meta": 1}, meta_rm=meta_out)
     grm = load_reward(grm_out)
     assert isinstance(grm, GenerativeReward) and isinstance(grm.meta_rm, ScalarRM)
-    assert grm.meta_rm(judge_prompts, judgments) == scores
+    assert grm.meta_rm(judge_prompts, judgments) == pytest.approx(scores, **SAME)
     assert read_spec(grm_out)["call"]["meta_rm"] == "meta_rm" and verify(grm_out) == []
     with pytest.raises(ValueError, match="'meta' export"):
         export(merged, tmp_path / "grm2", "grm", meta_rm=grm_out)
@@ -149,29 +151,31 @@ def test_token_classifier_prm_round_trip(tokcls, tmp_path):
     out = export(src, tmp_path / "prm", "prm", reward=before)
     after = load_reward(out)
     _same_settings(before, after)
-    assert after(PROMPTS, COMPLETIONS) == scores and scores[2] == -1.0
-    assert after.step_scores(PROMPTS[:2], [["2 + 3 = 5", "Answer: 5"], ["7 * 8 = 56"]]) == steps
+    assert after(PROMPTS, COMPLETIONS) == pytest.approx(scores, **SAME) and scores[2] == -1.0
+    after_steps = after.step_scores(PROMPTS[:2], [["2 + 3 = 5", "Answer: 5"], ["7 * 8 = 56"]])
+    assert [len(x) for x in after_steps] == [2, 1]
+    assert [x for row in after_steps for x in row] == pytest.approx([x for row in steps for x in row], **SAME)
     call = read_spec(out)["call"]
     assert call["step_delimiter"] == "\n\n" and call["aggregation"] == "min"
 
 
 def test_trainer_output_spec_is_read_and_carried_into_the_export(tokcls, tmp_path):
-    """twinloop's PRM trainer writes {"kind": "process", "class": "module:Class", "kwargs": ...} beside its
-    model: load_reward reads that folder as is, and export keeps those settings."""
+    """A trainer writes the same twinloop_reward.json an export holds (write_trainer_bundle, one format):
+    load_reward reads that folder as is, and export keeps its settings."""
     import shutil
 
+    from twinloop.checkpoints.spec import write_trainer_bundle
     from twinloop.rewards.process import TokenClassifierPRM
 
     src = tmp_path / "prm-run"
     shutil.copytree(tokcls[0], src)
-    (src / "twinloop_reward.json").write_text(json.dumps({
-        "kind": "process", "class": "twinloop.rewards.process:TokenClassifierPRM",
-        "kwargs": {"delimiter": "\n\n", "aggregation": "prod"}}))
+    trained = TokenClassifierPRM(model=tokcls[1], tokenizer=tokcls[2], aggregation="prod")
+    write_trainer_bundle(src, trained, "prm")
     direct = load_reward(src)
     assert isinstance(direct, TokenClassifierPRM) and direct.aggregation == "prod"
     out = export(src, tmp_path / "prm", "prm")
     assert read_spec(out)["settings"]["aggregation"] == "prod"
-    assert load_reward(out)(PROMPTS, COMPLETIONS) == direct(PROMPTS, COMPLETIONS)
+    assert load_reward(out)(PROMPTS, COMPLETIONS) == pytest.approx(direct(PROMPTS, COMPLETIONS), **SAME)
 
 
 def test_token_id_delimiter_and_yes_no_probe_prm_round_trip(tiny_model_dir, hf_engine, tmp_path):
@@ -181,11 +185,11 @@ def test_token_id_delimiter_and_yes_no_probe_prm_round_trip(tiny_model_dir, hf_e
     before = YesNoProbePRM(hf_engine, delimiter=newline, aggregation="mean", question="\nCorrect?\n")
     scores = before(PROMPTS, ["2 + 3 = 5\nAnswer: 5", "56", "x"])
     out = export(tiny_model_dir, tmp_path / "probe", "prm", reward=before)
-    assert read_spec(out)["settings"]["delimiter"] in ("\n", {"token_id": newline})  # equivalent forms
+    assert read_spec(out)["settings"]["delimiter"] == newline  # the constructor argument as given
     after = load_reward(out)
     assert after.tag_ids == [newline]
     _same_settings(before, after)
-    assert after(PROMPTS, ["2 + 3 = 5\nAnswer: 5", "56", "x"]) == scores
+    assert after(PROMPTS, ["2 + 3 = 5\nAnswer: 5", "56", "x"]) == pytest.approx(scores, **SAME)
 
 
 def _grm_texts(reward, seed=0):

@@ -80,12 +80,17 @@ def test_combined_reward_rejects_outcome_rewards():
 
 
 def test_eval_reward_specs():
-    from twinloop.infer.evaluate import build_reward
+    from twinloop.build import build_reward
+    from twinloop.eval_cli import reward_for as eval_build_reward
 
-    assert isinstance(build_reward("operands", "arith"), OperandConsistencyReward)
-    assert build_reward("recompute", "arith") is None  # validation without an engine
+    assert isinstance(build_reward("operands"), OperandConsistencyReward)
+    assert eval_build_reward("recompute", "arith") is None  # validation without an engine
     engine = ScriptedEngine({"x": ["y"]})
-    assert build_reward("recompute:expected", "arith", engine).expected is True
-    assert build_reward("recompute+operands", "arith", engine).name == "recompute+operands"
-    with pytest.raises(ValueError, match="option"):
-        build_reward("recompute:median", "arith", engine)
+    expected = build_reward("recompute(expected=True)", engine=engine)
+    assert expected.expected is True
+    assert build_reward(expected.spec(), engine=engine).expected is True  # the spec round-trips
+    both = build_reward("recompute+operands", engine=engine)
+    assert both.name == "recompute+operands"
+    assert build_reward(both.spec(), engine=engine).name == "recompute+operands"
+    with pytest.raises(ValueError):
+        build_reward("recompute(median=True)", engine=engine)

@@ -1,11 +1,14 @@
 """`twinloop eval` core on the scripted engine: JSONL rows, resume, crash tolerance, sharding, table, plot."""
-import argparse
 import json
 
 import pytest
 from scripted_engine import ScriptedEngine, TableReward
 from twinloop.infer import evaluate as ev
-from twinloop.infer.search.common import Problem, canonical_answer, last_boxed
+from twinloop.infer import report
+from twinloop.infer.eval_config import parse_eval_args
+from twinloop.infer.search._common import Problem, canonical_answer, last_boxed
+
+from twinloop import eval_cli
 
 SCRIPT = {"P1": ["a \\boxed{1}", "b \\boxed{2}", "c \\boxed{2}", "d \\boxed{3}"],
           "P2": ["x \\boxed{7}", "y \\boxed{8}"],
@@ -57,25 +60,24 @@ def test_summary_table_and_plot(tmp_path):
              "budget_exhausted": True},
             {"method": "greedy", "budget": 1, "correct": True, "generated_tokens": 5, "rm_calls": 0,
              "wall_seconds": 0.1, "budget_exhausted": False}]
-    s = ev.summarize(rows)
+    s = report.summarize(rows)
     assert s[1] == {"method": "m", "budget": 4, "problems": 2, "accuracy": 0.5, "generated_tokens": 20.0,
-                    "rm_calls": 3.0, "wall_seconds": 0.75, "exhausted": 0.5}
-    table = ev.format_table(s)
+                    "rm_tokens": 0.0, "model_tokens": 20.0, "rm_calls": 3.0, "wall_seconds": 0.75, "exhausted": 0.5}
+    table = report.format_table(s)
     assert "m" in table and "0.500" in table and "20.0" in table
     assert "vs greedy" in table and "-0.500" in table
-    reach = ev.tokens_to_reach(s + [{"method": "m", "budget": 8, "accuracy": 1.0, "generated_tokens": 50.0}], "m", 4)
+    more = [{"method": "m", "budget": 8, "accuracy": 1.0, "generated_tokens": 50.0}]
+    reach = report.tokens_to_reach(s + more, "m", 4)
     assert reach["methods"]["m"]["generated_tokens"] == 20.0 and reach["methods"]["greedy"]["fraction"] == 0.25
-    assert "never" not in ev.format_reach(reach) and ev.tokens_to_reach(s, "best_of_n", 32) == {}
-    png = ev.plot(s, tmp_path / "p.png")
+    assert "never" not in report.format_reach(reach) and report.tokens_to_reach(s, "best_of_n", 32) == {}
+    png = report.plot(s, tmp_path / "p.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_options_recipe_and_errors(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("task: arith\nmethods: [majority, beam_search]\nbudgets: [4, 8]\nset: {width: 2}\n")
-    ns = argparse.Namespace(**{k: None for k in ev.DEFAULTS}, recipe=str(recipe))
-    ns.budgets = "16"
-    opts = ev.resolve(ns)
+    opts = parse_eval_args(["--recipe", str(recipe), "--budgets", "16"])
     assert opts["methods"] == "majority,beam_search" and opts["budgets"] == "16" and opts["set"] == ["width=2"]
     assert ev.parse_sets(["width=2", "select=majority", "lookahead=1"]) == {"width": 2, "select": "majority",
                                                                             "lookahead": 1}
@@ -90,15 +92,21 @@ def test_cli_options_recipe_and_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("colour: red\n")
     with pytest.raises(ValueError, match="unknown key"):
-        ev.resolve(argparse.Namespace(**{k: None for k in ev.DEFAULTS}, recipe=str(bad)))
+        parse_eval_args(["--recipe", str(bad)])
 
 
 def test_settings_guard_refuses_mixed_results(tmp_path):
-    opts = dict(ev.DEFAULTS, checkpoint="c", reward="arith_process")
+    opts = dict(parse_eval_args([]), checkpoint="c", reward="arith_process", engine="hf")
     ev.check_settings(tmp_path, opts)
+    ev.write_settings(tmp_path, opts)
     ev.check_settings(tmp_path, opts)  # same settings: fine
-    with pytest.raises(ValueError, match="temperature"):
-        ev.check_settings(tmp_path, dict(opts, temperature=1.0))
+    for key, other in [("temperature", 1.0), ("seed", 1), ("dtype", "bfloat16"), ("engine", "vllm"),
+                       ("max_model_len", 512)]:
+        with pytest.raises(ValueError, match=f"another {key} ") as e:
+            ev.check_settings(tmp_path, dict(opts, **{key: other}))
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="another engine"):
+        ev.check_settings(tmp_path, dict(opts, servers="http://127.0.0.1:1"))
     assert json.loads((tmp_path / "settings.json").read_text())["checkpoint"] == "c"
 
 
@@ -115,16 +123,16 @@ def test_arith_judge_and_problems():
 
 def test_cli_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
     """`twinloop eval` through the transformers engine: JSONL, table, PNG; a rerun resumes (adds nothing)."""
-    ns = argparse.Namespace(**{k: None for k in ev.DEFAULTS}, recipe=None)
-    ns.checkpoint, ns.task, ns.methods, ns.budgets = str(tiny_model_dir), "arith", "greedy,best_of_n", "2"
-    ns.n_problems, ns.max_tokens, ns.engine, ns.out, ns.reward = 2, 8, "hf", str(tmp_path / "run"), "arith_process"
-    assert ev.run(ns) == 0
+    ns = ["--checkpoint", str(tiny_model_dir), "--task", "arith", "--methods", "greedy,best_of_n", "--budgets", "2",
+          "--n-problems", "2", "--max-tokens", "8", "--engine", "hf", "--out", str(tmp_path / "run"),
+          "--reward", "arith_process"]
+    assert eval_cli.main(ns) == 0
     rows = ev.read_rows(tmp_path / "run" / "results.jsonl")
     assert len(rows) == 2 * 2 and {r["method"] for r in rows} == {"greedy", "best_of_n"}
     assert all(r["generated_tokens"] > 0 for r in rows)
     assert (tmp_path / "run" / "accuracy_vs_tokens.png").exists()
     assert len(json.loads((tmp_path / "run" / "summary.json").read_text())) == 2
-    assert ev.run(ns) == 0 and len(ev.read_rows(tmp_path / "run" / "results.jsonl")) == 4
+    assert eval_cli.main(ns) == 0 and len(ev.read_rows(tmp_path / "run" / "results.jsonl")) == 4
 
 
 
@@ -134,7 +142,7 @@ def test_shipped_eval_recipes_resolve_to_known_methods_and_rewards():
     recipes = sorted((Path(__file__).resolve().parents[1] / "recipes" / "eval").glob("*.yaml"))
     assert len(recipes) >= 4
     for path in recipes:
-        opts = ev.resolve(argparse.Namespace(recipe=str(path)))
+        opts = parse_eval_args(["--recipe", str(path)])
         for method in opts["methods"].split(","):
             assert callable(ev.load_procedure(method).run)  # every named procedure exists
         assert all(int(b) > 0 for b in str(opts["budgets"]).split(","))

@@ -5,10 +5,9 @@ import math
 import pytest
 from scripted_engine import EOS_ID, ScriptedEngine, TablePRM
 from twinloop.infer.search import epf, particle_filter
-from twinloop.infer.search.common import Budget, Problem, last_boxed
-from twinloop.infer.search.epf import EPFConfig
-from twinloop.infer.search.particles import ParticleConfig, modulate
-from twinloop.infer.search.resampling import (
+from twinloop.infer.search._common import Budget, Problem, last_boxed
+from twinloop.infer.search._particles import ParticleConfig, modulate
+from twinloop.infer.search._resampling import (
     effective_sample_size,
     epf_temperature,
     logit_weight,
@@ -17,6 +16,7 @@ from twinloop.infer.search.resampling import (
     softmax,
     systematic_resample,
 )
+from twinloop.infer.search.epf import EPFConfig
 
 Q = ["s1 bad\n\nAnswer: \\boxed{0}", "s1 good\n\ns2 good\n\nAnswer: \\boxed{5}",
      "s1 good\n\ns2 bad\n\nAnswer: \\boxed{9}", "s1 meh\n\nAnswer: \\boxed{4}"]
@@ -67,7 +67,7 @@ def test_particles_follow_the_exact_prm(module, config):
     [r] = module.run([Problem("Q")], eng, prm, Budget(n=4), config)
     assert r.answer == "5" and r.stop_reason == "all_finished" and len(r.candidates) == 4
     gen = r.trace[0]["genealogy"]
-    assert all(len(g["ancestors"]) == 4 for g in gen) and len(gen) == 3
+    assert all(len(g["ancestors"]) == 4 for g in gen) and len(gen) == 2  # no resampling once all finished
     # finished particles are never extended again: no prompt carries an EOS token
     assert all(EOS_ID not in ids for call in eng.calls for ids in call.prompts)
     assert eng.calls[1].via_ids and all(eng.calls[1].via_ids) and r.usage.cached_prompt_tokens > 0
@@ -95,14 +95,37 @@ def test_epf_anneals_when_weights_collapse():
     assert entropy.trace[0]["genealogy"][0]["temperature"] > 1.0
 
 
+class RecordingEngine(ScriptedEngine):
+    """The scripted engine, keeping each call's completions (to tell the look-ahead calls apart)."""
+
+    def __init__(self, script):
+        super().__init__(script)
+        self.outputs = []
+
+    def generate(self, requests, sampling):
+        results = super().generate(requests, sampling)
+        self.outputs.append([c for r in results for c in r.completions])
+        return results
+
+
 def test_lookahead_costs_one_step_and_one_prm_call_per_particle():
-    plain = epf.run([Problem("Q")], ScriptedEngine({"Q": Q}), TablePRM(EXACT), Budget(n=4),
-                    EPFConfig(answer_fn=last_boxed))[0]
-    eng = ScriptedEngine({"Q": Q})
-    ahead = epf.run([Problem("Q")], eng, TablePRM(EXACT), Budget(n=4),
-                    EPFConfig(answer_fn=last_boxed, lookahead="mean"))[0]
+    plain_eng, plain_prm = RecordingEngine({"Q": Q}), TablePRM(EXACT)
+    plain = epf.run([Problem("Q")], plain_eng, plain_prm, Budget(n=4), EPFConfig(answer_fn=last_boxed))[0]
+    eng, prm = RecordingEngine({"Q": Q}), TablePRM(EXACT)
+    ahead = epf.run([Problem("Q")], eng, prm, Budget(n=4), EPFConfig(answer_fn=last_boxed, lookahead="mean"))[0]
     assert ahead.answer == "5"
-    assert ahead.usage.generated_tokens > plain.usage.generated_tokens and ahead.usage.rm_calls > plain.usage.rm_calls
+    # plain: the first sample (n = 4), then one step per round for the 4 particles in rounds 0 and 1.
+    # ahead: before each of those two resamplings, one more call: one step for each of the 4 particles.
+    assert [len(c.prompts) for c in plain_eng.calls] == [1, 4, 4]
+    assert [len(c.prompts) for c in eng.calls] == [1, 4, 4, 4, 4]
+    lookahead = [eng.calls[1], eng.calls[3]]
+    assert all(c.sampling.n == 1 and c.sampling.stop == ["\n\n"] for c in lookahead)  # exactly one step each
+    assert ahead.usage.engine_requests == plain.usage.engine_requests + 8
+    assert ahead.usage.rm_calls == plain.usage.rm_calls + 8 == 20 and prm.usage.items == 20
+    lookahead_tokens = sum(len(c.token_ids) for i in (1, 3) for c in eng.outputs[i])
+    other_tokens = sum(len(c.token_ids) for i in (0, 2, 4) for c in eng.outputs[i])
+    assert lookahead_tokens > 0 and ahead.usage.generated_tokens == lookahead_tokens + other_tokens
+    assert plain.usage.generated_tokens == sum(len(c.token_ids) for out in plain_eng.outputs for c in out)
 
 
 def test_particle_budget_exhaustion():

@@ -3,7 +3,7 @@ exact selection, accounting and budget exhaustion."""
 import pytest
 from scripted_engine import EOS_ID, ScriptedEngine, TableReward
 from twinloop.infer.search import best_of_n, greedy, majority, weighted_majority, worst_of_n
-from twinloop.infer.search.common import (
+from twinloop.infer.search._common import (
     Budget,
     Problem,
     SearchConfig,
@@ -86,12 +86,22 @@ def test_batches_problems_in_one_call_and_accounts_everything():
     assert all(c.token_ids[-1] == EOS_ID and c.finish_reason == "stop" for c in res[0].candidates)
 
 
-def test_token_budget_keeps_prefix_of_candidates_and_marks_exhaustion():
-    cap = tokens(RESPONSES[:2])
-    r = majority.run([Problem("P1")], engine(), budget=Budget(n=4, generated_tokens=cap), config=CONFIG)[0]
+def test_token_budget_is_a_hard_cap_drawn_in_chunks():
+    cap = tokens(RESPONSES[:2])  # 43 < max_tokens: one sample at a time, each with the room left
+    eng = engine()
+    r = majority.run([Problem("P1")], eng, budget=Budget(n=4, generated_tokens=cap), config=CONFIG)[0]
     assert len(r.candidates) == 2 and r.budget_exhausted and r.stop_reason == "budget"
     assert r.answer == "1"  # tie between 1 and 2: first seen
-    assert r.usage.generated_tokens == tokens(RESPONSES)  # tokens drawn are accounted even if dropped
+    assert r.usage.generated_tokens == cap and [(c.sampling.n, c.sampling.max_tokens) for c in eng.calls] == [
+        (1, 43), (1, 22)]
+    eng = engine()
+    cfg = SearchConfig(answer_fn=last_boxed, max_tokens=25)
+    r = majority.run([Problem("P1")], eng, budget=Budget(n=4, generated_tokens=60), config=cfg)[0]
+    assert [(c.sampling.n, c.sampling.max_tokens) for c in eng.calls] == [(2, 25), (1, 17)]
+    assert r.usage.generated_tokens == 60 and [c.finish_reason for c in r.candidates] == ["stop", "stop", "length"]
+    uncapped = engine()
+    majority.run([Problem("P1"), Problem("P2")], uncapped, budget=Budget(n=4, generated_tokens=10**6), config=cfg)
+    assert len(uncapped.calls) == 1  # a cap that does not bite costs no extra engine call
 
 
 def test_rm_call_budget_scores_only_first_candidates():

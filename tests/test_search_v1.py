@@ -2,26 +2,29 @@
 scripted pairwise verifier (exact winner, comparison budget B·N, accounting)."""
 import random
 
+import pytest
 from scripted_engine import ScriptedEngine
 from twinloop.infer.search import v1_tournament
-from twinloop.infer.search.common import Budget, Problem, last_boxed
+from twinloop.infer.search._common import Budget, Problem, last_boxed
 from twinloop.infer.search.v1_tournament import TournamentConfig, coverage_pairs, deficit_pairs, swiss_pairs
 from twinloop.rewards.base import RewardUsage
-from twinloop.rewards.pairwise import Judgment
+from twinloop.rewards.pairwise import Judgment, PairwiseVerifier, mu_scores
 
 QUALITY = {"1": 3, "2": 9, "3": 6, "4": 1}
 SCRIPT = {"P": [f"try \\boxed{{{k}}}" for k in QUALITY], "R": ["r \\boxed{3}", "r \\boxed{4}"]}
 
 
-class ScriptedVerifier:
-    """Rates each solution by the quality of its boxed answer; ``None`` ratings for 'bad' answers."""
+class ScriptedVerifier(PairwiseVerifier):
+    """Rates each solution by the quality of its boxed answer; ``None`` ratings for 'bad' answers. Only
+    ``judge`` is scripted: ``rate_pairs`` (presentation orders) is PairwiseVerifier's own."""
 
     __name__ = "scripted_verifier"
 
-    def __init__(self, unparseable=()):
+    def __init__(self, unparseable=(), both_orders=False):
         self.usage = RewardUsage()
         self.items = []
         self.unparseable = set(unparseable)
+        self.both_orders = both_orders
 
     def judge(self, items):
         self.items.append(list(items))
@@ -61,7 +64,14 @@ def test_unparseable_verdicts_spend_budget_but_add_nothing():
     [r] = v1_tournament.run([Problem("P")], ScriptedEngine(SCRIPT), ver, Budget(n=4),
                             TournamentConfig(answer_fn=last_boxed, comparisons_per_candidate=1))
     assert r.usage.rm_calls == 4 and r.answer == "2"
-    assert r.trace[0]["mu"][3] == 0.5 or all(c["ratings"] is None for c in r.trace[0]["comparisons"] if 3 in c["pair"])
+    comparisons, mu = r.trace[0]["comparisons"], r.trace[0]["mu"]
+    with_bad = [c for c in comparisons if 3 in c["pair"]]  # candidate 3 wrote "4": every verdict on it fails
+    assert with_bad and all(x is None for c in with_bad for x in c["ratings"])  # they were spent...
+    assert all(x is not None for c in comparisons if 3 not in c["pair"] for x in c["ratings"])
+    assert mu[3] == 0.5  # ...and taught nothing: 3 keeps the never-compared default
+    # μ is computed from the parsed verdicts alone (a failed verdict is not a tie)
+    parsed = [(*c["pair"], *map(float, x)) for c in comparisons for x in c["ratings"] if x is not None]
+    assert mu == pytest.approx(mu_scores(4, parsed))
 
 
 def test_rm_call_cap_stops_the_tournament():

@@ -93,7 +93,8 @@ def test_tens_first_training_steps_are_checked_chains():
 
 
 def test_split_steps():
-    assert arith.split_steps("a\n\n b \n\n\n\nc\n") == ["a", "b", "c"]
+    assert arith.split_steps("a\n\n b \n\n\n\nc\n", strip=True) == ["a", "b", "c"]
+    assert arith.split_steps("a\n\n b ") == ["a", " b "]  # PRMs keep the text as written
     assert arith.split_steps("", "\n\n") == []
     assert arith.split_steps("x;y", ";") == ["x", "y"]
 
@@ -106,7 +107,7 @@ EXPR = "((17 + 25) * 3) - 40"
     [
         (["17 + 25 = 42", "42 * 3 = 126", "126 - 40 = 86", "Answer: \\boxed{86}"], [1, 1, 1, 1]),
         (["25 + 17 = 42", "3 * 42 = 126", "126 - 40 = 86", "Answer: \\boxed{86}"], [1, 1, 1, 1]),  # commutative
-        (["17 + 25 = 43", "43 * 3 = 129", "129 - 40 = 89", "Answer: \\boxed{89}"], [0, 1, 1, 1]),  # false equation
+        (["17 + 25 = 43", "43 * 3 = 129", "129 - 40 = 89", "Answer: \\boxed{89}"], [0, 1, 1, 0]),  # false equation
         (["17 + 25 = 42", "42 - 40 = 2", "2 * 3 = 6", "Answer: \\boxed{6}"], [1, 0, 0, 0]),  # true but not a reduction
         (["17 + 25 = 42", "126 - 40 = 86", "Answer: \\boxed{86}"], [1, 0, 0]),  # number never in the problem
         (["40 - 126 = -86"], [0]),  # - is not commutative
@@ -141,9 +142,9 @@ def test_process_reward_scores_steps_and_whole_solutions():
     assert prm(["p"] * 4, chat, expression=[EXPR] * 4) == [1.0, 0.0, 0.0, 0.0]
     assert prm.usage.unparseable == 3  # no final box twice, one garbage step
     last = arith.ArithProcessReward(aggregation="last")
-    assert last([arith.prompt_text(EXPR)], [wrong]) == [1.0]  # 'last' only sees the final step
+    assert last([arith.prompt_text(EXPR)], [wrong]) == [0.0]  # the final answer 89 is wrong
     mean = arith.ArithProcessReward(aggregation="mean")
-    assert mean([arith.prompt_text(EXPR)], [wrong]) == [0.75]
+    assert mean([arith.prompt_text(EXPR)], [wrong]) == [0.5]
     steps = prm.step_scores([arith.prompt_text(EXPR)] * 2, [["17 + 25 = 42"], ["17 + 25 = 42", "42 * 4 = 168"]])
     assert steps == [[1.0], [1.0, 0.0]]
 
@@ -158,14 +159,30 @@ def test_outcome_reward():
 
 # ---------------------------------------------------------------- real sets and reasoning-gym
 
-def test_task_table_loads_every_task():
-    from twinloop.tasks import TASK_REWARDS, TASKS
+def test_every_task_module_has_the_same_interface():
+    """load(split, n, seed) and reward() for every module under twinloop/tasks, named by one spec scheme."""
+    import pkgutil
 
-    for name, loader in TASKS.items():
-        rows = loader(split="test", n=3)
-        assert len(rows) == 3, name
-        assert rows[0]["prompt"][-1]["role"] == "user" and rows[0]["prompt"][-1]["content"], name
-    assert set(TASK_REWARDS) == set(TASKS) - {"humaneval"}
+    import twinloop.tasks
+    from twinloop.build import build_task
+
+    names = sorted(m.name for m in pkgutil.iter_modules(twinloop.tasks.__path__) if not m.name.startswith("_"))
+    assert {"arith", "gsm8k", "mmath", "humaneval", "rgym"} <= set(names)
+    for name in names:
+        spec = f"{name}:countdown" if name == "rgym" else name
+        task = build_task(spec)
+        rows = task.load("test", n=3, seed=0)
+        assert len(rows) == 3, spec
+        assert rows[0]["prompt"][-1]["role"] == "user" and rows[0]["prompt"][-1]["content"], spec
+        assert callable(task.reward()), spec
+
+
+def test_task_specs_fail_in_one_line():
+    from twinloop.build import build_task
+
+    for bad, words in (("nosuch", "unknown task"), ("rgym", "family"), ("arith:x", "takes no member")):
+        with pytest.raises(ValueError, match=words):
+            build_task(bad)
 
 
 def test_mmath_counts_and_reward():
@@ -213,3 +230,45 @@ def test_reasoning_gym_splits_are_seeded_disjoint_and_scored(name):
     completions = [f"\\boxed{{{r['answer']}}}" for r in test[:3]] + ["no answer"]
     scores = reward([r["prompt"] for r in test[:4]], completions, entry=[r["entry"] for r in test[:4]])
     assert scores == [1.0] * 3 + [0.0]
+
+
+# ---------------------------------------------------------------- the process reward cannot be gamed
+
+WRONG_CHAIN = ["17 + 25 = 43", "43 * 3 = 129", "129 - 40 = 89", "Answer: \\boxed{89}"]
+GOOD_CHAIN = ["17 + 25 = 42", "42 * 3 = 126", "126 - 40 = 86", "Answer: \\boxed{86}"]
+
+
+def _mean_reward(steps):
+    mean = arith.ArithProcessReward(aggregation="mean")
+    return mean([arith.prompt_text(EXPR)], ["\n\n".join(steps)])[0]
+
+
+def test_repeated_answer_lines_earn_nothing():
+    # the issue's example: a wrong chain scored 0.75, and 0.9375 with its answer line repeated 12 times
+    assert _mean_reward(WRONG_CHAIN) == 0.5
+    padded = WRONG_CHAIN + ["Answer: \\boxed{89}"] * 12
+    assert arith.step_correctness(EXPR, padded) == [0, 1, 1, 0] + [0] * 12
+    assert _mean_reward(padded) == pytest.approx(2 / 16)
+    # repetition never raises the score of a correct chain either
+    assert _mean_reward(GOOD_CHAIN) == 1.0
+    assert _mean_reward(GOOD_CHAIN + ["Answer: \\boxed{86}"] * 3) == pytest.approx(4 / 7)
+
+
+def test_steps_after_the_answer_earn_nothing():
+    late = ["17 + 25 = 42", "Answer: \\boxed{86}", "42 * 3 = 126", "126 - 40 = 86", "Answer: \\boxed{86}"]
+    assert arith.step_correctness(EXPR, late) == [1, 0, 0, 0, 0]
+    # a repeated equation pays only while it still reduces the expression
+    assert arith.step_correctness(EXPR, ["17 + 25 = 42", "17 + 25 = 42", "42 * 3 = 126"]) == [1, 0, 1]
+    twice = "(3 + 4) * (3 + 4)"
+    assert arith.step_correctness(twice, ["3 + 4 = 7", "3 + 4 = 7", "7 * 7 = 49", "Answer: \\boxed{49}"]) == [1] * 4
+
+
+@pytest.mark.parametrize("how", arith.AGGREGATIONS)
+def test_a_wrong_final_answer_never_gets_full_credit(how):
+    reward = arith.ArithProcessReward(aggregation=how)
+    # every equation true against the replay, but the final box disagrees with the first answer step
+    switched = GOOD_CHAIN + ["Answer: \\boxed{87}"]
+    for steps in (WRONG_CHAIN, WRONG_CHAIN + ["Answer: \\boxed{89}"] * 12, switched):
+        assert reward([arith.prompt_text(EXPR)], ["\n\n".join(steps)])[0] < 1.0
+    assert arith.step_correctness(EXPR, switched) == [1, 1, 1, 0, 0]
+    assert reward([arith.prompt_text(EXPR)], ["\n\n".join(GOOD_CHAIN)]) == [1.0]

@@ -44,7 +44,7 @@ def _launch(setup, accel, name):
            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"recipes/accelerate/{accel}.yaml",
             "--main_process_port", str(_free_port()), "-m", "twinloop.train.gppo",
-            "--config", "recipes/gppo/tiny-arith.yaml", "--model_name_or_path", str(model), "--output_dir", str(out),
+            "--config", "recipes/arith/process.yaml", "--model_name_or_path", str(model), "--output_dir", str(out),
             "--max_steps", "2", "--train_size", "16", "--per_device_train_batch_size", "4", "--num_generations", "4",
             "--max_completion_length", "12", "--save_steps", "2", "--logging_steps", "1", "--disable_tqdm", "true",
             "--reward_funcs", "dist_reward:Digits"]

@@ -130,14 +130,14 @@ def test_config_validation():
 def test_recipes_parse_and_cli_flags_override():
     from twinloop.train.gppo import parse, validate_recipe
 
-    script, cfg = parse(["--config", str(REPO / "recipes/gppo/tiny-arith.yaml"), "--max_steps", "3",
+    script, cfg = parse(["--config", str(REPO / "recipes/arith/process.yaml"), "--max_steps", "3",
                          "--gppo_beta1", "0.25"])
     assert cfg.max_steps == 3 and cfg.gppo_beta1 == 0.25 and cfg.num_generations == 8
-    assert script.reward_funcs == ["twinloop.tasks.arith:ArithProcessReward(aggregation='mean')"]
+    assert script.reward_funcs == ["arith_process(aggregation='mean')"] and script.task == "arith"
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
-        for recipe, head in [("recipes/gppo/tiny-arith.yaml", ["python", "-m", "twinloop.train.gppo"]),
+        for recipe, head in [("recipes/arith/process.yaml", ["python", "-m", "twinloop.train.gppo"]),
                              ("recipes/gppo/qwen2.5-1.5b-math.yaml",
                               ["accelerate", "launch", "--config_file", "recipes/accelerate/zero2.yaml",
                                "--num_processes", "8", "-m", "twinloop.train.gppo"])]:
@@ -171,7 +171,7 @@ def test_main_runs_a_recipe_end_to_end(tiny_dir, tmp_path):
     from twinloop.train.gppo import main
 
     out = tmp_path / "run"
-    rc = main(["--config", str(REPO / "recipes/gppo/tiny-arith.yaml"), "--model_name_or_path", tiny_dir,
+    rc = main(["--config", str(REPO / "recipes/arith/process.yaml"), "--model_name_or_path", tiny_dir,
                "--output_dir", str(out), "--max_steps", "2", "--train_size", "16", "--per_device_train_batch_size",
                "8", "--num_generations", "4", "--max_completion_length", "12", "--save_steps", "1",
                "--save_total_limit", "1", "--disable_tqdm", "true"])
@@ -184,38 +184,39 @@ def test_main_runs_a_recipe_end_to_end(tiny_dir, tmp_path):
     assert (out / "model.safetensors").is_file()
 
 
-def test_task_family_rows_are_arrow_safe_and_rewards_get_the_task_name():
+def test_task_family_rows_are_arrow_safe_and_the_task_reward_is_the_tasks_own():
     from fractions import Fraction
 
     from twinloop.train.gppo import GPPOScriptArguments, arrow_safe, build_dataset, build_rewards
 
     assert arrow_safe({"a": Fraction(1, 2), "b": [1, (2.5, None)], 3: "x"}) == {"a": "1/2", "b": [1, [2.5, None]],
                                                                                  "3": "x"}
-    script = GPPOScriptArguments(task="twinloop.tasks.rgym", task_name="gsm_symbolic", train_size=4,
-                                 reward_funcs=["twinloop.tasks.rgym:reward"])
+    script = GPPOScriptArguments(task="rgym:gsm_symbolic", train_size=4, reward_funcs=["task"])
     ds = build_dataset(script)
-    (reward,) = build_rewards(script.reward_funcs, script.task, script.task_name)
+    (reward,) = build_rewards(script)
     rows = list(ds)  # as TRL hands them to rewards: one dict per example
     cols = {k: [r[k] for r in rows] for k in ds.column_names if k != "prompt"}
     right = [f"\\boxed{{{r['answer']}}}" for r in rows]
     assert reward([r["prompt"] for r in rows], right, **cols) == [1.0] * 4
-    with pytest.raises(ValueError, match="module:attribute"):
-        build_rewards(["no_colon"])
+    with pytest.raises(ValueError, match="unknown reward"):
+        build_rewards(GPPOScriptArguments(reward_funcs=["no_colon"]))
 
 
 def test_reward_specs_take_keyword_literals():
-    from twinloop.train.gppo import build_rewards, split_call
+    from twinloop.build import split_call
+    from twinloop.train.gppo import GPPOScriptArguments, build_rewards
 
     from twinloop.tasks.arith import ArithProcessReward
 
     assert split_call("m:C") == ("m:C", {})
     assert split_call("m:C(a='x', b=2, c=[1, 2])") == ("m:C", {"a": "x", "b": 2, "c": [1, 2]})
-    (mean, strict) = build_rewards(["twinloop.tasks.arith:ArithProcessReward(aggregation='mean')",
-                                    "twinloop.tasks.arith:ArithProcessReward"])
+    specs = ["twinloop.tasks.arith:ArithProcessReward(aggregation='mean')", "arith_process"]
+    (mean, strict) = build_rewards(GPPOScriptArguments(reward_funcs=specs))
     assert isinstance(mean, ArithProcessReward) and (mean.aggregation, strict.aggregation) == ("mean", "min")
     prompt = [{"role": "user", "content": "Compute 2 + 3 * 4. ..."}]
     one_wrong = "3 * 4 = 12\n\n2 + 12 = 15\n\nAnswer: \\boxed{15}"
-    assert mean([prompt], [one_wrong], expression=["2 + 3 * 4"]) == [pytest.approx(2 / 3)]
+    # one right step of three: the wrong sum, and the answer 15 is not the true 14
+    assert mean([prompt], [one_wrong], expression=["2 + 3 * 4"]) == [pytest.approx(1 / 3)]
     assert strict([prompt], [one_wrong], expression=["2 + 3 * 4"]) == [0.0]
     for bad in ["m:C(1)", "m:C(a=open('x'))", "m:C(a="]:
         with pytest.raises(ValueError, match="module:Class"):

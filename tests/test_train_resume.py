@@ -14,7 +14,7 @@ STEPS = 4
 
 
 def _argv(out, model):
-    return ["--config", str(REPO / "recipes/gppo/tiny-arith.yaml"), "--model_name_or_path", str(model),
+    return ["--config", str(REPO / "recipes/arith/process.yaml"), "--model_name_or_path", str(model),
             "--output_dir", str(out), "--max_steps", str(STEPS), "--train_size", "32", "--per_device_train_batch_size",
             "8", "--num_generations", "4", "--max_completion_length", "12", "--save_steps", "2",
             "--save_total_limit", "2", "--learning_rate", "1e-3", "--logging_steps", "1", "--disable_tqdm", "true",

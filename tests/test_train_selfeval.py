@@ -64,14 +64,14 @@ def test_selfeval_adapter_trains_exports_and_the_vllm_probe_reads_it(tiny_model_
     assert metrics["eval_select_accuracy"] == 1.0 and metrics["eval_sample_accuracy"] == 0.5
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == 8
     assert "SelfEval" in (tmp_path / "adapter" / "README.md").read_text()
-    saved = json.loads((tmp_path / "adapter" / "twinloop_probe.json").read_text())
-    assert (saved["yes"], saved["no"]) == ("1", "0")
+    saved = json.loads((tmp_path / "adapter" / "twinloop_reward.json").read_text())
+    assert saved["kind"] == "selfeval" and (saved["settings"]["yes"], saved["settings"]["no"]) == ("1", "0")
 
     # the search's probe (as `twinloop eval --reward selfeval:ADAPTER` builds it), through vLLM with the
     # adapter, agrees with transformers + peft on the same ids
-    from twinloop.infer.evaluate import build_reward
+    from twinloop.build import build_reward
 
-    probe = build_reward(f"selfeval:{export}", "arith", vllm_engine)
+    probe = build_reward(f"selfeval:{export}", task="arith", engine=vllm_engine)
     assert isinstance(probe, SelfEvalProbe) and probe.lora == export
     assert (probe.yes_id, probe.no_id) == (probe_for(vllm_engine.tokenizer, "1", "0").yes_id,
                                           probe_for(vllm_engine.tokenizer, "1", "0").no_id)

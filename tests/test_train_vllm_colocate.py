@@ -90,7 +90,7 @@ def test_recipe_with_colocated_vllm_trains_and_exits_cleanly(tiny_dir, tmp_path)
 
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "twinloop.train.gppo", "--config", "recipes/gppo/tiny-arith.yaml",
+    argv = [sys.executable, "-m", "twinloop.train.gppo", "--config", "recipes/arith/process.yaml",
             "--model_name_or_path", tiny_dir, "--output_dir", str(out), "--max_steps", "2", "--train_size", "16",
             "--per_device_train_batch_size", "8", "--num_generations", "4", "--max_completion_length", "12",
             "--save_strategy", "no", "--disable_tqdm", "true", "--use_vllm", "true", "--vllm_dtype", "float32",

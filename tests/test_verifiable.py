@@ -21,7 +21,8 @@ from twinloop.rewards.verifiable import (
     "text, expected",
     [
         (r"so \boxed{\frac{1}{\sqrt{2}}} done", r"\frac{1}{\sqrt{2}}"),  # nested braces
-        (r"\boxed{1} then \boxed{2}", "2"),  # the last box wins
+        (r"\boxed{1} then \boxed{2}", "1, 2"),  # boxes side by side are one answer, as math-verify reads
+        (r"\boxed{1} looked right at first but the check of the second case fails so it must be \boxed{2}", "2"),
         ("#### 1,234", "1234"),
         ("The answer is -3.", "-3"),
         ("Answer: 42 apples", "42"),

@@ -7,7 +7,6 @@ a directory is atomic on one filesystem). A stale staging folder from a killed r
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -19,18 +18,14 @@ STAGING_DIR = ".staging"
 def write_model_card(folder: str | os.PathLike, *, method: str, base_model: str | None, step: int,
                      settings: dict[str, Any] | None = None) -> Path:
     """A short README.md (HF model-card front matter + the settings that produced it)."""
+    from twinloop.checkpoints.card import model_card
+    from twinloop.checkpoints.card import write_model_card as write
+
     folder = Path(folder)
-    lines = ["---", "library_name: transformers", "tags:", "- twinloop", f"- {method.lower()}"]
-    if base_model:
-        lines.append(f"base_model: {base_model}")
-    lines += ["---", "", f"# {folder.name}", "",
-              f"Trained with twinloop ({method}) for {step} optimizer steps"
-              + (f" from `{base_model}`." if base_model else "."), ""]
-    if settings:
-        lines += ["## Settings", "", "```json", json.dumps(settings, indent=1, sort_keys=True, default=str), "```", ""]
-    path = folder / "README.md"
-    path.write_text("\n".join(lines))
-    return path
+    summary = [f"Trained with twinloop ({method}) for {step} optimizer steps"
+               + (f" from `{base_model}`." if base_model else ".")]
+    return write(folder, model_card(title=folder.name, summary=summary, tags=["twinloop", method.lower()],
+                                    base_model=base_model, settings=settings))
 
 
 def publish(staged: str | os.PathLike, final: str | os.PathLike) -> None:

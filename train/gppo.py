@@ -2,9 +2,9 @@
 
 Launch (TrlParser style: the YAML recipe sets values, command-line flags override them):
 
-    python -m twinloop.train.gppo --config recipes/gppo/tiny-arith.yaml [--max_steps 20 ...]
+    python -m twinloop.train.gppo --config recipes/arith/process.yaml [--max_steps 20 ...]
     accelerate launch --config_file recipes/accelerate/cpu2.yaml -m twinloop.train.gppo \
-        --config recipes/gppo/tiny-arith.yaml
+        --config recipes/arith/process.yaml
 
 Only the policy loss changes (see ``twinloop.train.losses``); generation (transformers, vLLM colocated, vLLM
 server), reward computation, advantages, logging (``report_to``, progress bars) and checkpointing are TRL's and
@@ -14,7 +14,6 @@ twinloop Reward objects, passed to TRL unchanged.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -23,7 +22,17 @@ from typing import Any
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
+from twinloop.rewards.base import checked
 from twinloop.train.checkpointing import AtomicCheckpointMixin
+from twinloop.train.common import (  # noqa: F401  (re-exported for recipes and scripts that import them here)
+    arrow_safe,
+    cpu_overrides,
+    launch_command,
+    load_tokenizer,
+    recipe_launch_line,
+    shutdown_colocated_vllm,
+    with_flat_recipe,
+)
 from twinloop.train.losses import (
     CLIP_MODES,
     clip_stats,
@@ -91,9 +100,9 @@ class GPPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         if cfg is not None and cfg.use_vllm and cfg.vllm_mode == "colocate":
             single = os.environ.get("WORLD_SIZE", "1") == "1" and not torch.distributed.is_initialized()
             if single and os.environ.get("MASTER_PORT", "29500") in ("29500", "auto", "0"):
-                from twinloop.train.vllm_sync import free_port
+                from twinloop.infer.engine import free_port
 
-                os.environ["MASTER_PORT"] = free_port()  # parallel runs must not share TRL's default 29500
+                os.environ["MASTER_PORT"] = str(free_port())  # parallel runs must not share TRL's default 29500
             if cfg.vllm_dtype is not None:
                 extra["dtype"] = cfg.vllm_dtype
             if not torch.cuda.is_available():
@@ -199,92 +208,33 @@ class GPPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
 # ---- launch ----------------------------------------------------------------------------------------------------
 @dataclass
 class GPPOScriptArguments:
-    """What the recipe trains on: a model folder, a task module (``load(split, n, seed)`` giving chat-format rows),
-    and reward classes as ``module:Class`` (each constructed with no arguments)."""
+    """What the recipe trains on: a model folder, a task spec (``arith``, ``rgym:countdown``: see
+    ``twinloop.build.build_task``) and reward specs (aliases, ``module:Class(key=literal)`` or bundle folders: see
+    ``twinloop.build.build_reward``), the same spellings ``twinloop eval`` reads."""
 
     model_name_or_path: str = field(default="checkpoints/tiny-arith-policy", metadata={"help": "HF model folder."})
-    task: str = field(default="twinloop.tasks.arith", metadata={"help": "module with load(split, n, seed)."})
-    task_name: str | None = field(default=None, metadata={"help": "for task families (twinloop.tasks.rgym): the "
-                                                                    "dataset name, given to load() and reward()."})
+    task: str = field(default="arith", metadata={"help": "task spec: arith, gsm8k, rgym:countdown, ..."})
     train_size: int = field(default=512, metadata={"help": "training problems."})
     task_seed: int | None = field(default=None, metadata={"help": "seed of the task's train split."})
-    reward_funcs: list[str] = field(default_factory=lambda: ["twinloop.tasks.arith:ArithOutcomeReward"],
-                                    metadata={"help": "reward classes, module:Class."})
+    reward_funcs: list[str] = field(default_factory=lambda: ["arith_outcome"],
+                                    metadata={"help": "reward specs: alias, module:Class(key=literal), bundle."})
     dtype: str = field(default="float32", metadata={"help": "model dtype (float32, bfloat16)."})
 
 
-def load_object(spec: str) -> Any:
-    """``module:attr`` -> the attribute (a one-line error when it cannot be found)."""
-    module, _, attr = spec.partition(":")
-    if not attr:
-        raise ValueError(f"expected 'module:attribute', got {spec!r}")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot load {spec!r}: {e}") from e
+def build_rewards(script: GPPOScriptArguments, trust_remote_code: bool = False) -> list[Any]:
+    """The recipe's reward specs through the one builder (``task`` serves the task's own reward). Reward classes
+    outside ``twinloop.`` load only with the config's ``trust_remote_code``, as models do."""
+    from twinloop.build import build_reward
 
-
-def load_tokenizer(model_dir: str) -> Any:
-    """The folder's own tokenizer. transformers 5 maps a Qwen2 config to Qwen2Tokenizer even when the folder
-    saved a plain ``TokenizersBackend`` (twinloop's tiny BPE), and Qwen2's pre-tokenizer then splits numbers
-    into digits the model never saw; load such folders as the plain fast tokenizer they are."""
-    import json
-
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    path = os.path.join(model_dir, "tokenizer_config.json")
-    if os.path.isfile(path) and json.load(open(path)).get("tokenizer_class") in ("TokenizersBackend",
-                                                                                  "PreTrainedTokenizerFast"):
-        tok = PreTrainedTokenizerFast.from_pretrained(model_dir)
-        tok.padding_side = "left"
-        return tok
-    return AutoTokenizer.from_pretrained(model_dir)
-
-
-def split_call(spec: str) -> tuple[str, dict[str, Any]]:
-    """``module:Class(key=literal, ...)`` -> (``module:Class``, keyword arguments); no parentheses, no arguments."""
-    import ast
-
-    head, paren, tail = spec.partition("(")
-    if not paren:
-        return spec.strip(), {}
-    try:
-        call = ast.parse(f"f({tail}", mode="eval").body
-        if not isinstance(call, ast.Call) or call.args:
-            raise ValueError
-        return head.strip(), {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-    except (SyntaxError, ValueError) as e:
-        raise ValueError(f"expected 'module:Class(key=literal, ...)', got {spec!r}") from e
-
-
-def construct(spec: str, *args: Any) -> Any:
-    """An instance from ``module:Class`` or ``module:Class(key=literal, ...)``, e.g.
-    ``twinloop.tasks.arith:ArithProcessReward(aggregation='mean')``; ``args`` go first."""
-    name, kwargs = split_call(spec)
-    return load_object(name)(*args, **kwargs)
-
-
-def build_rewards(specs: Sequence[str], task: str | None = None, task_name: str | None = None) -> list[Any]:
-    """Construct each reward spec (see ``construct``); the task module's own ones get ``task_name`` first."""
-    return [construct(s, task_name) if task_name and split_call(s)[0].split(":")[0] == task else construct(s)
-            for s in specs]
-
-
-def arrow_safe(value: Any) -> Any:
-    """Rows go through Arrow: keep JSON-like values, write anything else (Fraction, ...) as its string."""
-    if isinstance(value, dict):
-        return {str(k): arrow_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [arrow_safe(v) for v in value]
-    return value if value is None or isinstance(value, (str, bool, int, float)) else str(value)
+    return [build_reward(s, task=script.task, trust_remote_code=trust_remote_code) for s in script.reward_funcs]
 
 
 def build_dataset(script: GPPOScriptArguments):
     from datasets import Dataset
 
-    module = importlib.import_module(script.task)
-    head = [script.task_name] if script.task_name else []
-    rows = module.load(*head, "train", n=script.train_size, seed=script.task_seed)
+    from twinloop.tasks import build_task
+
+    rows = build_task(script.task).load("train", n=script.train_size, seed=script.task_seed)
     return Dataset.from_list([arrow_safe(r) for r in rows])
 
 
@@ -294,65 +244,19 @@ def build_trainer(script: GPPOScriptArguments, cfg: GPPOConfig, rewards: Sequenc
         raise FileNotFoundError(f"model folder not found: {script.model_name_or_path}")
     cfg.model_init_kwargs = {**(cfg.model_init_kwargs or {}), "dtype": script.dtype}
     return GPPOTrainer(model=script.model_name_or_path,
-                       reward_funcs=list(rewards) if rewards is not None
-                       else build_rewards(script.reward_funcs, script.task, script.task_name),
+                       reward_funcs=[checked(r) for r in (rewards if rewards is not None else
+                                     build_rewards(script, bool(getattr(cfg, "trust_remote_code", False))))],
                        args=cfg, train_dataset=train_dataset if train_dataset is not None else build_dataset(script),
                        processing_class=load_tokenizer(script.model_name_or_path), callbacks=callbacks)
-
-
-def cpu_overrides(argv: Sequence[str]) -> list[str]:
-    """Flags that make a CUDA-less machine train (STACK.md): DDP runs with ``use_cpu`` (gloo); DeepSpeed needs
-    ``use_cpu`` off (it would disable the plugin), a gloo process group and the CPU DeepSpeed accelerator.
-    Flags already on the command line win."""
-    if torch.cuda.is_available():
-        return []
-    given = {a.split("=")[0] for a in argv if a.startswith("--")}
-    extra: list[str] = []
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        wanted = {"--use_cpu": "false", "--ddp_backend": "gloo"}
-    else:
-        wanted = {"--use_cpu": "true"}
-    for flag, value in wanted.items():
-        if flag not in given:
-            extra += [flag, value]
-    return extra
 
 
 def parse(argv: Sequence[str]) -> tuple[GPPOScriptArguments, GPPOConfig]:
     from trl import TrlParser
 
-    argv = list(argv)
+    argv = with_flat_recipe(argv, "train")
     parser = TrlParser((GPPOScriptArguments, GPPOConfig))
     script, cfg = parser.parse_args_and_config(argv + cpu_overrides(argv))
     return script, cfg
-
-
-def launch_command(recipe: str, accelerate_config: str | None = None, num_processes: int | None = None,
-                   extra: Sequence[str] = (), module: str = "twinloop.train.gppo") -> list[str]:
-    """The argv that launches ``recipe``: plain python, or ``accelerate launch`` with a config file."""
-    tail = ["-m", module, "--config", recipe, *extra]
-    if accelerate_config is None:
-        return ["python", *tail]
-    head = ["accelerate", "launch", "--config_file", accelerate_config]
-    if num_processes is not None:
-        head += ["--num_processes", str(num_processes)]
-    return head + tail
-
-
-def recipe_launch_line(recipe: str) -> list[str]:
-    """The first ``# Launch:`` line of a recipe header (with its ``\\`` continuations), as an argv."""
-    import shlex
-
-    lines = open(recipe).read().splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith("# Launch:"):
-            text = line.split(":", 1)[1].strip()
-            while text.endswith("\\") and i + 1 < len(lines):
-                i += 1
-                text = text[:-1] + " " + lines[i].lstrip("#").strip()
-            return shlex.split(text)
-    raise ValueError(f"{recipe} has no '# Launch:' line in its header")
 
 
 def validate_recipe(recipe: str) -> tuple[GPPOScriptArguments, GPPOConfig, list[str]]:
@@ -374,15 +278,6 @@ def validate_recipe(recipe: str) -> tuple[GPPOScriptArguments, GPPOConfig, list[
     if built != stated:
         raise ValueError(f"{recipe}: stated launch line {stated} differs from the built one {built}")
     return script, cfg, built
-
-
-def shutdown_colocated_vllm(trainer: Any) -> None:
-    """Stop a trainer's colocated vLLM engine (GPPO's or stock TRL's), if it has one, while the process group
-    it was set up with still exists; otherwise its exit-time shutdown finds the group gone and prints a
-    traceback."""
-    llm = getattr(getattr(trainer, "vllm_generation", None), "llm", None)
-    if llm is not None:
-        llm.llm_engine.engine_core.shutdown()
 
 
 def teardown(trainer: GPPOTrainer) -> None:

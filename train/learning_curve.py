@@ -2,7 +2,7 @@
 
     python -m twinloop.train.learning_curve --vllm --steps_per_generation 4 --out runs/curve
 
-Both variants start from recipes/gppo/tiny-arith.yaml (its reward, temperature, batch, learning rate, seed).
+Both variants start from recipes/arith/process.yaml (its reward, temperature, batch, learning rate, seed).
 GPPO is ``GPPOTrainer`` with the recipe as it is; GRPO is TRL's own ``GRPOTrainer(loss_type="dapo")`` given the
 same values (it has no NLL term or dual clip). Greedy accuracy is measured on the task's held-out test split
 (200 problems) before training and every ``--eval-every`` steps. Writes ``curve.jsonl`` and ``curve.png``
@@ -56,7 +56,7 @@ def run_variant(name: str, args, rows_eval, log) -> None:
 
     from twinloop.tasks.arith import ArithOutcomeReward, load
 
-    script, cfg = parse(["--config", str(REPO / "recipes/gppo/tiny-arith.yaml"), "--model_name_or_path",
+    script, cfg = parse(["--config", str(REPO / "recipes/arith/process.yaml"), "--model_name_or_path",
                          args.policy, "--output_dir", str(Path(args.out) / name), "--max_steps", str(args.steps),
                          "--save_strategy", "no", "--logging_steps", "10", "--disable_tqdm", "true", "--use_vllm",
                          str(args.vllm).lower(), "--vllm_dtype", "float32", "--vllm_max_model_length", "512",
@@ -69,7 +69,7 @@ def run_variant(name: str, args, rows_eval, log) -> None:
         cls = GRPOTrainer
     else:
         cls = GPPOTrainer
-    rewards = build_rewards(script.reward_funcs, script.task, script.task_name)
+    rewards = build_rewards(script)
     n_prompts = cfg.per_device_train_batch_size * args.steps // cfg.num_generations + 64
     train = Dataset.from_list(load("train", n=n_prompts, seed=args.data_seed))
     t0 = time.time()
@@ -97,9 +97,10 @@ def run_variant(name: str, args, rows_eval, log) -> None:
     kwargs = dict(model=args.policy, reward_funcs=rewards, args=cfg, train_dataset=train, callbacks=[Eval()],
                   processing_class=load_tokenizer(args.policy))
     if name == "grpo" and args.vllm:  # stock TRL needs the same CPU fixes as GPPOTrainer applies to itself
-        from twinloop.train.vllm_sync import colocated_llm_kwargs, free_port, patch_colocate_sync_for_cpu
+        from twinloop.infer.engine import free_port
+        from twinloop.train.vllm_sync import colocated_llm_kwargs, patch_colocate_sync_for_cpu
 
-        os.environ["MASTER_PORT"] = free_port()
+        os.environ["MASTER_PORT"] = str(free_port())
         with colocated_llm_kwargs(dtype="float32", enforce_eager=True):
             trainer = cls(**kwargs)
         patch_colocate_sync_for_cpu(trainer.vllm_generation)

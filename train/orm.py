@@ -10,7 +10,6 @@ sequence-classification folder plus ``twinloop_reward.json``; ``ScalarRM.from_pr
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from typing import Any
 
 from trl import RewardConfig, RewardTrainer
 from twinloop.train.checkpointing import AtomicCheckpointMixin
-from twinloop.train.gppo import load_tokenizer
+from twinloop.train.common import load_tokenizer
 from twinloop.train.rm_data import (
     PolicySampleArguments,
     preference_pairs,
@@ -28,6 +27,8 @@ from twinloop.train.rm_data import (
     score_completions,
     write_reward_bundle,
 )
+
+from twinloop.tasks import build_task
 
 
 @dataclass
@@ -54,7 +55,7 @@ class ORMTrainer(AtomicCheckpointMixin, RewardTrainer):
 
 def build_pairs(script: ORMScriptArguments, split: str, n: int, engine: Any, verifier: Any, seed: int
                 ) -> list[dict[str, Any]]:
-    rows = importlib.import_module(script.task).load(split, n=n)
+    rows = build_task(script.task).load(split, n=n)
     comps = sample_completions(engine, rows, script.samples_per_problem, script.sample_temperature,
                                script.sample_max_tokens, seed=seed)
     return preference_pairs(rows, comps, score_completions(verifier, rows, comps), script.max_pairs_per_prompt, seed)
@@ -91,12 +92,11 @@ def train_orm(script: ORMScriptArguments, cfg: ORMConfig, train_pairs: Sequence[
     metrics = {"train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs)}
     if trainer.args.should_save:
         tok.save_pretrained(export)
-        write_reward_bundle(export, {"kind": "outcome", "class": "twinloop.rewards.scalar:ScalarRM",
-                                     "kwargs": {"sigmoid": False}}, "ORM", script.policy_dir,
-                            {"global_step": trainer.state.global_step, "learning_rate": cfg.learning_rate,
-                             "train_pairs": len(train_pairs)})
         reloaded = AutoModelForSequenceClassification.from_pretrained(export, num_labels=1).eval()
         rm = ScalarRM(model=reloaded, tokenizer=load_tokenizer(export))
+        write_reward_bundle(export, rm, "orm", "ORM", script.policy_dir,
+                            {"global_step": trainer.state.global_step, "learning_rate": cfg.learning_rate,
+                             "train_pairs": len(train_pairs)})
         metrics["eval_pair_accuracy"] = pair_accuracy(rm, eval_pairs)
         metrics["train_pair_accuracy"] = pair_accuracy(rm, list(train_pairs)[:256])
     return export, metrics

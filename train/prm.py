@@ -11,7 +11,6 @@ with, so training and scoring see identical ids. The export is an HF token-class
 """
 from __future__ import annotations
 
-import importlib
 import itertools
 import os
 import sys
@@ -21,7 +20,7 @@ from typing import Any
 
 from transformers import Trainer, TrainingArguments
 from twinloop.train.checkpointing import AtomicCheckpointMixin
-from twinloop.train.gppo import load_tokenizer
+from twinloop.train.common import load_tokenizer
 from twinloop.train.rm_data import (
     PolicySampleArguments,
     mc_step_labels,
@@ -29,6 +28,8 @@ from twinloop.train.rm_data import (
     sample_completions,
     write_reward_bundle,
 )
+
+from twinloop.tasks import build_task
 
 
 @dataclass
@@ -80,7 +81,7 @@ def step_accuracy(prm: Any, examples: Sequence[dict[str, Any]], truth_key: str =
 def with_exact_labels(task: str, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add the task's exact label per step (``exact`` key) when the task can check steps (arith can): 1 while
     every step so far is correct, which is what a Monte-Carlo label estimates (can this prefix still succeed)."""
-    module = importlib.import_module(task)
+    module = build_task(task).module
     if not hasattr(module, "step_correctness"):
         return examples
     for e in examples:
@@ -115,13 +116,12 @@ def train_prm(script: PRMScriptArguments, cfg: PRMConfig, train_examples: Sequen
     if trainer.args.should_save:
         tok.padding_side = "left"
         tok.save_pretrained(export)
-        write_reward_bundle(export, {"kind": "process", "class": "twinloop.rewards.process:TokenClassifierPRM",
-                                     "kwargs": {"delimiter": script.delimiter, "aggregation": script.aggregation}},
-                            "PRM", script.policy_dir, {"global_step": trainer.state.global_step,
-                                                       "rollouts": script.rollouts, "threshold": script.threshold})
         reloaded = AutoModelForTokenClassification.from_pretrained(export).eval()
         prm = TokenClassifierPRM(model=reloaded, tokenizer=load_tokenizer(export), delimiter=script.delimiter,
                                  aggregation=script.aggregation)
+        write_reward_bundle(export, prm, "prm", "PRM", script.policy_dir,
+                            {"global_step": trainer.state.global_step, "rollouts": script.rollouts,
+                             "threshold": script.threshold})
         metrics["eval_step_accuracy_mc"] = step_accuracy(prm, eval_examples)
         labels = [lab for e in eval_examples for lab in e["labels"]]
         metrics["eval_good_step_rate"] = sum(labels) / max(1, len(labels))  # majority baseline = max(p, 1-p)
@@ -132,7 +132,7 @@ def train_prm(script: PRMScriptArguments, cfg: PRMConfig, train_examples: Sequen
 
 
 def build_examples(script: PRMScriptArguments, split: str, n: int, engine: Any, verifier: Any, seed: int):
-    rows = importlib.import_module(script.task).load(split, n=n)
+    rows = build_task(script.task).load(split, n=n)
     comps = sample_completions(engine, rows, script.samples_per_problem, script.sample_temperature,
                                script.sample_max_tokens, seed=seed)
     examples = mc_step_labels(engine, verifier, rows, comps, script.rollouts, script.threshold, script.delimiter,

@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     recompute_scores = [aggregate(verifier.step_scores([e["prompt"]], [e["steps"]])[0], "min") for e in held]
     engine.close()
     negatives = one_step_negatives(train, args.seed)
-    with_exact_labels("twinloop.tasks.arith", held)  # held-out exact step labels: evaluation only
+    with_exact_labels("arith", held)  # held-out exact step labels: evaluation only
     script = PRMScriptArguments(policy_dir=args.policy_dir, aggregation="min")
     cfg = PRMConfig(output_dir=args.output_dir, learning_rate=args.learning_rate, num_train_epochs=args.epochs,
                     use_cpu=True, bf16=False, save_strategy="no", report_to=[], seed=args.seed, logging_steps=50)

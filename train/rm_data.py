@@ -29,9 +29,9 @@ class PolicySampleArguments:
 
     policy_dir: str = field(default="checkpoints/tiny-arith-policy", metadata={"help": "policy to sample from and "
                                                                                       "initialise the model with."})
-    task: str = field(default="twinloop.tasks.arith", metadata={"help": "module with load(split, n, seed)."})
-    verifier: str = field(default="twinloop.tasks.arith:ArithOutcomeReward",
-                          metadata={"help": "module:Class or module:Class(key=literal, ...)."})
+    task: str = field(default="arith", metadata={"help": "task spec: arith, gsm8k, rgym:countdown, ..."})
+    verifier: str = field(default="arith_outcome",
+                          metadata={"help": "reward spec: alias, module:Class(key=literal, ...) or bundle folder."})
     sample_temperature: float = 1.0
     sample_max_tokens: int = 128
     engine: str = field(default="vllm", metadata={"help": "'vllm' or 'hf' for sampling."})
@@ -137,7 +137,7 @@ def mc_step_labels(engine: Any, reward: Any, rows: Sequence[dict[str, Any]], com
 
 def make_engine(kind: str, model_dir: str, max_model_len: int = 1024, seed: int = 0) -> Any:
     """The sampling engine for data building: "vllm" (fast) or "hf" (transformers, no vLLM needed)."""
-    from twinloop.train.gppo import load_tokenizer
+    from twinloop.train.common import load_tokenizer
 
     if kind == "vllm":
         from twinloop.infer.vllm_engine import VLLMEngine
@@ -152,15 +152,14 @@ def make_engine(kind: str, model_dir: str, max_model_len: int = 1024, seed: int 
     raise ValueError(f"engine must be 'vllm' or 'hf'; got {kind!r}")
 
 
-def write_reward_bundle(folder: str, spec: dict[str, Any], method: str, base_model: str | None,
-                        settings: dict[str, Any]) -> None:
-    """``twinloop_reward.json`` (which Reward class loads the folder, and with which arguments) + model card."""
-    import json
-    from pathlib import Path
-
+def write_reward_bundle(folder: str, reward: Any, kind: str, method: str, base_model: str | None,
+                        settings: dict[str, Any], weights: str = "full") -> None:
+    """``twinloop_reward.json`` (the one bundle format: which Reward class loads the folder, with which settings)
+    + model card."""
+    from twinloop.checkpoints.spec import write_trainer_bundle
     from twinloop.train.checkpointing import write_model_card
 
-    Path(folder, "twinloop_reward.json").write_text(json.dumps(spec, indent=1))
+    write_trainer_bundle(folder, reward, kind, weights=weights, base_model=base_model)
     write_model_card(folder, method=method, base_model=base_model, step=int(settings.get("global_step", 0)),
                      settings=settings)
 
@@ -173,7 +172,8 @@ def run_rm_trainer(name: str, parser_types: tuple, build: Any, train: Any, argv:
 
     import torch
     from trl import TrlParser
-    from twinloop.train.gppo import construct
+
+    from twinloop.build import build_reward
 
     torch.set_num_threads(int(os.environ.get("TWINLOOP_TORCH_THREADS", "1")))
     argv = list(argv)
@@ -183,7 +183,7 @@ def run_rm_trainer(name: str, parser_types: tuple, build: Any, train: Any, argv:
     script, cfg = TrlParser(parser_types).parse_args_and_config(argv)
     if not os.path.isdir(script.policy_dir):
         raise FileNotFoundError(f"policy folder not found: {script.policy_dir}")
-    verifier = construct(script.verifier)
+    verifier = build_reward(script.verifier)
     engine = make_engine(script.engine, script.policy_dir, seed=cfg.seed)
     train_data = build(script, "train", script.train_problems, engine, verifier, cfg.seed)
     held_out = build(script, "dev", script.eval_problems, engine, verifier, cfg.seed + 1)

@@ -11,24 +11,21 @@ response is wrong and the policy solved the prompt in at least one of its sample
 response is right, or no restart found a right one) [check: the paper uses win rates under a reward model;
 with a verifiable reward this is their 0/1 form]. Each example is exactly the probe prompt that
 ``rewards.selfeval.SelfEvalProbe`` reads, plus the one answer token; the loss is on that token only. The
-adapter (peft, HF format, plus ``twinloop_probe.json`` with the question and answer words) is what
+adapter (peft, HF format, plus ``twinloop_reward.json`` naming the probe with its question and answer words) is what
 ``selfeval:ADAPTER`` loads in ``twinloop eval`` and in the search.
 """
 from __future__ import annotations
 
-import importlib
-import json
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from transformers import Trainer, TrainingArguments
 from twinloop.train.checkpointing import AtomicCheckpointMixin, write_model_card
-from twinloop.train.gppo import load_tokenizer
+from twinloop.train.common import load_tokenizer
 from twinloop.train.rm_data import (
     CORRECT,
     PolicySampleArguments,
@@ -36,6 +33,8 @@ from twinloop.train.rm_data import (
     sample_completions,
     score_completions,
 )
+
+from twinloop.tasks import build_task
 
 
 @dataclass
@@ -70,7 +69,7 @@ def better_labels(scores: Sequence[float | None]) -> list[int]:
 
 def build_examples(script: SelfEvalScriptArguments, split: str, n: int, engine: Any, verifier: Any, seed: int
                    ) -> list[dict[str, Any]]:
-    rows = importlib.import_module(script.task).load(split, n=n)
+    rows = build_task(script.task).load(split, n=n)
     comps = sample_completions(engine, rows, script.samples_per_problem, script.sample_temperature,
                                script.sample_max_tokens, seed=seed)
     out = []
@@ -158,10 +157,9 @@ def train_selfeval(script: SelfEvalScriptArguments, cfg: SelfEvalConfig, train_e
     metrics: dict[str, float] = {"train_examples": len(train_examples), "eval_examples": len(eval_examples),
                                  "train_better_rate": sum(e["better"] for e in train_examples) / len(train_examples)}
     if trainer.args.should_save:
-        from twinloop.rewards.selfeval import PROBE_FILE
+        from twinloop.checkpoints.spec import write_trainer_bundle
 
-        Path(export, PROBE_FILE).write_text(json.dumps({"question": probe.question, "yes": script.yes,
-                                                        "no": script.no}, indent=1))
+        write_trainer_bundle(export, probe, "selfeval", weights="lora", base_model=script.policy_dir, tokenizer=tok)
         write_model_card(export, method="SelfEval", base_model=script.policy_dir, step=trainer.state.global_step,
                          settings={"lora_r": script.lora_r, "learning_rate": cfg.learning_rate,
                                    "train_examples": len(train_examples)})

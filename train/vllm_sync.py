@@ -17,16 +17,6 @@ from typing import Any
 from twinloop.infer.vllm_engine import VLLMEngine
 
 
-def free_port() -> str:
-    """An OS-assigned free TCP port for the colocated engine's single-process group. TRL tries 29500 first,
-    which two runs started together both get."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def sync_weights(generation: Any) -> None:
     """Replacement for ``VLLMGeneration.sync_weights`` in colocate mode (all ranks iterate, as TRL gathers
     ZeRO-3 parameters collectively)."""

@@ -1,6 +1,7 @@
 """`twinloop <command>`: each command is a thin call into a package module.
 
-Every command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; modules are imported
+Every command module exposes ``add_arguments(parser)`` and ``run(args) -> int`` (or, with
+``PARSES_ITS_OWN_ARGV``, ``main(argv) -> int`` reading a dataclass config); modules are imported
 only when their command runs, so ``twinloop --help`` stays fast and vLLM stays unimported.
 """
 from __future__ import annotations
@@ -15,10 +16,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "smoke": ("twinloop.smoke", "engine smoke run on a tiny model built on the fly"),
     "tinyworld": ("twinloop.tinyworld", "build the tiny arithmetic policy shipped in checkpoints/"),
     "import-gguf": ("twinloop.gguf", "convert SmolLM2-135M-Instruct (GGUF) to a safetensors folder"),
-    "export": ("twinloop.export_cli", "export a trained reward model as a Hugging Face folder with twinloop_reward.json"),
+    "export": ("twinloop.export_cli",
+               "export a trained reward model as a Hugging Face folder with twinloop_reward.json"),
     "verify": ("twinloop.verify_cli", "check an export's files against its manifest.json (sha256)"),
     "serve-reward": ("twinloop.serve_reward_cli", "serve an exported reward over HTTP on 127.0.0.1"),
-    "eval": ("twinloop.infer.evaluate", "run search procedures on a task at several budgets (JSONL, table, plot)"),
+    "eval": ("twinloop.eval_cli", "run search procedures on a task at several budgets (JSONL, table, plot)"),
     "train": ("twinloop.cli", "train a policy or reward model: `twinloop train METHOD --config RECIPE.yaml`"),
 }
 
@@ -59,11 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name = argv[0]
     module = _load(name)
-    cmd = argparse.ArgumentParser(prog=f"twinloop {name}", description=COMMANDS[name][1])
-    module.add_arguments(cmd)
-    args = cmd.parse_args(argv[1:])
+    if getattr(module, "PARSES_ITS_OWN_ARGV", False):  # a dataclass config read by HfArgumentParser
+        args = argv[1:]
+    else:
+        cmd = argparse.ArgumentParser(prog=f"twinloop {name}", description=COMMANDS[name][1])
+        module.add_arguments(cmd)
+        args = cmd.parse_args(argv[1:])
     try:
-        return int(module.run(args) or 0)
+        return int(module.main(args) if isinstance(args, list) else module.run(args) or 0)
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # user errors (EngineError too): one line
         print(f"twinloop {name}: error: {e}", file=sys.stderr)
         return 2

@@ -7,8 +7,9 @@ backends live in ``twinloop.infer`` (vLLM offline, an OpenAI-compatible client, 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 class EngineError(RuntimeError):
@@ -28,7 +29,7 @@ class SamplingConfig:
     seed: int | None = None
     allowed_token_ids: list[int] | None = None
 
-    def validate(self) -> "SamplingConfig":
+    def validate(self) -> SamplingConfig:
         if self.n < 1:
             raise EngineError(f"sampling n must be >= 1, got {self.n}")
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
@@ -63,7 +64,7 @@ class Request:
 class Completion:
     token_ids: list[int]
     text: str
-    finish_reason: str  # "stop" (EOS or stop string/token) or "length"
+    finish_reason: str  # "stop" (EOS or stop string/token), "length" (max_tokens) or "abort" (dropped by the backend)
     logprobs: list[float] | None = None  # logprob of each generated token
     top_logprobs: list[dict[int, float]] | None = None  # per position, when logprobs=k>0
 
@@ -74,7 +75,7 @@ class Usage:
     cached_prompt_tokens: int = 0
     generated_tokens: int = 0
 
-    def add(self, other: "Usage") -> "Usage":
+    def add(self, other: Usage) -> Usage:
         self.prompt_tokens += other.prompt_tokens
         self.cached_prompt_tokens += other.cached_prompt_tokens
         self.generated_tokens += other.generated_tokens

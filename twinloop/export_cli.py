@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HF model folder, peft adapter, trainer output (last checkpoint-N) or DeepSpeed "
                              "ZeRO checkpoint")
     parser.add_argument("--kind", required=True, choices=KINDS)
+    parser.add_argument("--reward", help="the reward class, as a spec (alias such as prm_probe, or module:Class); "
+                                         "default: the kind's own")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow a reward class outside twinloop")
     parser.add_argument("--out", required=True, help="export folder to write (must be absent or empty)")
     parser.add_argument("--merge-lora", action="store_true", help="merge a LoRA adapter into its base model")
     parser.add_argument("--base-model", help="base model folder of a LoRA adapter (default: from adapter_config.json)")
@@ -48,10 +51,16 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ValueError(f"--metric {name}={value!r}: the value must be a number")
         metrics[name] = float(value)
-    out = export(args.checkpoint, args.out, args.kind, merge_lora=args.merge_lora, settings=dict(args.setting) or None,
+    from twinloop.build import parse_reward_spec, reward_class
+
+    cls = reward_class(args.reward, args.trust_remote_code) if args.reward else None
+    given = dict(parse_reward_spec(args.reward).kwargs) if args.reward else {}
+    settings = {**given, **dict(args.setting)} or None
+    out = export(args.checkpoint, args.out, args.kind, merge_lora=args.merge_lora, settings=settings,
                  base_model=args.base_model, meta_rm=args.meta_rm, method=args.method, data=args.data,
-                 metrics=metrics, overwrite=args.overwrite)
+                 metrics=metrics, overwrite=args.overwrite, reward_class=cls,
+                 trust_remote_code=args.trust_remote_code)
     spec = read_spec(out)
-    print(f"exported {spec['kind']} ({spec['reward_class'].rsplit('.', 1)[-1]}, {spec['model']['weights']} weights) "
+    print(f"exported {spec['kind']} ({spec['spec']}, {spec['model']['weights']} weights) "
           f"to {out}")
     return 0

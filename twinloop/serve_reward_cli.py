@@ -24,17 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights dtype; vLLM's auto serves fp32 checkpoints in 16-bit, so pass float32 to "
                              "match transformers fp32 scores")
     parser.add_argument("--base-model", help="base model folder of a LoRA export (default: the one recorded)")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the folder")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow model code and a reward class outside twinloop")
     parser.add_argument("--no-verify", action="store_true", help="skip the manifest check at start-up")
 
 
 def run(args: argparse.Namespace) -> int:
-    from twinloop.checkpoints.export import load_reward, read_spec
+    from twinloop.build import build_reward
+    from twinloop.checkpoints.export import read_spec
     from twinloop.checkpoints.serve import make_server
 
     spec = read_spec(args.folder)
-    reward = load_reward(args.folder, backend=args.backend, dtype=args.dtype, base_model=args.base_model,
-                         trust_remote_code=args.trust_remote_code, check_manifest=not args.no_verify)
+    reward = build_reward(args.folder, backend=args.backend, dtype=args.dtype, base_model=args.base_model,
+                          trust_remote_code=args.trust_remote_code, check_manifest=not args.no_verify)
     try:
         server = make_server(reward, spec, args.host, args.port)
     except OSError as e:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twinloop.infer.engine import Completion, Engine, Request
-from twinloop.infer.search.common import (
+from twinloop.infer.search._common import (
     Budget,
     Candidate,
     Problem,
@@ -24,9 +24,13 @@ from twinloop.infer.search.common import (
     SearchResult,
     Tracker,
     argbest,
+    candidate_finish,
     make_result,
     reward_prompt,
 )
+
+NEEDS_REWARD = "selfeval"  # the reward kind it searches with: outcome, process, or a judge alias (or None)
+BUDGET_FREE = False  # True: one sample whatever the budget
 
 
 @dataclass
@@ -82,7 +86,8 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
         fresh: list[tuple[int, Any]] = []  # (problem, completion) complete responses of this batch
         partial: list[tuple[int, Any]] = []
         for pi, res in zip(live, results):
-            prompt_ids[pi] = list(res.prompt_ids)
+            if res.completions:  # a request the token cap left empty carries no prompt ids
+                prompt_ids[pi] = list(res.prompt_ids)
             for c in res.completions:
                 (partial if config.prune_tokens > 0 and c.finish_reason == "length" else fresh).append((pi, c))
         if partial:
@@ -98,12 +103,15 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
             rest = max(1, config.max_tokens - config.prune_tokens)
             more = tracker.generate(engine, resumed, config.sampling(n=1, max_tokens=rest))
             for (pi, c), res in zip(keep, more):
+                if not res.completions:  # the token cap left no room: the pruned prefix stays as it is
+                    fresh.append((pi, c))
+                    continue
                 d = res.completions[0]
                 fresh.append((pi, Completion(list(c.token_ids) + list(d.token_ids), c.text + d.text, d.finish_reason)))
         p_better = _probe(reward, tracker, engine, [(pi, c.text) for pi, c in fresh])
         for (pi, c), p in zip(fresh, p_better):
             cands[pi].append(Candidate(text=c.text, token_ids=list(c.token_ids),
-                                       finish_reason="length" if c.finish_reason == "length" else "stop",
+                                       finish_reason=candidate_finish(c.finish_reason),
                                        answer=config.answer_fn(c.text), score=1.0 - p))
         still = []
         for pi in live:

@@ -1,8 +1,11 @@
 """A*-decoding (arXiv 2505.13672): a global priority queue per problem over partial trajectories with
-f = g + h, h = 1 - PRM(prefix). Each round pops the lowest-f node of every problem (one engine call for
-all problems; ``pops_per_round`` nodes each when > 1), samples k next steps from it, scores them and
-pushes them. A popped finished trajectory is a solution; the search stops after ``max(1, N // k)``
-solutions (the nominal-N mapping is [check]) and answers with ``select`` over them. A popped prefix
+f = g + h, h = 1 - PRM(prefix). Each round pops the ``pops_per_round`` lowest-f active nodes of every
+problem (one engine call for all problems), samples k next steps from each, scores them (one PRM call)
+and pushes them. By default a round pops N // k nodes, as many as the solutions sought, so a round is one
+batched engine call over problems and pops rather than one small call per pop ([check]: 1 is the strict
+A* order, and slower by the number of rounds). A popped finished trajectory is a solution; the search
+stops after ``max(1, N // k)`` solutions (the nominal-N mapping is [check]) and answers with ``select``
+over them. A popped prefix
 goes back into the queue with f + ``reinsert_penalty``·(times expanded), so a promising prefix whose
 samples all failed is sampled again before worse ones ([check]); expansions per problem are capped at
 ``expansions_per_n``·N (reaching the cap counts as running out of budget).
@@ -20,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search import paths as P
-from twinloop.infer.search.common import (
+from twinloop.infer.search import _paths as P
+from twinloop.infer.search._common import (
     Budget,
     Problem,
     SearchConfig,
@@ -31,13 +34,16 @@ from twinloop.infer.search.common import (
     select_final,
 )
 
+NEEDS_REWARD = "process"  # the reward kind it searches with: outcome, process, or a judge alias (or None)
+BUDGET_FREE = False  # True: one sample whatever the budget
+
 
 @dataclass
 class AStarConfig(SearchConfig):
     k: int = 2  # next steps sampled per popped node [check]
     g: str = "mean_cost"  # [check]: mean_cost / sum_cost / depth / zero
     g_weight: float = 1.0
-    pops_per_round: int = 1  # active nodes expanded per problem per engine call (> 1 batches better, less strict)
+    pops_per_round: int | None = None  # active nodes expanded per problem per engine call; None: N // k [check]
     reinsert_penalty: float | None = 0.05  # [check] a popped prefix returns with f + penalty·expansions (None: never)
     expansions_per_n: int = 4  # cap on expansions per problem: expansions_per_n · N (the nominal budget)
     select: str = "best"
@@ -58,7 +64,7 @@ def path_cost(step_scores: Sequence[float], how: str, weight: float = 1.0) -> fl
     raise ValueError(f"unknown A* cost g {how!r}; choose from mean_cost, sum_cost, depth, zero")
 
 
-def priority(path: P.Path, config: AStarConfig) -> float:
+def priority(path: P.SearchPath, config: AStarConfig) -> float:
     """f = g + h with h = 1 - PRM(prefix) (the prefix's aggregated step score)."""
     return path_cost(path.step_scores, config.g, config.g_weight) + (1.0 - path.value(config.aggregation))
 
@@ -76,20 +82,21 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
     wanted = max(1, budget.n // k)
     tracker, forest = Tracker(problems, budget), P.Forest(len(problems))
     order = itertools.count()
-    heaps: list[list[tuple[float, int, int, P.Path]]] = [[(0.0, 0, next(order), P.root(i))]
+    heaps: list[list[tuple[float, int, int, P.SearchPath]]] = [[(0.0, 0, next(order), P.root(i))]
                                                          for i in range(len(problems))]
-    solutions: list[list[P.Path]] = [[] for _ in problems]
+    solutions: list[list[P.SearchPath]] = [[] for _ in problems]
     pops: list[list[dict[str, Any]]] = [[] for _ in problems]
     expanded: dict[int, int] = {}  # id(node) -> times expanded
     spent = [0] * len(problems)
     cap = max(1, config.expansions_per_n * budget.n)
+    per_round = config.pops_per_round or wanted
     live, exhausted = [True] * len(problems), [False] * len(problems)
 
     while any(live):
-        to_expand: list[P.Path] = []
+        to_expand: list[P.SearchPath] = []
         for pi in range(len(problems)):
             taken = 0
-            while live[pi] and taken < config.pops_per_round:
+            while live[pi] and taken < per_round:
                 if not heaps[pi]:
                     live[pi] = taken > 0  # nodes taken this round may still push children
                     break

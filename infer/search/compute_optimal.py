@@ -9,7 +9,9 @@ few samples, ``estimate_difficulty``); both are [check] choices of the paper's t
 
 Running: each problem's difficulty is estimated the same way (or read from a ``difficulty`` column),
 binned, and the problem is handed to the chosen procedure with the chosen budget, where the choice is
-the most accurate (method, budget) of its bin among budgets ≤ N (ties: fewer tokens). Problems that
+the most accurate (method, budget) of its bin among budgets ≤ N (ties: fewer tokens; an empty bin uses the
+nearest fitted one). ``twinloop eval --methods compute_optimal`` fits the policy on the dev split with
+difficulty predicted from the model's own samples (``twinloop.infer.co_fit``). Problems that
 chose the same (method, budget) run together in one call. Usage adds the probe's and the procedure's;
 the budget caps apply to the chosen procedure (the probe's spend is accounted, not charged to them).
 """
@@ -25,8 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search.common import Budget, Problem, SearchConfig, SearchResult, SearchUsage
-from twinloop.infer.search.sampling import draw, score
+from twinloop.infer.search._common import Budget, Problem, SearchConfig, SearchResult, SearchUsage
+from twinloop.infer.search._sampling import draw, score
+
+NEEDS_REWARD = "process"  # the reward kind it searches with: outcome, process, or a judge alias (or None)
+BUDGET_FREE = False  # True: one sample whatever the budget
 
 
 @dataclass
@@ -34,6 +39,8 @@ class ComputeOptimalConfig(SearchConfig):
     policy: Any = None  # a fitted policy dict, or the path of its JSON file
     probe_n: int = 4  # samples used to predict difficulty
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method config overrides
+    menu: list[str] | None = None  # procedures `twinloop eval` fits on dev (None: the run's other methods)
+    n_bins: int = 4  # difficulty bins of the fitted policy ([check]: the paper uses 5 on MATH)
 
 
 Config = ComputeOptimalConfig  # the config class twinloop eval builds for this procedure
@@ -84,12 +91,16 @@ def fit_policy(rows: Sequence[dict[str, Any]], difficulty: dict[str, float], n_b
 
 
 def choose(policy: dict[str, Any], bin_index: int, max_budget: int) -> tuple[str, int]:
-    """The most accurate (method, budget) of the bin with budget ≤ max_budget (ties: fewer tokens, then name)."""
-    entries = [e for e in policy["bins"][bin_index] if e["budget"] <= max_budget]
-    if not entries:
-        raise ValueError(f"the compute-optimal policy has no entry with budget <= {max_budget} in bin {bin_index}")
-    best = min(entries, key=lambda e: (-e["accuracy"], e["generated_tokens"], e["method"], e["budget"]))
-    return best["method"], int(best["budget"])
+    """The most accurate (method, budget) of the bin with budget <= max_budget (ties: fewer tokens, then name).
+    A bin with no such entry (no dev problem fell in it) falls back to the nearest bin that has one (the
+    easier one on a tie)."""
+    bins = policy["bins"]
+    for b in sorted(range(len(bins)), key=lambda b: (abs(b - bin_index), b)):
+        entries = [e for e in bins[b] if e["budget"] <= max_budget]
+        if entries:
+            best = min(entries, key=lambda e: (-e["accuracy"], e["generated_tokens"], e["method"], e["budget"]))
+            return best["method"], int(best["budget"])
+    raise ValueError(f"the compute-optimal policy has no entry with budget <= {max_budget} in any bin")
 
 
 def estimate_difficulty(problems: Sequence[Problem], engine: Engine, reward: Any, probe_n: int,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twinloop.infer.engine import Engine, Request
-from twinloop.infer.search.common import (
+from twinloop.infer.search._common import (
     Budget,
     Candidate,
     Problem,
@@ -21,6 +21,7 @@ from twinloop.infer.search.common import (
     SearchResult,
     Tracker,
     argbest,
+    candidate_finish,
     make_result,
     reward_prompt,
     score_outcomes,
@@ -30,6 +31,10 @@ from twinloop.rewards.base import message_text
 FEEDBACK_TEMPLATE = ("{prompt}\n\nEarlier attempts, each with a verifier's score (higher is better):\n\n"
                      "{attempts}\nWrite a new, improved solution.")
 ATTEMPT_TEMPLATE = "[Attempt {i}, score {score:.2f}]\n{text}\n[End of attempt {i}]\n"
+
+
+NEEDS_REWARD = "outcome"  # the reward kind it searches with: outcome, process, or a judge alias (or None)
+BUDGET_FREE = False  # True: one sample whatever the budget
 
 
 @dataclass
@@ -91,7 +96,7 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
         for (pi, _), res in zip(owned, tracker.generate(engine, owned, config.sampling(n=size))):
             for c in res.completions:
                 new.append((pi, Candidate(text=c.text, token_ids=list(c.token_ids), answer=config.answer_fn(c.text),
-                                          finish_reason="length" if c.finish_reason == "length" else "stop")))
+                                          finish_reason=candidate_finish(c.finish_reason))))
         left = {pi: tracker.rm_calls_left(pi) for pi in live}
         scored = []
         for pi, c in new:

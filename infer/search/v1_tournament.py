@@ -7,7 +7,9 @@
 Answer: argmax μ, with μ_i = Σ_j w_ij·v_ij / Σ_j w_ij (``twinloop.rewards.pairwise.mu_scores``).
 
 Every round judges the pairs of all problems in one verifier call; pairs never cross problems. An
-unparseable verdict spends its comparison but adds no information to μ.
+unparseable verdict spends its comparison but adds no information to μ. Pairs go through the verifier's
+``rate_pairs``: with its ``both_orders`` each pair is judged as (A, B) and (B, A) (two verifier calls,
+one comparison); otherwise the shown order is drawn at random (seeded by ``seed``) per pair.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search.common import (
+from twinloop.infer.search._common import (
     Budget,
     Problem,
     SearchConfig,
@@ -26,9 +28,12 @@ from twinloop.infer.search.common import (
     make_result,
     reward_prompt,
 )
-from twinloop.infer.search.sampling import draw
+from twinloop.infer.search._sampling import draw
 from twinloop.rewards.base import message_text
 from twinloop.rewards.pairwise import mu_scores
+
+NEEDS_REWARD = "pairwise"  # the reward kind it searches with: outcome, process, or a judge alias (or None)
+BUDGET_FREE = False  # True: one sample whatever the budget
 
 
 @dataclass
@@ -91,11 +96,12 @@ def swiss_pairs(mu: Sequence[float], seen: set[Pair], window: int, limit: int) -
 
 def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None = None,
         config: TournamentConfig | None = None) -> list[SearchResult]:
-    """``reward`` is a pairwise verifier with ``judge([(prompt, a, b), ...]) -> [Judgment(ratings, text)]``
+    """``reward`` is a pairwise verifier with ``rate_pairs(items, swap)`` and ``presentations``
     (``twinloop.rewards.pairwise.PairwiseVerifier``); ``budget.n`` is N."""
     budget, config = budget or Budget(), config or TournamentConfig()
-    if reward is None or not hasattr(reward, "judge"):
-        raise ValueError("v1_tournament needs a pairwise verifier (an object with judge)")
+    if reward is None or not hasattr(reward, "rate_pairs"):
+        raise ValueError("v1_tournament needs a pairwise verifier (an object with rate_pairs, e.g. PairwiseVerifier)")
+    per_pair = int(getattr(reward, "presentations", 1))  # verifier calls per comparison
     rng = random.Random(config.seed if config.seed is not None else 0)
     tracker, drawn = draw(problems, engine, budget, config, n=budget.n)
     sizes = [len(d.candidates) for d in drawn]
@@ -104,6 +110,7 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
     seen: list[set[Pair]] = [set() for _ in problems]
     degree = [[0] * k for k in sizes]
     spent = [0] * len(problems)
+    rm_bit = [False] * len(problems)  # the RM-call cap cut a round short
     rounds: list[list[dict[str, Any]]] = [[] for _ in problems]
     phase = ["coverage" if k >= 2 else "done" for k in sizes]
     texts = [[c.text for c in d.candidates] for d in drawn]
@@ -128,22 +135,26 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
             else:
                 pairs = swiss_pairs(mu, seen[pi], config.window, left)
             rm_left = tracker.rm_calls_left(pi)
-            pairs = pairs[: min(left, rm_left if rm_left is not None else left)]
+            room = min(left, rm_left // per_pair if rm_left is not None else left)
+            rm_bit[pi] = rm_bit[pi] or room < min(left, len(pairs))
+            pairs = pairs[:room]
             if not pairs:
                 phase[pi] = "done"
             planned += [(pi, pr) for pr in pairs]
         if not planned:
             break
         items = [(prompts[pi], texts[pi][i], texts[pi][j]) for pi, (i, j) in planned]
-        verdicts = tracker.charge_reward(reward, [pi for pi, _ in planned], lambda items=items: reward.judge(items))
-        for (pi, (i, j)), v in zip(planned, verdicts):
+        swap = [rng.random() < 0.5 for _ in planned] if per_pair == 1 else None
+        owners = [pi for pi, _ in planned for _ in range(per_pair)]
+        rated = tracker.charge_reward(reward, owners, lambda items=items, swap=swap: reward.rate_pairs(items, swap))
+        for x, ((pi, (i, j)), ratings) in enumerate(zip(planned, rated)):
             spent[pi] += 1
             seen[pi].add((i, j))
             degree[pi][i] += 1
             degree[pi][j] += 1
-            rounds[pi].append({"pair": [i, j], "ratings": list(v.ratings) if v.ratings else None})
-            if v.ratings is not None:
-                comps[pi].append((i, j, float(v.ratings[0]), float(v.ratings[1])))
+            rounds[pi].append({"pair": [i, j], "ratings": [list(r) if r else None for r in ratings],
+                               "swapped": bool(swap[x]) if swap is not None else None})
+            comps[pi] += [(i, j, float(r[0]), float(r[1])) for r in ratings if r is not None]
 
     usage = tracker.finish()
     out = []
@@ -151,7 +162,7 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
         mu = mu_scores(sizes[pi], comps[pi], config.tau)
         for c, m in zip(d.candidates, mu):
             c.score = m
-        exhausted = d.budget_exhausted or (tracker.exhausted(pi) and spent[pi] < allowance[pi])
+        exhausted = d.budget_exhausted or ((tracker.exhausted(pi) or rm_bit[pi]) and spent[pi] < allowance[pi])
         out.append(make_result("v1_tournament", p, d.candidates, argbest(mu) if mu else None, usage[pi],
                                "budget" if exhausted else "done", exhausted,
                                trace=[{"comparisons": rounds[pi], "mu": mu}]))

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from twinloop.rewards.base import RewardBase, column, message_text
+from twinloop.rewards.process import AGGREGATIONS, STEP_DELIMITER, aggregate, split_steps  # noqa: F401
 
-STEP_DELIMITER = "\n\n"
 ANSWER_PREFIX = "Answer: "
-AGGREGATIONS = ("min", "last", "prod", "mean")
 SPLIT_SEEDS = {"train": 0, "dev": 1, "test": 2}
 TEST_SIZE = 200
 DEV_SIZE = 200
@@ -293,11 +292,6 @@ _NUMBER = re.compile(r"^\s*(-?\d+)\s*\.?\s*$")
 _BOXED_INT = re.compile(r"\\boxed\{\s*(-?\d+)\s*\}")
 
 
-def split_steps(text: str, delimiter: str = STEP_DELIMITER) -> list[str]:
-    """Non-empty steps of ``text`` (surrounding whitespace stripped)."""
-    return [s.strip() for s in text.split(delimiter) if s.strip()]
-
-
 def parse_chain(step: str) -> tuple[list[tuple[int, str, int]], int] | None:
     """``x op y = z`` or a chain ``x op y = a op b = ... = z``: its operations in order and the final value."""
     *terms, last = step.split("=")
@@ -359,32 +353,37 @@ def check_step(tree, step: str):
     return False, tree, True
 
 
+def _is_answer_step(step: str) -> bool:
+    return parse_chain(step) is None and boxed_int(step) is not None
+
+
 def step_correctness(expression: str, steps: Sequence[str]) -> list[float]:
-    """1.0 / 0.0 per step by replaying ``steps`` against ``expression`` (see ``check_step``)."""
+    """1.0 / 0.0 per step by replaying ``steps`` against ``expression`` (see ``check_step``), so that a step
+    reward pays for progress only:
+
+    - the first answer step (``\\boxed{N}``) ends the solution: every step after it earns 0.0 (repeated
+      answer lines included);
+    - the answer step earns 1.0 only when its value *and* the final answer (the last answer step) equal the
+      expression's true value, so a wrong final answer never gets full credit under any aggregation;
+    - a step identical to an earlier one earns nothing by the replay itself: an equation is true only while
+      it reduces the current expression (each reduction shrinks it), so a repeat pays only where the
+      expression really holds the same operation twice (``(3 + 4) * (3 + 4)``).
+    """
     tree = parse_expression(expression)
-    scores = []
+    truth = evaluate(tree)
+    answers = [boxed_int(s) for s in steps if _is_answer_step(s)]
+    final = answers[-1] if answers else None
+    scores, answered = [], False
     for step in steps:
+        if answered:
+            scores.append(0.0)
+            continue
         ok, tree, _ = check_step(tree, step)
+        if _is_answer_step(step):
+            answered = True
+            ok = ok and boxed_int(step) == truth and final == truth
         scores.append(1.0 if ok else 0.0)
     return scores
-
-
-def aggregate(scores: Sequence[float], how: str = "min") -> float:
-    """Reduce per-step scores; an empty list scores 0.0."""
-    if how not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {how!r}; choose from {AGGREGATIONS}")
-    if not scores:
-        return 0.0
-    if how == "min":
-        return float(min(scores))
-    if how == "last":
-        return float(scores[-1])
-    if how == "mean":
-        return float(sum(scores) / len(scores))
-    out = 1.0
-    for s in scores:
-        out *= s
-    return out
 
 
 _PROMPT_EXPR = re.compile(r"Compute (.+?) step by step\.")
@@ -402,8 +401,10 @@ def expression_from_prompt(prompt: Any) -> str | None:
 # ---------------------------------------------------------------- rewards
 
 class ArithProcessReward(RewardBase):
-    """Ground-truth process reward: exact per-step correctness (1.0 / 0.0), aggregated with ``aggregation``
-    (min [check]; last / prod / mean also available). The expression comes from an ``expression`` column,
+    """Ground-truth process reward: exact per-step correctness (1.0 / 0.0, ``step_correctness``: nothing after
+    the first answer step counts, and the answer step needs the true value), aggregated with ``aggregation``
+    (min [check]; last / prod / mean also available). So repeating steps or answer lines never raises the
+    score, and only a correct final answer can reach 1.0. The expression comes from an ``expression`` column,
     else from the prompt text. ``__call__`` scores a complete solution: one without a boxed answer step
     scores 0.0 and is counted as unparseable.
     """
@@ -437,7 +438,7 @@ class ArithProcessReward(RewardBase):
         self.usage.calls += 1
         self.usage.items += len(completions)
         texts = [message_text(c) for c in completions]
-        steps = [split_steps(t, self.delimiter) for t in texts]
+        steps = [split_steps(t, self.delimiter, strip=True) for t in texts]
         scores = self.step_scores(prompts, steps, **columns)
         out: list[float | None] = []
         for item_steps, item_scores in zip(steps, scores):
@@ -462,6 +463,12 @@ class ArithOutcomeReward(RewardBase):
             self.usage.unparseable += 1
             return 0.0
         return 1.0 if str(value) == str(row["answer"]).strip() else 0.0
+
+
+def reward() -> ArithOutcomeReward:
+    """The task's verifiable reward: the boxed answer against the gold (the exact process reward is
+    ``ArithProcessReward``, alias ``arith_process``)."""
+    return ArithOutcomeReward()
 
 
 # ---------------------------------------------------------------- no-oracle verifiers (routes in arith_routes.py)

@@ -24,9 +24,10 @@ def wheel_path(data_dir: Path | None = None) -> Path:
     return wheels[-1]
 
 
-def load(split: str = "test", n: int | None = None, data_dir: Path | None = None) -> list[dict[str, Any]]:
+def load(split: str = "test", n: int | None = None, seed: int | None = None,
+         data_dir: Path | None = None) -> list[dict[str, Any]]:
     """Rows with ``prompt`` (chat messages), ``question``, ``answer`` (the ``#### N`` value) and the worked
-    ``solution``; only a test split."""
+    ``solution``; only a test split (fixed: ``seed`` is ignored)."""
     if split != "test":
         raise ValueError(f"gsm8k has only a 'test' split, not {split!r}")
     rows = []

@@ -23,9 +23,9 @@ def format_prompt(code_prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"{INSTRUCTION}\n\n```python\n{code_prompt}```"}]
 
 
-def load(split: str = "test", n: int | None = None) -> list[dict[str, Any]]:
+def load(split: str = "test", n: int | None = None, seed: int | None = None) -> list[dict[str, Any]]:
     """Rows with ``prompt`` (chat messages), ``code_prompt`` (the original signature + docstring), ``test``,
-    ``entry_point`` and ``canonical_solution``; only a test split."""
+    ``entry_point`` and ``canonical_solution``; only a test split (fixed: ``seed`` is ignored)."""
     if split != "test":
         raise ValueError(f"humaneval has only a 'test' split, not {split!r}")
     rows = []
@@ -42,3 +42,10 @@ def load(split: str = "test", n: int | None = None) -> list[dict[str, Any]]:
                     "canonical_solution": x["canonical_solution"],
                 })
     return rows if n is None else rows[:n]
+
+
+def reward() -> Any:
+    """Execution of the completion's code against the problem's tests, in twinloop's sandbox."""
+    from twinloop.rewards.sandbox import CodeExecutionReward
+
+    return CodeExecutionReward()

@@ -20,9 +20,10 @@ def data_file(language: str = "en") -> Path:
     return path
 
 
-def load(split: str = "test", n: int | None = None, source: str | None = None,
+def load(split: str = "test", n: int | None = None, seed: int | None = None, source: str | None = None,
          language: str = "en") -> list[dict[str, Any]]:
-    """Rows with ``prompt`` (chat messages), ``question``, ``answer`` and ``data_source``; only a test split."""
+    """Rows with ``prompt`` (chat messages), ``question``, ``answer`` and ``data_source``; only a test split
+    (fixed: ``seed`` is ignored)."""
     if split != "test":
         raise ValueError(f"mmath has only a 'test' split, not {split!r}")
     if source is not None and source not in SOURCES:

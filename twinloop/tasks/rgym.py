@@ -6,6 +6,7 @@ from typing import Any
 
 from twinloop.rewards.verifiable import ReasoningGymReward
 
+FAMILY = True  # named as rgym:MEMBER; load() and reward() take the member first
 DEFAULT_TASKS = ("basic_arithmetic", "chain_sum", "countdown", "gsm_symbolic")
 # reasoning-gym seeds item i with (seed + i): split seeds must lie far apart or the splits overlap.
 SPLIT_SEEDS = {"train": 0, "test": 1_000_000_000}

@@ -49,7 +49,10 @@ class Stepper:
         return replace(base, n=n, max_tokens=cap, stop_token_ids=ids).validate()
 
     def outcome(self, completion: Completion) -> str:
-        """STEP (ended at a step boundary), EOS (the response is finished) or TRUNCATED (hit max_tokens)."""
+        """STEP (ended at a step boundary), EOS (the response is finished) or TRUNCATED (hit max_tokens, or
+        the backend aborted the request)."""
+        if completion.finish_reason == "abort":
+            return TRUNCATED
         if self.tokens_per_step is not None:
             return STEP if completion.finish_reason == "length" else EOS
         if completion.finish_reason == "length":

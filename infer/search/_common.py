@@ -13,11 +13,14 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from twinloop.infer.engine import Engine, Request, Result, SamplingConfig
-from twinloop.infer.search.stepper import Stepper
+from twinloop.infer.search._stepper import Stepper
+from twinloop.rewards.answers import last_boxed  # noqa: F401  (the one definition, re-exported)
+from twinloop.rewards.process import aggregate as aggregate_steps  # noqa: F401  (the one step aggregation)
+from twinloop.rewards.verifiable import extract_answer
 
 AnswerFn = Callable[[str], "str | None"]
 
@@ -63,26 +66,9 @@ class Budget:
 
 
 def default_answer_fn(text: str) -> str | None:
-    """The answer in a completion: ``twinloop.rewards.verifiable.extract_answer`` when available,
-    else the content of the last ``\\boxed{...}`` (balanced braces), else None."""
-    try:
-        from twinloop.rewards.verifiable import extract_answer
-    except ImportError:
-        return last_boxed(text)
+    """The answer in a completion: ``twinloop.rewards.verifiable.extract_answer`` (boxed, ``####``, "the answer
+    is"), else None."""
     return extract_answer(text)
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` with balanced braces, stripped; None when absent or unclosed."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i, depth = start + len("\\boxed{"), 1
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j].strip()
-    return None
 
 
 def canonical_answer(answer: str | None) -> str | None:
@@ -134,7 +120,8 @@ class SearchUsage:
 class Candidate:
     text: str
     token_ids: list[int] = field(default_factory=list)
-    finish_reason: str = "stop"  # "stop" (EOS), "length" (truncated), "budget" (partial, search stopped)
+    finish_reason: str = "stop"  # "stop" (EOS), "length" (truncated), "abort" (dropped by the engine),
+    # "budget" (partial, search stopped)
     answer: str | None = None
     score: float | None = None  # aggregated reward used for selection
     step_scores: list[float] | None = None
@@ -144,6 +131,11 @@ class Candidate:
         d = asdict(self)
         d.pop("token_ids")
         return d
+
+
+def candidate_finish(engine_reason: str) -> str:
+    """A whole response's finish reason as a Candidate carries it: "length" and "abort" kept, else "stop"."""
+    return engine_reason if engine_reason in ("length", "abort") else "stop"
 
 
 @dataclass
@@ -177,20 +169,65 @@ class Tracker:
         self.problems = list(problems)
         self.budget = budget
         self.usage = [SearchUsage() for _ in self.problems]
+        self.capped = [False] * len(self.problems)  # a cap bit: it denied a sample or cut one short
         self.start = time.perf_counter()
 
-    def generate(self, engine: Engine, owned: Sequence[tuple[int, Request]], sampling: SamplingConfig) -> list[Result]:
-        """One engine call for requests of many problems; ``owned`` pairs each request with its problem."""
+    def generate(self, engine: Engine, owned: Sequence[tuple[int, Request]], sampling: SamplingConfig,
+                 n_each: Sequence[int] | None = None, rm_per_sample: int = 0) -> list[Result]:
+        """Engine calls for requests of many problems; ``owned`` pairs each request with its problem.
+
+        ``n_each`` overrides ``sampling.n`` per request. The caps are hard: a problem whose requests could
+        generate more than its token cap allows (samples x max_tokens), or whose samples would need more
+        reward calls than it has left (``rm_per_sample`` each, e.g. one PRM call per new step), is shrunk to
+        fit (``fit_caps``); it is marked ``capped`` (the cap bit: the search stops there) when a sample
+        was denied or one hit the smaller room. A request left
+        with no sample gets an empty Result. Requests sharing (n, max_tokens) share one engine call, so an
+        uncapped round is one call.
+        """
         if not owned:
             return []
-        results = engine.generate([r for _, r in owned], sampling)
-        for (pi, _), res in zip(owned, results):
-            u = self.usage[pi]
-            u.engine_requests += 1
-            u.generated_tokens += res.usage.generated_tokens
-            u.prompt_tokens += res.usage.prompt_tokens
-            u.cached_prompt_tokens += res.usage.cached_prompt_tokens
-        return results
+        plans = self._fit(owned, sampling, n_each, rm_per_sample)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, plan in enumerate(plans):
+            groups.setdefault(plan, []).append(i)
+        results: list[Result | None] = [None] * len(owned)
+        for (n, max_tokens), idx in groups.items():
+            if n == 0:
+                for i in idx:
+                    results[i] = Result(prompt_ids=[], completions=[])
+                continue
+            call = engine.generate([owned[i][1] for i in idx], replace(sampling, n=n, max_tokens=max_tokens))
+            for i, res in zip(idx, call):
+                pi = owned[i][0]
+                if max_tokens < sampling.max_tokens and any(c.finish_reason == "length" for c in res.completions):
+                    self.capped[pi] = True  # the room the cap left cut a sample short
+                u = self.usage[pi]
+                u.engine_requests += 1
+                u.generated_tokens += res.usage.generated_tokens
+                u.prompt_tokens += res.usage.prompt_tokens
+                u.cached_prompt_tokens += res.usage.cached_prompt_tokens
+                results[i] = res
+        return results  # type: ignore[return-value]
+
+    def _fit(self, owned: Sequence[tuple[int, Request]], sampling: SamplingConfig, n_each: Sequence[int] | None,
+             rm_per_sample: int) -> list[tuple[int, int]]:
+        """(n, max_tokens) per request within each problem's caps (see ``generate``)."""
+        wants = list(n_each) if n_each is not None else [sampling.n] * len(owned)
+        plans = [(n, sampling.max_tokens) for n in wants]
+        for pi in sorted({pi for pi, _ in owned}):
+            idx = [i for i, (q, _) in enumerate(owned) if q == pi]
+            wanted = sum(wants[i] for i in idx)
+            samples, max_tokens = fit_caps(wanted, sampling.max_tokens, self.tokens_left(pi),
+                                           self.rm_calls_left(pi), rm_per_sample)
+            if (samples, max_tokens) == (wanted, sampling.max_tokens):
+                continue
+            if samples < wanted:
+                self.capped[pi] = True  # a sample was denied; a smaller room bites only if a sample hits it
+            for i in idx:
+                take = min(wants[i], samples)
+                samples -= take
+                plans[i] = (take, max_tokens)
+        return plans
 
     def charge_reward(self, reward: Any, owners: Sequence[int], call: Callable[[], Any]) -> Any:
         """Run one batched reward call for items owned by ``owners`` (problem index per item).
@@ -211,9 +248,14 @@ class Tracker:
         return out
 
     def exhausted(self, pi: int) -> bool:
+        """A cap is spent, or already bit (denied a sample or cut one short): the search stops there."""
         u, b = self.usage[pi], self.budget
-        return ((b.generated_tokens is not None and u.generated_tokens >= b.generated_tokens)
+        return (self.capped[pi] or (b.generated_tokens is not None and u.generated_tokens >= b.generated_tokens)
                 or (b.rm_calls is not None and u.rm_calls >= b.rm_calls))
+
+    def tokens_left(self, pi: int) -> int | None:
+        b = self.budget.generated_tokens
+        return None if b is None else max(0, b - self.usage[pi].generated_tokens)
 
     def rm_calls_left(self, pi: int) -> int | None:
         return None if self.budget.rm_calls is None else max(0, self.budget.rm_calls - self.usage[pi].rm_calls)
@@ -223,6 +265,21 @@ class Tracker:
         for u in self.usage:
             u.wall_seconds = wall / max(1, len(self.usage))
         return self.usage
+
+
+def fit_caps(samples: int, max_tokens: int, tokens_left: int | None, rm_left: int | None,
+             rm_per_sample: int = 0) -> tuple[int, int]:
+    """(samples, max_tokens) shrunk so that samples x max_tokens <= tokens_left and samples x rm_per_sample
+    <= rm_left, so a capped request never generates past the cap: the samples the reward calls allow, then
+    the token room left split evenly over them (fewer samples only when fewer tokens than samples are
+    left). (0, max_tokens) when nothing fits."""
+    if rm_left is not None and rm_per_sample > 0:
+        samples = min(samples, rm_left // rm_per_sample)
+    if tokens_left is not None and samples * max_tokens > tokens_left:
+        samples = min(samples, tokens_left)
+        if samples > 0:
+            max_tokens = min(max_tokens, tokens_left // samples)
+    return samples, max_tokens
 
 
 def _reward_tokens(reward: Any) -> int:
@@ -256,47 +313,57 @@ def item_columns(problems: Sequence[Problem], owners: Sequence[int]) -> dict[str
     return {k: [problems[pi].columns.get(k) for pi in owners] for k in names}
 
 
+def within_rm_cap(tracker: Tracker, owners: Sequence[int]) -> list[bool]:
+    """Which items (problem index each, in order) the RM-call caps still allow; a problem that loses
+    an item is marked capped."""
+    left = {pi: tracker.rm_calls_left(pi) for pi in set(owners)}
+    keep = []
+    for pi in owners:
+        ok = left[pi] is None or left[pi] > 0
+        if ok and left[pi] is not None:
+            left[pi] -= 1
+        if not ok:
+            tracker.capped[pi] = True
+        keep.append(ok)
+    return keep
+
+
 def score_outcomes(reward: Any, tracker: Tracker, engine: Engine,
                    items: Sequence[tuple[int, str]]) -> list[float | None]:
-    """Outcome scores of (problem index, completion text) items in one batched reward call."""
-    if not items:
-        return []
-    owners = [pi for pi, _ in items]
+    """Outcome scores of (problem index, completion text) items in one batched reward call; items over
+    a problem's RM-call cap are not scored (None)."""
+    keep = within_rm_cap(tracker, [pi for pi, _ in items])
+    kept = [it for it, k in zip(items, keep) if k]
+    if not kept:
+        return [None] * len(items)
+    owners = [pi for pi, _ in kept]
     probs = tracker.problems
     prompts = [reward_prompt(probs[pi], engine) for pi in owners]
-    completions = [t for _, t in items]
+    completions = [t for _, t in kept]
     cols = item_columns(probs, owners)
-    scores = tracker.charge_reward(reward, owners, lambda: reward(prompts, completions, **cols))
-    return [None if s is None or (isinstance(s, float) and math.isnan(s)) else float(s) for s in scores]
+    scores = iter(tracker.charge_reward(reward, owners, lambda: reward(prompts, completions, **cols)))
+    out: list[float | None] = []
+    for k in keep:
+        s = next(scores) if k else None
+        out.append(None if s is None or (isinstance(s, float) and math.isnan(s)) else float(s))
+    return out
 
 
 def score_steps(prm: Any, tracker: Tracker, engine: Engine,
-                items: Sequence[tuple[int, Sequence[str]]]) -> list[list[float]]:
-    """Per-step PRM scores of (problem index, steps) prefixes in one batched ``step_scores`` call."""
-    if not items:
-        return []
-    owners = [pi for pi, _ in items]
+                items: Sequence[tuple[int, Sequence[str]]]) -> list[list[float] | None]:
+    """Per-step PRM scores of (problem index, steps) prefixes in one batched ``step_scores`` call; items
+    over a problem's RM-call cap are not scored (None)."""
+    keep = within_rm_cap(tracker, [pi for pi, _ in items])
+    kept = [it for it, k in zip(items, keep) if k]
+    if not kept:
+        return [None] * len(items)
+    owners = [pi for pi, _ in kept]
     probs = tracker.problems
     prompts = [reward_prompt(probs[pi], engine) for pi in owners]
-    steps = [list(s) for _, s in items]
+    steps = [list(s) for _, s in kept]
     cols = item_columns(probs, owners)
-    out = tracker.charge_reward(prm, owners, lambda: prm.step_scores(prompts, steps, **cols))
-    return [[float(x) for x in row] for row in out]
-
-
-def aggregate_steps(scores: Sequence[float], how: str = "last") -> float:
-    """One number per (partial) solution from its step scores: last / min / prod / mean. Empty -> 0.0."""
-    if not scores:
-        return 0.0
-    if how == "last":
-        return float(scores[-1])
-    if how == "min":
-        return float(min(scores))
-    if how == "prod":
-        return float(math.prod(scores))
-    if how == "mean":
-        return float(sum(scores) / len(scores))
-    raise ValueError(f"unknown step aggregation {how!r}; choose from last, min, prod, mean")
+    rows = iter(tracker.charge_reward(prm, owners, lambda: prm.step_scores(prompts, steps, **cols)))
+    return [[float(x) for x in next(rows)] if k else None for k in keep]
 
 
 # ------------------------------------------------------------------------------------------ selection

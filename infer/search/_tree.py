@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search import paths as P
-from twinloop.infer.search.common import (
+from twinloop.infer.search import _paths as P
+from twinloop.infer.search._common import (
     Budget,
     Problem,
     SearchConfig,
@@ -36,13 +36,14 @@ class TreeConfig(SearchConfig):
 @dataclass
 class Group:
     keep: int
-    parents: list[P.Path] = field(default_factory=list)
-    done: list[P.Path] = field(default_factory=list)
+    parents: list[P.SearchPath] = field(default_factory=list)
+    done: list[P.SearchPath] = field(default_factory=list)
     closed: bool = False
-    last_children: list[P.Path] = field(default_factory=list)
+    last_children: list[P.SearchPath] = field(default_factory=list)
 
 
-def _rank(tracker: Tracker, engine: Engine, prm: Any, config: TreeConfig, kids: Sequence[P.Path]) -> dict[int, float]:
+def _rank(tracker: Tracker, engine: Engine, prm: Any, config: TreeConfig,
+          kids: Sequence[P.SearchPath]) -> dict[int, float]:
     """Ranking score per child (keyed by id): own aggregated score, or a k-step greedy rollout's."""
     rank = {id(k): k.value(config.aggregation) for k in kids}
     if config.lookahead <= 0:
@@ -53,9 +54,12 @@ def _rank(tracker: Tracker, engine: Engine, prm: Any, config: TreeConfig, kids: 
         moving = [k for k in live if tips[id(k)].active]
         if not moving:
             break
-        for k, (nxt,) in zip(moving, P.extend(tracker, engine, config, [tips[id(k)] for k in moving], 1, 0.0)):
-            tips[id(k)] = nxt
-        P.score(prm, tracker, engine, [tips[id(k)] for k in moving])
+        moved = []
+        for k, nxt in zip(moving, P.extend(tracker, engine, config, [tips[id(k)] for k in moving], 1, 0.0)):
+            if nxt:  # the caps may leave a rollout without its next step: it is ranked where it stands
+                tips[id(k)] = nxt[0]
+                moved.append(k)
+        P.score(prm, tracker, engine, [tips[id(k)] for k in moved])
     for k in live:
         rank[id(k)] = tips[id(k)].value(config.aggregation)
     return rank
@@ -75,7 +79,7 @@ def search(problems: Sequence[Problem], engine: Engine, prm: Any, budget: Budget
 
     first = P.extend(tracker, engine, config, [P.root(i) for i in range(len(problems))], n, forest=forest)
     P.score(prm, tracker, engine, [k for kids in first for k in kids], config.aggregation, forest)
-    pending: list[tuple[Group, list[P.Path]]] = []
+    pending: list[tuple[Group, list[P.SearchPath]]] = []
     for pi, kids in enumerate(first):
         for j, k in enumerate(kids):
             g = groups[pi][min(j // m, n_groups - 1)] if subtrees else groups[pi][0]
@@ -85,6 +89,9 @@ def search(problems: Sequence[Problem], engine: Engine, prm: Any, budget: Budget
     while pending:
         rank = _rank(tracker, engine, prm, config, [k for _, kids in pending for k in kids])
         for g, kids in pending:
+            if not kids and g.parents:  # the caps gave this group no child this round: it stops as it stands
+                g.closed = True
+                continue
             ordered = sorted(kids, key=lambda k: -rank[id(k)])  # stable: ties keep sampling order
             if subtrees:
                 best = ordered[0] if ordered else None
@@ -114,6 +121,7 @@ def search(problems: Sequence[Problem], engine: Engine, prm: Any, budget: Budget
     usage = tracker.finish()
     out = []
     for pi, p in enumerate(problems):
+        exhausted[pi] = exhausted[pi] or tracker.capped[pi]
         finals = [k for g in groups[pi] for k in g.done]
         if exhausted[pi] and not finals:  # out of budget before any finished: best partial so far
             finals = [k for g in groups[pi] for k in g.parents]
