@@ -23,3 +23,12 @@ def test_one_step_negatives_differ_from_a_good_sample_in_one_step():
     k = changed[0]
     assert neg["labels"] == [1] * k + [0] * (3 - k)
     assert good["labels"] == [1, 1, 1]  # the source example is untouched
+
+
+def test_best_of_n_accuracy_picks_the_top_score_per_problem():
+    from twinloop.train.prm_distill import best_of_n_accuracy
+
+    ex = [{"problem": 0, "correct": False}, {"problem": 0, "correct": True},
+          {"problem": 1, "correct": True}, {"problem": 1, "correct": False}]
+    assert best_of_n_accuracy([0.2, 0.9, 0.5, 0.5], ex, 3) == 2 / 3  # tie: the earliest; problem 2 has no sample
+    assert best_of_n_accuracy([0.9, 0.2, 0.1, 0.5], ex, 2) == 0.0

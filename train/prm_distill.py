@@ -17,6 +17,7 @@ import json
 import random
 import re
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ def labelled_samples(engine: Any, verifier: Any, rows: Sequence[dict[str, Any]],
         if arith.boxed_int(steps[-1]) is None:  # no answer: the response as a whole is not good
             labels[-1] = 0
         out.append({"prompt": list(r["prompt"]), "steps": [s.strip() for s in steps], "labels": labels,
-                    "problem": i, "expression": r["expression"],
+                    "problem": i, "expression": r["expression"], "answer": arith.boxed_int(steps[-1]),
                     "correct": str(arith.boxed_int(steps[-1])) == str(r["answer"])})
     return out
 
@@ -97,6 +98,16 @@ def held_out_pair_accuracy(score_rows: Sequence[float], examples: Sequence[dict[
     return pair_accuracy(list(groups.values()))
 
 
+def best_of_n_accuracy(scores: Sequence[float], examples: Sequence[dict[str, Any]], problems: int) -> float:
+    """Held-out best-of-N: per problem the highest-scored sample (ties: the earliest), right or wrong; problems
+    with no sample count as wrong."""
+    best: dict[int, tuple[float, bool]] = {}
+    for s, e in zip(scores, examples):
+        if e["problem"] not in best or s > best[e["problem"]][0]:
+            best[e["problem"]] = (s, bool(e["correct"]))
+    return sum(ok for _, ok in best.values()) / problems
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--policy_dir", default="checkpoints/tiny-arith-policy")
@@ -104,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--train_problems", type=int, default=400)
     ap.add_argument("--eval_problems", type=int, default=200)
     ap.add_argument("--samples_per_problem", type=int, default=4)
+    ap.add_argument("--eval_samples", type=int, default=8, help="held-out samples per problem (best-of-N there)")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--max_tokens", type=int, default=160)
     ap.add_argument("--learning_rate", type=float, default=1e-3)
@@ -118,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from twinloop.train.prm import PRMConfig, PRMScriptArguments, train_prm, with_exact_labels
     from twinloop.train.rm_data import make_engine
 
+    from twinloop.contracts import Request, SamplingConfig
     from twinloop.tasks import arith
     from twinloop.tasks.arith_routes import recompute_operands_reward
 
@@ -126,9 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     verifier = recompute_operands_reward(engine)
     train = labelled_samples(engine, verifier, arith.load("train", n=args.train_problems, seed=99),
                              args.samples_per_problem, args.temperature, args.max_tokens, args.seed)
-    held = labelled_samples(engine, verifier, arith.load("dev", n=args.eval_problems),
-                            args.samples_per_problem, args.temperature, args.max_tokens, args.seed + 1)
-    verifier_tokens = verifier.usage.output_tokens + verifier.usage.input_tokens
+    train_tokens = verifier.usage.output_tokens + verifier.usage.input_tokens
+    dev = arith.load("dev", n=args.eval_problems)
+    held = labelled_samples(engine, verifier, dev, args.eval_samples, args.temperature, args.max_tokens,
+                            args.seed + 1)
+    held_tokens = verifier.usage.output_tokens + verifier.usage.input_tokens - train_tokens
+    greedy = engine.generate([Request(messages=list(r["prompt"])) for r in dev],
+                             SamplingConfig(n=1, temperature=0.0, max_tokens=args.max_tokens))
+    greedy_acc = sum(str(arith.boxed_int(g.completions[0].text)) == str(r["answer"]) for g, r in zip(greedy, dev))
     recompute_scores = [aggregate(verifier.step_scores([e["prompt"]], [e["steps"]])[0], "min") for e in held]
     engine.close()
     negatives = one_step_negatives(train, args.seed)
@@ -140,10 +158,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = AutoModelForTokenClassification.from_pretrained(export).eval()
     prm = TokenClassifierPRM(model=model, tokenizer=load_tokenizer(export), aggregation="min")
     prm_scores = [aggregate(r, "min") for r in prm.step_scores([e["prompt"] for e in held], [e["steps"] for e in held])]
+    n_dev = len(dev)
+    votes: dict[int, Counter] = {}
+    for e in held:
+        votes.setdefault(e["problem"], Counter())[e["answer"]] += e["answer"] is not None
+    majority = sum(bool(v) and str(v.most_common(1)[0][0]) == str(dev[p]["answer"]) for p, v in votes.items())
     labels = [lab for e in train for lab in e["labels"]]
     report = {**metrics, "train_samples": len(train), "hard_negatives": len(negatives),
               "train_good_step_rate": sum(labels) / max(1, len(labels)),
-              "verifier_tokens_labelling": verifier_tokens,
+              "verifier_tokens_labelling_train": train_tokens,
+              f"held_out_best_of_{args.eval_samples}": {
+                  "greedy": greedy_acc / n_dev, "majority": majority / n_dev,
+                  "recompute+operands": best_of_n_accuracy(recompute_scores, held, n_dev),
+                  "distilled_prm": best_of_n_accuracy(prm_scores, held, n_dev),
+                  "recompute_verifier_tokens_per_problem": held_tokens / n_dev,
+                  "prm_input_tokens_per_problem": prm.usage.input_tokens / n_dev},
               "held_out_pair_accuracy_prm": held_out_pair_accuracy(prm_scores, held),
               "held_out_pair_accuracy_recompute": held_out_pair_accuracy(recompute_scores, held)}
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
