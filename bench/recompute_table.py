@@ -79,11 +79,13 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def sign_tests(groups: dict[tuple[str, int], list[dict]], n: int = 8) -> list[str]:
+def sign_tests(groups: dict[tuple[str, int], list[dict]], budgets: tuple[int, ...] = (4, 8)) -> list[str]:
+    """Each best-of-N / weighted-majority row at N in ``budgets`` against greedy, majority at the same N and
+    majority@16 (more policy tokens than any of them spends in total at N = 4)."""
     out = []
     greedy = groups.get(("greedy", 1))
-    for (label, budget), rows in sorted(groups.items()):
-        if budget != n or label in NO_REWARD or not label.startswith(("best_of_n", "weighted_majority")):
+    for (label, n), rows in sorted(groups.items()):
+        if n not in budgets or label in NO_REWARD or not label.startswith(("best_of_n", "weighted_majority")):
             continue
         for other, ref in (("greedy", greedy), (f"majority@{n}", groups.get(("majority", n))),
                            ("majority@16", groups.get(("majority", 16)))):
