@@ -61,17 +61,23 @@ def plot(rows: list[dict], path: Path) -> None:
     by: dict[str, list[dict]] = defaultdict(list)
     for s in rows:
         by[s["method"]].append(s)
+    methods = sorted({label.split(" [")[0] for label in by})
+    colors = {m: plt.get_cmap("tab10")(i) for i, m in enumerate(methods)}
     for label, pts in sorted(by.items()):
         pts.sort(key=lambda s: s["total_tokens"])
-        style = "--" if "arith_process" in label else "-"
-        ax.plot([p["total_tokens"] for p in pts], [p["accuracy"] for p in pts], style, marker="o", label=label)
+        reward = label.split(" [")[1] if " [" in label else ""
+        style = ("--" if "arith_process" in reward else "-." if reward.startswith("recompute(")
+                 else ":" if reward.startswith("operands") else "-")
+        ax.plot([p["total_tokens"] for p in pts], [p["accuracy"] for p in pts], style, marker="o", label=label,
+                color=colors[label.split(" [")[0]])
         for p in pts:
             ax.annotate(str(p["N"]), (p["total_tokens"], p["accuracy"]), fontsize=7, textcoords="offset points",
                         xytext=(3, 3))
     ax.set_xscale("log")
     ax.set_xlabel("total model tokens per problem (policy generated + verifier)")
     ax.set_ylabel("accuracy (200 test problems)")
-    ax.set_title("tiny arithmetic policy: no-oracle recompute verifier (dashed: exact checker, an oracle)")
+    ax.set_title("tiny arithmetic policy, no-oracle verifiers\nsolid: recompute+operands, dash-dot: recompute, "
+                 "dotted: operands, dashed: exact checker (oracle)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
