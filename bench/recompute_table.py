@@ -57,7 +57,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(11, 5))
     by: dict[str, list[dict]] = defaultdict(list)
     for s in rows:
         by[s["method"]].append(s)
@@ -79,7 +79,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_title("tiny arithmetic policy, no-oracle verifiers\nsolid: recompute+operands, dash-dot: recompute, "
                  "dotted: operands, dashed: exact checker (oracle)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
