@@ -43,7 +43,7 @@ def main() -> None:
 
     from twinloop.contracts import Request, SamplingConfig
     from twinloop.tasks import arith
-    from twinloop.tasks.arith_routes import operands_reward, recompute_reward
+    from twinloop.tasks._arith_routes import operands_reward, recompute_reward
 
     n = args.n
     eng = VLLMEngine(args.policy, dtype="float32", max_model_len=1024, seed=0)

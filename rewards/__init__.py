@@ -27,9 +27,9 @@ REWARD_ALIASES: dict[str, str] = {
     "pairwise": "twinloop.rewards.pairwise:PairwiseVerifier()",
     "selfeval": "twinloop.rewards.selfeval:SelfEvalProbe()",
     # no-oracle arithmetic verifiers on the policy engine (rewards/recompute.py, rewards/operands.py)
-    "recompute": "twinloop.tasks.arith_routes:ArithRecomputeReward()",
-    "operands": "twinloop.tasks.arith_routes:ArithOperandsReward()",
-    "recompute+operands": "twinloop.tasks.arith_routes:ArithRecomputeOperandsReward()",
+    "recompute": "twinloop.tasks._arith_routes:ArithRecomputeReward()",
+    "operands": "twinloop.tasks._arith_routes:ArithOperandsReward()",
+    "recompute+operands": "twinloop.tasks._arith_routes:ArithRecomputeOperandsReward()",
 }
 
 

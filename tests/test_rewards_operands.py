@@ -10,7 +10,7 @@ from twinloop.rewards.operands import (
     operand_scores,
 )
 
-from twinloop.tasks.arith_routes import arith_operands, operands_reward, recompute_operands_reward
+from twinloop.tasks._arith_routes import arith_operands, operands_reward, recompute_operands_reward
 
 PROBLEM = "Compute (76 - 27) + 8 step by step."
 PROMPT = [{"role": "user", "content": PROBLEM}]

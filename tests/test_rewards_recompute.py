@@ -14,7 +14,7 @@ from twinloop.rewards.recompute import (
 )
 
 from twinloop.tasks import arith
-from twinloop.tasks.arith_routes import (
+from twinloop.tasks._arith_routes import (
     ArithRecomputeRoute,
     last_equation_value,
     link_prefixes,
@@ -200,7 +200,7 @@ def test_tiny_policy_recomputes_gold_steps_and_flags_planted_errors(policy_engin
 
 # ---------------------------------------------------------------------------------- GSM8K annotations
 def test_gsm8k_annotation_route_commutes_sums_and_products():
-    from twinloop.tasks.gsm8k_routes import GsmAnnotationRoute, commuted
+    from twinloop.tasks._gsm8k_routes import GsmAnnotationRoute, commuted
 
     assert commuted("48*2") == "2*48" and commuted("3 + 4.5") == "4.5+3" and commuted("48/2") == "48/2"
     route = GsmAnnotationRoute()

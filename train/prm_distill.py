@@ -1,7 +1,7 @@
 """Distil the no-oracle recompute verifier into a learned token-classification PRM (no oracle anywhere).
 
 The policy's own samples are labelled step by step by recomputation + operand consistency
-(``twinloop.tasks.arith_routes.recompute_operands_reward`` on the policy engine): a step is good while every
+(``twinloop.tasks._arith_routes.recompute_operands_reward`` on the policy engine): a step is good while every
 step so far passed. Hard negatives: each fully verified sample also appears with one step's result changed
 (by ±1, ±2 or ±10), labelled bad from that step on; it differs from a verified sample in that one step.
 Training is twinloop's PRM trainer (``train.prm.train_prm``). Reported on held-out dev samples: within-problem
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from twinloop.contracts import Request, SamplingConfig
     from twinloop.tasks import arith
-    from twinloop.tasks.arith_routes import recompute_operands_reward
+    from twinloop.tasks._arith_routes import recompute_operands_reward
 
     torch.set_num_threads(1)
     engine = make_engine("vllm", args.policy_dir, seed=args.seed)

@@ -471,10 +471,10 @@ def reward() -> ArithOutcomeReward:
     return ArithOutcomeReward()
 
 
-# ---------------------------------------------------------------- no-oracle verifiers (routes in arith_routes.py)
+# ---------------------------------------------------------------- no-oracle verifiers (routes in _arith_routes.py)
 
 def recompute_reward(engine: Any, **settings: Any):
-    """The policy (or any Engine) re-derives each step by another route; see ``twinloop.tasks.arith_routes``."""
-    from twinloop.tasks.arith_routes import recompute_reward as build
+    """The policy (or any Engine) re-derives each step by another route; see ``twinloop.tasks._arith_routes``."""
+    from twinloop.tasks._arith_routes import recompute_reward as build
 
     return build(engine, **settings)
