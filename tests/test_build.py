@@ -43,6 +43,11 @@ def test_verifiable_and_task_rewards_round_trip_through_their_spec():
         _rebuilt_scores_equal(reward, prompts, ARITH, COLUMNS)
     mean = "twinloop.tasks.arith:ArithProcessReward(aggregation='mean')"
     assert ArithProcessReward(aggregation="mean").spec() == mean
+    from twinloop.rewards.generative import SPCTTrainingReward
+    from twinloop.rewards.pairwise import VerifierTrainingReward
+
+    assert build_reward(VerifierTrainingReward(band=0.3).spec()).band == 0.3  # the training-role rewards too
+    assert build_reward(SPCTTrainingReward().spec()).settings() == SPCTTrainingReward().settings()
     gym = ReasoningGymReward("basic_arithmetic")
     from twinloop.tasks import rgym
 
@@ -159,6 +164,9 @@ def test_a_reward_class_outside_twinloop_round_trips_through_export_and_load(tin
     # two loads of the same weights in one process: CPU float reductions agree to well within 1e-5
     assert after(["q"] * 2, texts) == pytest.approx(before(["q"] * 2, texts), abs=1e-5)
     assert build_reward(str(out), trust_remote_code=True).scale == 2.5
+    # a classifier bundle loads its own weights even when eval passes the policy engine (judges use it)
+    on_eval = build_reward(str(out), trust_remote_code=True, engine=object())
+    assert on_eval.model is not None and on_eval(["q"] * 2, texts) == pytest.approx(after(["q"] * 2, texts), abs=1e-5)
 
 
 # ------------------------------------------------------------------------------ the contract, checked
