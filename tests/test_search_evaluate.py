@@ -3,13 +3,13 @@ import json
 
 import pytest
 from scripted_engine import ScriptedEngine, TableReward
-from twinloop.build import reward_class
 from twinloop.infer import evaluate as ev
 from twinloop.infer import report
 from twinloop.infer.eval_config import parse_eval_args
 from twinloop.infer.search._common import Problem, canonical_answer, last_boxed
 
 from twinloop import eval_cli
+from twinloop.build import reward_class
 
 SCRIPT = {"P1": ["a \\boxed{1}", "b \\boxed{2}", "c \\boxed{2}", "d \\boxed{3}"],
           "P2": ["x \\boxed{7}", "y \\boxed{8}"],
