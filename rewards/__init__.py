@@ -27,6 +27,10 @@ REWARD_ALIASES: dict[str, str] = {
     "pairwise": "twinloop.rewards.pairwise:PairwiseVerifier()",
     "selfeval": "twinloop.rewards.selfeval:SelfEvalProbe()",
     "calibrated": "twinloop.rewards.calibrated:CalibratedReward()",
+    # no-oracle arithmetic verifiers on the policy engine (rewards/recompute.py, rewards/operands.py)
+    "recompute": "twinloop.tasks._arith_routes:ArithRecomputeReward()",
+    "operands": "twinloop.tasks._arith_routes:ArithOperandsReward()",
+    "recompute+operands": "twinloop.tasks._arith_routes:ArithRecomputeOperandsReward()",
 }
 
 
