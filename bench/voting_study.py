@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from twinloop.infer.engine import Request, SamplingConfig
-    from twinloop.infer.search.common import canonical_answer, vote
+    from twinloop.infer.search._common import canonical_answer, vote
 
     from twinloop.build import build_engine
     from twinloop.tasks import arith

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from twinloop.infer.search.common import Problem
+from twinloop.infer.search._common import Problem
 
 DEFAULT_MENU = ["greedy", "majority", "best_of_n", "beam_search", "particle_filter"]
 POLICY_FILE = "compute_optimal_policy.json"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twinloop.infer.search.common import Problem
+from twinloop.infer.search._common import Problem
 
 from twinloop.tasks import build_task
 

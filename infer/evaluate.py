@@ -11,7 +11,6 @@ the module names under ``twinloop.infer.search``.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import json
@@ -32,18 +31,9 @@ from twinloop.infer.eval_tasks import (  # noqa: F401  (re-exported: quickstart 
     to_problems,
 )
 from twinloop.infer.report import read_rows  # noqa: F401  (re-exported)
-from twinloop.infer.search.common import Budget, Problem, SearchResult
+from twinloop.infer.search._common import Budget, Problem, SearchResult
 
 SEARCH_PACKAGE = "twinloop.infer.search"
-NOT_PROCEDURES = {"common", "stepper", "sampling", "paths", "tree", "particles", "resampling"}
-BUDGET_FREE = {"greedy"}  # one sample whatever the budget
-DEFAULTS: dict[str, Any] = {
-    "checkpoint": None, "task": "arith", "split": "test", "methods": "greedy,majority,best_of_n",
-    "budgets": "4,8,16,32", "reward": None, "n_problems": None, "out": None, "batch": 32, "temperature": 0.7,
-    "max_tokens": 512, "engine": "vllm", "servers": None, "dtype": "float32", "max_model_len": None, "seed": 0,
-    "max_generated_tokens": None, "max_rm_calls": None, "set": None, "no_plot": False, "tokenizer": None,
-    "dev_problems": None,
-}
 SETTINGS = ("checkpoint", "tokenizer", "task", "split", "temperature", "max_tokens", "reward", "set",
             "max_generated_tokens", "max_rm_calls", "seed", "dtype", "engine", "max_model_len",
             "dev_problems")  # a results file is only resumed under the same values of these
@@ -52,7 +42,7 @@ SETTINGS = ("checkpoint", "tokenizer", "task", "split", "temperature", "max_toke
 # ------------------------------------------------------------------------------------------ methods
 def procedures() -> list[str]:
     pkg = importlib.import_module(SEARCH_PACKAGE)
-    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name not in NOT_PROCEDURES)
+    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
 
 
 def load_procedure(name: str):
@@ -133,8 +123,8 @@ def evaluate(problems: Sequence[Problem], engines: Sequence[Any], methods: Seque
     done = finished_keys(out_path)
     jobs: list[tuple[str, int, list[Problem]]] = []
     for method in methods:
-        load_procedure(method)  # unknown names fail before any work
-        for n in ([1] if method in BUDGET_FREE else budgets):
+        budget_free = load_procedure(method).BUDGET_FREE  # unknown names fail before any work
+        for n in ([1] if budget_free else budgets):
             todo = [p for p in problems if (method, n, p.id) not in done]
             jobs += [(method, n, todo[i:i + batch]) for i in range(0, len(todo), batch)]
     total = sum(len(j[2]) for j in jobs)
@@ -222,64 +212,6 @@ def run_queue(jobs: Sequence[Any], n_workers: int, work: Callable[[int, Any], No
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    a = parser.add_argument
-    a("--checkpoint", help="policy model folder (Hugging Face format)")
-    a("--task", help="arith, gsm8k, mmath, humaneval or rgym:NAME (default arith)")
-    a("--split", help="task split (default test)")
-    a("--method", "--methods", dest="methods", help="comma list of search methods (default greedy,majority,best_of_n)")
-    a("--budgets", help="comma list of nominal N (default 4,8,16,32)")
-    a("--reward", help="reward spec: alias (arith_process, math, grm:ADAPTER, ...), module:Class(key=literal), "
-                       "bundle folder, task or none")
-    a("--n-problems", type=int, help="first N problems of the split")
-    a("--out", help="output folder (default runs/eval-TASK); results.jsonl there is resumed")
-    a("--batch", type=int, help="problems per engine batch (default 32)")
-    a("--temperature", type=float, help="sampling temperature (default 0.7)")
-    a("--max-tokens", type=int, help="max generated tokens per candidate (default 512)")
-    a("--max-generated-tokens", type=int, help="per-problem cap on generated tokens")
-    a("--max-rm-calls", type=int, help="per-problem cap on reward-model calls")
-    a("--set", action="append", metavar="[METHOD:]KEY=VALUE",
-      help="procedure setting, e.g. --set width=4 (every method of the run that has it) or "
-           "--set beam_search:width=4 (that method only); repeatable")
-    a("--dev-problems", type=int, help="dev problems compute_optimal fits its per-bin choice on (default 100)")
-    a("--engine", choices=["vllm", "hf"], help="offline engine when no --servers (default vllm)")
-    a("--servers", help="comma list of vLLM server URLs to shard over (OpenAI-compatible)")
-    a("--tokenizer", help="tokenizer folder, when it is not the checkpoint's own")
-    a("--dtype", help="model dtype (default float32)")
-    a("--max-model-len", type=int, help="engine context length (default: the model's, at most 4096)")
-    a("--seed", type=int, help="engine and procedure seed (default 0)")
-    a("--recipe", help="YAML file with any of these options, or a co-design recipe (its eval: section and shared "
-                       "task/reward); flags given on the command line win")
-    a("--no-plot", action="store_true", default=None, help="skip the PNG")
-
-
-def resolve(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults < recipe YAML < command-line flags."""
-    opts = dict(DEFAULTS)
-    if getattr(args, "recipe", None):
-        from twinloop.recipe import section
-
-        path = Path(args.recipe)
-        data = section(path, "eval")  # a co-design recipe's eval: section with its shared task and reward
-        data = {k.replace("-", "_"): v for k, v in data.items()}
-        if "method" in data:
-            data["methods"] = data.pop("method")
-        unknown = sorted(set(data) - set(DEFAULTS))
-        if unknown:
-            raise ValueError(f"recipe {path} has unknown key {unknown[0]!r}")
-        opts.update(data)
-    for k in DEFAULTS:
-        v = getattr(args, k, None)
-        if v is not None:
-            opts[k] = v
-    for k in ("methods", "budgets"):
-        if isinstance(opts[k], (list, tuple)):
-            opts[k] = ",".join(str(x) for x in opts[k])
-    if isinstance(opts["set"], dict):
-        opts["set"] = [f"{k}={json.dumps(v)}" for k, v in opts["set"].items()]
-    return opts
-
-
 def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
     out = {}
     for item in items or []:
@@ -380,12 +312,12 @@ def write_settings(out: Path, opts: dict[str, Any]) -> None:
 RewardBuilder = Callable[[Any, str, Any], Any]  # (spec, task, engine or None to validate) -> reward
 
 
-def run(args: argparse.Namespace, build_reward: RewardBuilder) -> int:
-    """`twinloop eval`; ``build_reward`` comes from the CLI layer (``twinloop.eval_cli``): rewards are built
-    by the one builder, which sits above the engines."""
+def run(opts: dict[str, Any], build_reward: RewardBuilder) -> int:
+    """`twinloop eval` with the settings of ``twinloop.infer.eval_config.parse_eval_args``; ``build_reward`` comes
+    from the CLI layer (``twinloop.eval_cli``): rewards are built by the one builder, above the engines."""
     from twinloop.infer import report
 
-    opts = resolve(args)
+    opts = dict(opts)
     methods = [m.strip() for m in str(opts["methods"]).split(",") if m.strip()]
     for m in methods:
         load_procedure(m)
@@ -443,4 +375,4 @@ def run(args: argparse.Namespace, build_reward: RewardBuilder) -> int:
     return 0
 
 
-__all__ = ["add_arguments", "evaluate", "run", "run_queue"]
+__all__ = ["evaluate", "run", "run_queue"]

@@ -230,7 +230,8 @@ def setting_names(cls: type) -> list[str]:
     return [n for n in names if n not in skip]
 
 
-def _bind(cls: type, init: Any, self: Any, args: tuple, kwargs: dict[str, Any], partial: bool = False) -> dict[str, Any]:
+def _bind(cls: type, init: Any, self: Any, args: tuple, kwargs: dict[str, Any],
+          partial: bool = False) -> dict[str, Any]:
     sig = inspect.signature(init)
     bound = sig.bind_partial(self, *args, **kwargs) if partial else sig.bind(self, *args, **kwargs)
     bound.apply_defaults()
@@ -286,6 +287,19 @@ def check_scores(reward: Any, scores: Any, n: int) -> list[float | None]:
 def call_reward(reward: Any, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
     """Call any reward (a twinloop class or a plain function) and check its answer against the contract."""
     return check_scores(reward, reward(prompts, completions, **columns), len(completions))
+
+
+def checked(reward: Any) -> Any:
+    """A reward whose every call is checked against the contract: twinloop's classes already are; a plain
+    function gets a wrapper with its name (TRL logs rewards by ``__name__``)."""
+    if isinstance(reward, RewardBase) or not callable(reward):
+        return reward
+
+    @functools.wraps(reward)
+    def checked_reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
+        return call_reward(reward, prompts, completions, **columns)
+
+    return checked_reward
 
 
 def import_class(path: str, trust_remote_code: bool = False) -> Any:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from twinloop.rewards.answers import last_boxed  # noqa: F401  (the one definition; tests import it here)
 from twinloop.rewards.base import RewardBase, column, message_text
 
 SCORE_RANGE = (1, 10)
@@ -52,22 +53,6 @@ def format_grm_prompt(query: str, responses: Sequence[str], binary: bool = False
 
 
 _INT = re.compile(r"[+-]?\d{1,6}")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{…}`` (balanced braces), or None if absent or unclosed."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 1, start + len("\\boxed{")
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j]
-    return None
 
 
 def parse_scores(text: Any, n: int, score_range: tuple[int, int] = SCORE_RANGE) -> list[int] | None:

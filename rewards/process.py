@@ -17,14 +17,15 @@ from typing import Any
 from twinloop.rewards.base import RewardBase, message_text
 
 AGGREGATIONS = ("last", "min", "prod", "mean")
-DEFAULT_DELIMITER = "\n\n"
+STEP_DELIMITER = "\n\n"  # the one step delimiter: a blank line
 
 
-def split_steps(text: str, delimiter: str = DEFAULT_DELIMITER) -> list[str]:
-    """Non-blank steps of a solution, in order, without the delimiter."""
+def split_steps(text: str, delimiter: str = STEP_DELIMITER, strip: bool = False) -> list[str]:
+    """Non-blank steps of a solution, in order, without the delimiter (``strip``: without surrounding
+    whitespace either, for checkers that parse the step; PRMs keep the text as the model wrote it)."""
     if not delimiter:
         raise ValueError("the step delimiter must be a non-empty string")
-    return [s for s in text.split(delimiter) if s.strip()]
+    return [s.strip() if strip else s for s in text.split(delimiter) if s.strip()]
 
 
 def split_step_ids(ids: Sequence[int], delimiter_id: int) -> list[list[int]]:
@@ -43,11 +44,13 @@ def split_step_ids(ids: Sequence[int], delimiter_id: int) -> list[list[int]]:
 
 
 def aggregate(step_scores: Sequence[float], how: str = "last") -> float:
-    """One solution score from its step scores: the last, the minimum, the product or the mean."""
+    """One solution score from its step scores: the last, the minimum, the product or the mean. The one
+    step-score aggregation for PRMs, the exact arithmetic checker and step-level search; an empty list (a
+    solution with no step yet) scores 0.0."""
     if how not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
     if not step_scores:
-        raise ValueError("cannot aggregate an empty list of step scores")
+        return 0.0
     if how == "last":
         return float(step_scores[-1])
     if how == "min":
@@ -97,7 +100,7 @@ class StepReward(RewardBase):
 
     @classmethod
     def export_call(cls, settings: dict[str, Any], tokenizer: Any, **extra: Any) -> dict[str, Any]:
-        delim = settings.get("delimiter", DEFAULT_DELIMITER)
+        delim = settings.get("delimiter", STEP_DELIMITER)
         tag_ids = [delim] if isinstance(delim, int) else text_ids(tokenizer, delim)
         return {"step_delimiter": tokenizer.decode(tag_ids) if isinstance(delim, int) else delim,
                 "step_token_ids": tag_ids,
@@ -106,7 +109,7 @@ class StepReward(RewardBase):
                 "aggregation": settings.get("aggregation", "last"), "no_step_fallback": settings.get("fallback", 0.0),
                 "step_score": cls.step_score}
 
-    def __init__(self, tokenizer: Any, delimiter: str | int = DEFAULT_DELIMITER, aggregation: str = "last",
+    def __init__(self, tokenizer: Any, delimiter: str | int = STEP_DELIMITER, aggregation: str = "last",
                  fallback: float = 0.0) -> None:
         super().__init__()
         if aggregation not in AGGREGATIONS:

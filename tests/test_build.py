@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
+from twinloop.rewards.base import RewardBase, call_reward, check_scores
 
 from twinloop.build import REWARD_ALIASES, build_reward, parse_reward_spec, reward_class
-from twinloop.rewards.base import RewardBase, call_reward, check_scores
 
 PROMPT = [{"role": "user", "content": "Compute 2 + 3 * 4. Put the answer in \\boxed{}."}]
 ARITH = ["3 * 4 = 12\n\n2 + 12 = 14\n\nAnswer: \\boxed{14}", "3 * 4 = 12\n\n2 + 12 = 15\n\nAnswer: \\boxed{15}",
@@ -25,8 +25,15 @@ def _rebuilt_scores_equal(reward, prompts, completions, columns=None, **context)
 
 # ------------------------------------------------------------------------------ spec round trip, every kind
 def test_verifiable_and_task_rewards_round_trip_through_their_spec():
-    from twinloop.rewards.verifiable import (BoxedFormatReward, ExactMatchReward, MathReward, NumericReward,
-                                             ReasoningGymReward, StepFormatReward)
+    from twinloop.rewards.verifiable import (
+        BoxedFormatReward,
+        ExactMatchReward,
+        MathReward,
+        NumericReward,
+        ReasoningGymReward,
+        StepFormatReward,
+    )
+
     from twinloop.tasks.arith import ArithOutcomeReward, ArithProcessReward
 
     prompts = [PROMPT] * 3
@@ -34,7 +41,13 @@ def test_verifiable_and_task_rewards_round_trip_through_their_spec():
                    BoxedFormatReward(), StepFormatReward(min_steps=3), ArithProcessReward(aggregation="mean"),
                    ArithOutcomeReward()):
         _rebuilt_scores_equal(reward, prompts, ARITH, COLUMNS)
-    assert ArithProcessReward(aggregation="mean").spec() == "twinloop.tasks.arith:ArithProcessReward(aggregation='mean')"
+    mean = "twinloop.tasks.arith:ArithProcessReward(aggregation='mean')"
+    assert ArithProcessReward(aggregation="mean").spec() == mean
+    from twinloop.rewards.generative import SPCTTrainingReward
+    from twinloop.rewards.pairwise import VerifierTrainingReward
+
+    assert build_reward(VerifierTrainingReward(band=0.3).spec()).band == 0.3  # the training-role rewards too
+    assert build_reward(SPCTTrainingReward().spec()).settings() == SPCTTrainingReward().settings()
     gym = ReasoningGymReward("basic_arithmetic")
     from twinloop.tasks import rgym
 
@@ -53,7 +66,6 @@ def test_code_reward_round_trips_through_its_spec():
 def test_model_rewards_round_trip_given_the_same_model_objects(tiny_model_dir, hf_engine):
     import transformers
     from transformers import AutoConfig, AutoTokenizer
-
     from twinloop.rewards.calibrated import CalibratedReward
     from twinloop.rewards.generative import GenerativeReward
     from twinloop.rewards.pairwise import PairwiseVerifier
@@ -133,7 +145,6 @@ class LengthJudge(RewardBase):
 def test_a_reward_class_outside_twinloop_round_trips_through_export_and_load(tiny_model_dir, tmp_path):
     import transformers
     from transformers import AutoConfig, AutoTokenizer
-
     from twinloop.checkpoints.export import export, load_reward
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -180,24 +191,27 @@ def test_a_reward_breaking_the_contract_fails_in_one_line_naming_it():
     with pytest.raises(ValueError, match="reward plain returned 1 scores for a batch of 3"):
         call_reward(plain, ["p"] * 3, ["a"] * 3)
     assert check_scores(plain, [1, 0.5], 2) == [1, 0.5]
+    from twinloop.rewards.base import checked
+
+    wrapped = checked(plain)  # what GPPO hands TRL for a plain-function reward
+    assert wrapped.__name__ == "plain"
+    with pytest.raises(ValueError, match="batch of 2"):
+        wrapped(["p"] * 2, ["a"] * 2)
 
 
 # ------------------------------------------------------------------------------ one co-design recipe
 def test_codesign_recipe_gives_train_and_search_one_reward():
     """recipes/arith/process.yaml names its reward once: the GPPO trainer's reward and eval's search reward are
     built from the same spec and score a fixed batch identically."""
-    import argparse
     from pathlib import Path
 
-    from twinloop.infer import evaluate as ev
+    from twinloop.infer.eval_config import parse_eval_args
     from twinloop.train.gppo import build_rewards, parse
 
     recipe = str(Path(__file__).resolve().parents[1] / "recipes/arith/process.yaml")
     script, cfg = parse(["--config", recipe])
     (trained_with,) = build_rewards(script)
-    parser = argparse.ArgumentParser()
-    ev.add_arguments(parser)
-    opts = ev.resolve(parser.parse_args(["--recipe", recipe]))
+    opts = parse_eval_args(["--recipe", recipe])  # the dataclass parser, as the trainers read theirs
     searched_with = build_reward(opts["reward"], task=opts["task"], engine=object())
     assert opts["task"] == script.task == "arith"
     assert trained_with.spec() == searched_with.spec() == "twinloop.tasks.arith:ArithProcessReward(aggregation='mean')"

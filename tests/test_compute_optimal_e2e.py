@@ -7,7 +7,7 @@ from scripted_engine import ScriptedEngine, TableReward
 from twinloop.infer import co_fit
 from twinloop.infer import evaluate as ev
 from twinloop.infer.search import compute_optimal as co
-from twinloop.infer.search.common import Budget, Problem, canonical_answer, last_boxed
+from twinloop.infer.search._common import Budget, Problem, canonical_answer, last_boxed
 
 POLICY = {"difficulty": "predicted", "edges": [0.3, 0.6],
           "bins": [[{"method": "greedy", "budget": 1, "accuracy": 1.0, "generated_tokens": 10}], [],

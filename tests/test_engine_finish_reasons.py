@@ -6,7 +6,7 @@ from fake_openai_server import FakeServer
 from scripted_engine import CharTokenizer
 from twinloop.infer.engine import Completion, Request, SamplingConfig, finish_reason
 from twinloop.infer.openai_engine import OpenAIEngine
-from twinloop.infer.search.stepper import EOS, TRUNCATED, Stepper
+from twinloop.infer.search._stepper import EOS, TRUNCATED, Stepper
 from twinloop.infer.vllm_engine import VLLMEngine
 
 

@@ -1,7 +1,6 @@
 """`twinloop eval` accounting and resume: total model tokens (policy + judge) in the table and on the plot's
 axis when the judge runs on the policy's model, the resume guard's settings, settings.json written only
 once the engines built, and --servers work reassigned from a dead server (local fake servers)."""
-import argparse
 import json
 import time
 
@@ -11,7 +10,7 @@ from scripted_engine import CharTokenizer
 from twinloop.infer import evaluate as ev
 from twinloop.infer import report
 from twinloop.infer.openai_engine import OpenAIEngine
-from twinloop.infer.search.common import Problem, last_boxed
+from twinloop.infer.search._common import Problem, last_boxed
 
 from twinloop import eval_cli
 from twinloop.contracts import EngineError
@@ -46,24 +45,21 @@ def test_model_tokens_in_table_and_as_the_compute_axis(tmp_path, capsys):
 
 
 def _ns(model, out, **kw):
-    ns = argparse.Namespace(**{k: None for k in ev.DEFAULTS}, recipe=None)
-    ns.checkpoint, ns.task, ns.methods, ns.budgets = str(model), "arith", "greedy", "2"
-    ns.n_problems, ns.max_tokens, ns.engine, ns.out, ns.reward = 2, 4, "hf", str(out), "none"
-    ns.no_plot = True
-    for k, v in kw.items():
-        setattr(ns, k, v)
-    return ns
+    """`twinloop eval` flags (EvalConfig through HfArgumentParser)."""
+    opts = dict(checkpoint=str(model), task="arith", methods="greedy", budgets="2", n_problems=2, max_tokens=4,
+                engine="hf", out=str(out), reward="none", no_plot=True, **kw)
+    return [a for k, v in opts.items() for a in (f"--{k}", str(v))]
 
 
 def test_resume_under_another_seed_is_refused(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    assert eval_cli.run(_ns(tiny_model_dir, out)) == 0
+    assert eval_cli.main(_ns(tiny_model_dir, out)) == 0
     before = (out / "results.jsonl").read_text()
     with pytest.raises(ValueError, match="another seed") as e:
-        eval_cli.run(_ns(tiny_model_dir, out, seed=1))
+        eval_cli.main(_ns(tiny_model_dir, out, seed=1))
     assert "\n" not in str(e.value) and (out / "results.jsonl").read_text() == before
     with pytest.raises(ValueError, match="another dtype"):
-        eval_cli.run(_ns(tiny_model_dir, out, dtype="bfloat16"))
+        eval_cli.main(_ns(tiny_model_dir, out, dtype="bfloat16"))
 
 
 def test_settings_written_only_after_the_engines_built(tmp_path):
@@ -71,7 +67,7 @@ def test_settings_written_only_after_the_engines_built(tmp_path):
     broken.mkdir()  # no config.json: the engine refuses to build
     out = tmp_path / "run"
     with pytest.raises(EngineError):
-        eval_cli.run(_ns(broken, out))
+        eval_cli.main(_ns(broken, out))
     assert not (out / "settings.json").exists()
 
 

@@ -76,7 +76,7 @@ def test_each_kind_trains_one_grpo_step(tiny_model_dir, hf_engine, head_models, 
     assert (tmp_path / "refs.json").exists()
     # The very same objects then rank candidates in a best-of-N search through the engine.
     from twinloop.infer.search import best_of_n
-    from twinloop.infer.search.common import Budget, Problem, SearchConfig
+    from twinloop.infer.search._common import Budget, Problem, SearchConfig
 
     problems = [Problem(prompts[0], {"label_a": 1, "label_b": 0, "rewards": [1, 0], **code}, id="p0")]
     for r in rewards:

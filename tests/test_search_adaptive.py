@@ -2,8 +2,8 @@
 import pytest
 from scripted_engine import ScriptedEngine
 from twinloop.infer.search import adaptive_selfeval
+from twinloop.infer.search._common import Budget, Problem, last_boxed
 from twinloop.infer.search.adaptive_selfeval import AdaptiveConfig, batch_sizes
-from twinloop.infer.search.common import Budget, Problem, last_boxed
 from twinloop.rewards.base import RewardUsage
 
 SCRIPT = {"P": ["bad \\boxed{1}", "good \\boxed{2}", "ok \\boxed{3}", "meh \\boxed{4}"],

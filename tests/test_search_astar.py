@@ -2,9 +2,9 @@
 import pytest
 from scripted_engine import ScriptedEngine, TablePRM
 from twinloop.infer.search import astar, best_of_n
+from twinloop.infer.search._common import Budget, Problem, SearchConfig, last_boxed
+from twinloop.infer.search._paths import SearchPath
 from twinloop.infer.search.astar import AStarConfig, path_cost, priority
-from twinloop.infer.search.common import Budget, Problem, SearchConfig, last_boxed
-from twinloop.infer.search.paths import Path
 
 Q = ["s1 bad\n\nAnswer: \\boxed{0}", "s1 good\n\ns2 good\n\nAnswer: \\boxed{5}",
      "s1 good\n\ns2 bad\n\nAnswer: \\boxed{9}", "s1 meh\n\nAnswer: \\boxed{4}"]
@@ -15,7 +15,7 @@ def test_cost_and_priority_with_numbers():
     assert path_cost([0.9, 0.5], "mean_cost") == pytest.approx(0.3)
     assert path_cost([0.9, 0.5], "sum_cost") == pytest.approx(0.6)
     assert path_cost([0.9, 0.5], "depth", 0.1) == pytest.approx(0.2) and path_cost([0.9], "zero") == 0.0
-    p = Path(problem=0, steps=["a", "b"], step_scores=[0.9, 0.5])
+    p = SearchPath(problem=0, steps=["a", "b"], step_scores=[0.9, 0.5])
     assert priority(p, AStarConfig()) == pytest.approx(0.3 + 0.5)
     with pytest.raises(ValueError):
         path_cost([0.5], "max")

@@ -4,11 +4,11 @@ from scripted_engine import ScriptedEngine, TablePRM
 from test_search_grm import SCRIPT as GRM_SCRIPT
 from test_search_grm import ScriptedGRM
 from twinloop.infer.search import astar, beam_search, dvts, grm_meta_vote, grm_vote, particle_filter
+from twinloop.infer.search._common import Budget, Problem, fit_caps, last_boxed
+from twinloop.infer.search._particles import ParticleConfig
+from twinloop.infer.search._tree import TreeConfig
 from twinloop.infer.search.astar import AStarConfig
-from twinloop.infer.search.common import Budget, Problem, fit_caps, last_boxed
 from twinloop.infer.search.grm_vote import GRMVoteConfig
-from twinloop.infer.search.particles import ParticleConfig
-from twinloop.infer.search.tree import TreeConfig
 
 Q = ["s1 bad\n\nAnswer: \\boxed{0}", "s1 good\n\ns2 good\n\nAnswer: \\boxed{5}",
      "s1 good\n\ns2 bad\n\nAnswer: \\boxed{9}", "s1 meh\n\nAnswer: \\boxed{4}"]

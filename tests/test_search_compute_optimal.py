@@ -5,7 +5,7 @@ import json
 import pytest
 from scripted_engine import ScriptedEngine, TableReward
 from twinloop.infer.search import compute_optimal as co
-from twinloop.infer.search.common import Budget, Problem, last_boxed
+from twinloop.infer.search._common import Budget, Problem, last_boxed
 
 DIFF = {"p1": 0.1, "p2": 0.2, "p3": 0.8, "p4": 0.9}
 RIGHT = {("greedy", 1): {"p1", "p2"}, ("majority", 4): {"p1", "p2", "p3"}, ("best_of_n", 8): set(DIFF)}

@@ -1,12 +1,12 @@
 """`twinloop eval` core on the scripted engine: JSONL rows, resume, crash tolerance, sharding, table, plot."""
-import argparse
 import json
 
 import pytest
 from scripted_engine import ScriptedEngine, TableReward
 from twinloop.infer import evaluate as ev
 from twinloop.infer import report
-from twinloop.infer.search.common import Problem, canonical_answer, last_boxed
+from twinloop.infer.eval_config import parse_eval_args
+from twinloop.infer.search._common import Problem, canonical_answer, last_boxed
 
 from twinloop import eval_cli
 
@@ -77,9 +77,7 @@ def test_summary_table_and_plot(tmp_path):
 def test_cli_options_recipe_and_errors(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("task: arith\nmethods: [majority, beam_search]\nbudgets: [4, 8]\nset: {width: 2}\n")
-    ns = argparse.Namespace(**{k: None for k in ev.DEFAULTS}, recipe=str(recipe))
-    ns.budgets = "16"
-    opts = ev.resolve(ns)
+    opts = parse_eval_args(["--recipe", str(recipe), "--budgets", "16"])
     assert opts["methods"] == "majority,beam_search" and opts["budgets"] == "16" and opts["set"] == ["width=2"]
     assert ev.parse_sets(["width=2", "select=majority", "lookahead=1"]) == {"width": 2, "select": "majority",
                                                                             "lookahead": 1}
@@ -94,11 +92,11 @@ def test_cli_options_recipe_and_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("colour: red\n")
     with pytest.raises(ValueError, match="unknown key"):
-        ev.resolve(argparse.Namespace(**{k: None for k in ev.DEFAULTS}, recipe=str(bad)))
+        parse_eval_args(["--recipe", str(bad)])
 
 
 def test_settings_guard_refuses_mixed_results(tmp_path):
-    opts = dict(ev.DEFAULTS, checkpoint="c", reward="arith_process", engine="hf")
+    opts = dict(parse_eval_args([]), checkpoint="c", reward="arith_process", engine="hf")
     ev.check_settings(tmp_path, opts)
     ev.write_settings(tmp_path, opts)
     ev.check_settings(tmp_path, opts)  # same settings: fine
@@ -125,16 +123,16 @@ def test_arith_judge_and_problems():
 
 def test_cli_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
     """`twinloop eval` through the transformers engine: JSONL, table, PNG; a rerun resumes (adds nothing)."""
-    ns = argparse.Namespace(**{k: None for k in ev.DEFAULTS}, recipe=None)
-    ns.checkpoint, ns.task, ns.methods, ns.budgets = str(tiny_model_dir), "arith", "greedy,best_of_n", "2"
-    ns.n_problems, ns.max_tokens, ns.engine, ns.out, ns.reward = 2, 8, "hf", str(tmp_path / "run"), "arith_process"
-    assert eval_cli.run(ns) == 0
+    ns = ["--checkpoint", str(tiny_model_dir), "--task", "arith", "--methods", "greedy,best_of_n", "--budgets", "2",
+          "--n-problems", "2", "--max-tokens", "8", "--engine", "hf", "--out", str(tmp_path / "run"),
+          "--reward", "arith_process"]
+    assert eval_cli.main(ns) == 0
     rows = ev.read_rows(tmp_path / "run" / "results.jsonl")
     assert len(rows) == 2 * 2 and {r["method"] for r in rows} == {"greedy", "best_of_n"}
     assert all(r["generated_tokens"] > 0 for r in rows)
     assert (tmp_path / "run" / "accuracy_vs_tokens.png").exists()
     assert len(json.loads((tmp_path / "run" / "summary.json").read_text())) == 2
-    assert eval_cli.run(ns) == 0 and len(ev.read_rows(tmp_path / "run" / "results.jsonl")) == 4
+    assert eval_cli.main(ns) == 0 and len(ev.read_rows(tmp_path / "run" / "results.jsonl")) == 4
 
 
 
@@ -144,7 +142,7 @@ def test_shipped_eval_recipes_resolve_to_known_methods_and_rewards():
     recipes = sorted((Path(__file__).resolve().parents[1] / "recipes" / "eval").glob("*.yaml"))
     assert len(recipes) >= 4
     for path in recipes:
-        opts = ev.resolve(argparse.Namespace(recipe=str(path)))
+        opts = parse_eval_args(["--recipe", str(path)])
         for method in opts["methods"].split(","):
             assert callable(ev.load_procedure(method).run)  # every named procedure exists
         assert all(int(b) > 0 for b in str(opts["budgets"]).split(","))

@@ -2,7 +2,7 @@
 import pytest
 from scripted_engine import ScriptedEngine
 from twinloop.infer.search import grm_meta_vote, grm_vote
-from twinloop.infer.search.common import Budget, Problem, last_boxed
+from twinloop.infer.search._common import Budget, Problem, last_boxed
 from twinloop.infer.search.grm_vote import GRMVoteConfig
 from twinloop.rewards.base import RewardUsage
 from twinloop.rewards.generative import Judgment

@@ -5,10 +5,9 @@ import math
 import pytest
 from scripted_engine import EOS_ID, ScriptedEngine, TablePRM
 from twinloop.infer.search import epf, particle_filter
-from twinloop.infer.search.common import Budget, Problem, last_boxed
-from twinloop.infer.search.epf import EPFConfig
-from twinloop.infer.search.particles import ParticleConfig, modulate
-from twinloop.infer.search.resampling import (
+from twinloop.infer.search._common import Budget, Problem, last_boxed
+from twinloop.infer.search._particles import ParticleConfig, modulate
+from twinloop.infer.search._resampling import (
     effective_sample_size,
     epf_temperature,
     logit_weight,
@@ -17,6 +16,7 @@ from twinloop.infer.search.resampling import (
     softmax,
     systematic_resample,
 )
+from twinloop.infer.search.epf import EPFConfig
 
 Q = ["s1 bad\n\nAnswer: \\boxed{0}", "s1 good\n\ns2 good\n\nAnswer: \\boxed{5}",
      "s1 good\n\ns2 bad\n\nAnswer: \\boxed{9}", "s1 meh\n\nAnswer: \\boxed{4}"]

@@ -4,9 +4,9 @@ resampling of the live ones."""
 import pytest
 from scripted_engine import ScriptedEngine, TablePRM
 from twinloop.infer.search import epf, particle_filter
-from twinloop.infer.search.common import Budget, Problem, last_boxed
+from twinloop.infer.search._common import Budget, Problem, last_boxed
+from twinloop.infer.search._particles import ParticleConfig
 from twinloop.infer.search.epf import EPFConfig
-from twinloop.infer.search.particles import ParticleConfig
 
 DONE_AT_ONCE = ["Answer: \\boxed{1}", "Answer: \\boxed{2}", "Answer: \\boxed{3}", "Answer: \\boxed{4}"]
 # p(best) = 1.5 / (1.5 + 3 * 1.22) = 0.29 under one more resampling: it would be lost in ~1 of 4 seeds

@@ -3,7 +3,7 @@ their scores; the answer is the best-scored attempt of all rounds."""
 import pytest
 from scripted_engine import ScriptedEngine, TableReward
 from twinloop.infer.search import iterative_refine
-from twinloop.infer.search.common import Budget, Problem, last_boxed
+from twinloop.infer.search._common import Budget, Problem, last_boxed
 from twinloop.infer.search.iterative_refine import RefineConfig, round_sizes
 
 SCRIPT = {"P": ["a \\boxed{1}", "b \\boxed{2}", "c \\boxed{3}"],

@@ -3,7 +3,7 @@ exact selection, accounting and budget exhaustion."""
 import pytest
 from scripted_engine import EOS_ID, ScriptedEngine, TableReward
 from twinloop.infer.search import best_of_n, greedy, majority, weighted_majority, worst_of_n
-from twinloop.infer.search.common import (
+from twinloop.infer.search._common import (
     Budget,
     Problem,
     SearchConfig,

@@ -4,9 +4,9 @@ import pytest
 from scripted_engine import EOS_ID, ScriptedEngine, TablePRM
 from twinloop.infer.engine import Completion, SamplingConfig
 from twinloop.infer.search import beam_search, dvts
-from twinloop.infer.search.common import Budget, Problem, last_boxed
-from twinloop.infer.search.stepper import EOS, STEP, TRUNCATED, Stepper
-from twinloop.infer.search.tree import TreeConfig
+from twinloop.infer.search._common import Budget, Problem, last_boxed
+from twinloop.infer.search._stepper import EOS, STEP, TRUNCATED, Stepper
+from twinloop.infer.search._tree import TreeConfig
 
 Q = ["s1 bad\n\nAnswer: \\boxed{0}", "s1 good\n\ns2 good\n\nAnswer: \\boxed{5}",
      "s1 good\n\ns2 bad\n\nAnswer: \\boxed{9}", "s1 meh\n\nAnswer: \\boxed{4}"]

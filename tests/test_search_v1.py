@@ -5,7 +5,7 @@ import random
 import pytest
 from scripted_engine import ScriptedEngine
 from twinloop.infer.search import v1_tournament
-from twinloop.infer.search.common import Budget, Problem, last_boxed
+from twinloop.infer.search._common import Budget, Problem, last_boxed
 from twinloop.infer.search.v1_tournament import TournamentConfig, coverage_pairs, deficit_pairs, swiss_pairs
 from twinloop.rewards.base import RewardUsage
 from twinloop.rewards.pairwise import Judgment, PairwiseVerifier, mu_scores

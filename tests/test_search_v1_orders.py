@@ -3,7 +3,7 @@ and (B, A), two verifier calls per comparison), and with it off the shown order 
 from scripted_engine import ScriptedEngine
 from test_search_v1 import SCRIPT, ScriptedVerifier
 from twinloop.infer.search import v1_tournament
-from twinloop.infer.search.common import Budget, Problem, last_boxed
+from twinloop.infer.search._common import Budget, Problem, last_boxed
 from twinloop.infer.search.v1_tournament import TournamentConfig
 from twinloop.rewards.pairwise import Judgment
 

@@ -6,8 +6,8 @@ on GPU), so carrying prefixes as token ids must show up as cached prompt tokens.
 """
 import pytest
 from twinloop.infer.search import astar, beam_search, best_of_n, dvts, epf, greedy, majority, particle_filter
-from twinloop.infer.search.common import Budget, Problem, SearchConfig
-from twinloop.infer.search.stepper import Stepper
+from twinloop.infer.search._common import Budget, Problem, SearchConfig
+from twinloop.infer.search._stepper import Stepper
 from twinloop.rewards.base import RewardUsage
 
 from twinloop import eval_cli
@@ -131,16 +131,13 @@ def test_refine_and_compute_optimal_on_vllm(vllm_engine):
 
 def test_eval_shards_over_servers(openai_engine, tiny_model_dir, tmp_path):
     """`twinloop eval --servers URL,URL`: problems shard over two server clients into one JSONL."""
-    import argparse
 
     from twinloop.infer import evaluate as ev
 
     url = openai_engine.base_url
-    ns = argparse.Namespace(**{k: None for k in ev.DEFAULTS}, recipe=None)
-    ns.checkpoint, ns.task, ns.methods, ns.budgets = str(tiny_model_dir), "arith", "greedy,best_of_n", "2"
-    ns.n_problems, ns.max_tokens, ns.batch, ns.out = 4, 8, 1, str(tmp_path / "run")
-    ns.servers, ns.no_plot = f"{url},{url}", True
-    assert eval_cli.run(ns) == 0
+    assert eval_cli.main(["--checkpoint", str(tiny_model_dir), "--task", "arith", "--methods", "greedy,best_of_n",
+                          "--budgets", "2", "--n-problems", "4", "--max-tokens", "8", "--batch", "1",
+                          "--out", str(tmp_path / "run"), "--servers", f"{url},{url}", "--no-plot"]) == 0
     rows = ev.read_rows(tmp_path / "run" / "results.jsonl")
     assert len(rows) == 8 and {r["shard"] for r in rows} == {0, 1}
     assert len({(r["method"], r["problem_id"]) for r in rows}) == 8

@@ -93,7 +93,8 @@ def test_tens_first_training_steps_are_checked_chains():
 
 
 def test_split_steps():
-    assert arith.split_steps("a\n\n b \n\n\n\nc\n") == ["a", "b", "c"]
+    assert arith.split_steps("a\n\n b \n\n\n\nc\n", strip=True) == ["a", "b", "c"]
+    assert arith.split_steps("a\n\n b ") == ["a", " b "]  # PRMs keep the text as written
     assert arith.split_steps("", "\n\n") == []
     assert arith.split_steps("x;y", ";") == ["x", "y"]
 

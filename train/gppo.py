@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
+from twinloop.rewards.base import checked
 from twinloop.train.checkpointing import AtomicCheckpointMixin
 from twinloop.train.common import (  # noqa: F401  (re-exported for recipes and scripts that import them here)
     arrow_safe,
@@ -243,8 +244,8 @@ def build_trainer(script: GPPOScriptArguments, cfg: GPPOConfig, rewards: Sequenc
         raise FileNotFoundError(f"model folder not found: {script.model_name_or_path}")
     cfg.model_init_kwargs = {**(cfg.model_init_kwargs or {}), "dtype": script.dtype}
     return GPPOTrainer(model=script.model_name_or_path,
-                       reward_funcs=list(rewards) if rewards is not None
-                       else build_rewards(script, bool(getattr(cfg, "trust_remote_code", False))),
+                       reward_funcs=[checked(r) for r in (rewards if rewards is not None else
+                                     build_rewards(script, bool(getattr(cfg, "trust_remote_code", False))))],
                        args=cfg, train_dataset=train_dataset if train_dataset is not None else build_dataset(script),
                        processing_class=load_tokenizer(script.model_name_or_path), callbacks=callbacks)
 

@@ -1,6 +1,7 @@
 """`twinloop <command>`: each command is a thin call into a package module.
 
-Every command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; modules are imported
+Every command module exposes ``add_arguments(parser)`` and ``run(args) -> int`` (or, with
+``PARSES_ITS_OWN_ARGV``, ``main(argv) -> int`` reading a dataclass config); modules are imported
 only when their command runs, so ``twinloop --help`` stays fast and vLLM stays unimported.
 """
 from __future__ import annotations
@@ -60,11 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name = argv[0]
     module = _load(name)
-    cmd = argparse.ArgumentParser(prog=f"twinloop {name}", description=COMMANDS[name][1])
-    module.add_arguments(cmd)
-    args = cmd.parse_args(argv[1:])
+    if getattr(module, "PARSES_ITS_OWN_ARGV", False):  # a dataclass config read by HfArgumentParser
+        args = argv[1:]
+    else:
+        cmd = argparse.ArgumentParser(prog=f"twinloop {name}", description=COMMANDS[name][1])
+        module.add_arguments(cmd)
+        args = cmd.parse_args(argv[1:])
     try:
-        return int(module.run(args) or 0)
+        return int(module.main(args) if isinstance(args, list) else module.run(args) or 0)
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # user errors (EngineError too): one line
         print(f"twinloop {name}: error: {e}", file=sys.stderr)
         return 2

@@ -1,15 +1,25 @@
 """`twinloop eval`: search procedures on a task at several budgets (JSONL, table, plot).
 
 The command lives in the CLI layer because it builds rewards with the one builder (``twinloop.build``), which
-sits above the engines; running, resuming and reporting are ``twinloop.infer.evaluate`` and ``.report``.
+sits above the engines. Settings are ``twinloop.infer.eval_config.EvalConfig`` (HfArgumentParser, like the
+trainers); running and resuming are ``twinloop.infer.evaluate``, tables and plots ``twinloop.infer.report``.
+
+    twinloop eval --checkpoint checkpoints/tiny-arith-policy --task arith --methods greedy,majority,best_of_n \
+        --budgets 4,8,16,32 --reward arith_process --n_problems 50
+    twinloop eval --recipe recipes/arith/process.yaml --checkpoint runs/gppo-tiny-arith
 """
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from twinloop.build import build_reward, reward_class
 from twinloop.infer import evaluate
+from twinloop.infer.eval_config import parse_eval_args
+
+PARSES_ITS_OWN_ARGV = True  # `twinloop eval ...` hands its flags to HfArgumentParser (EvalConfig)
 
 
 def reward_for(spec: Any, task: str, engine: Any = None) -> Any:
@@ -22,9 +32,13 @@ def reward_for(spec: Any, task: str, engine: Any = None) -> Any:
     return build_reward(spec, task=task, engine=engine)
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return evaluate.run(parse_eval_args(sys.argv[1:] if argv is None else argv), reward_for)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    evaluate.add_arguments(parser)
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="--recipe FILE and EvalConfig flags (--help lists them)")
 
 
 def run(args: argparse.Namespace) -> int:
-    return evaluate.run(args, reward_for)
+    return main(args.rest)

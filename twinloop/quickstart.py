@@ -18,21 +18,19 @@ from twinloop.infer import report
 
 POLICY = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-arith-policy"
 SEEDED = {"sampling_seed": 0}  # per-request engine seeds: the same command prints the same table
-# which reward each procedure searches with on the arithmetic task (one plain dict, as the CLI needs)
-REWARD_FOR = {
-    "greedy": "none", "majority": "none",
-    "best_of_n": "arith_outcome", "worst_of_n": "arith_outcome", "weighted_majority": "arith_outcome",
-    "iterative_refine": "arith_outcome", "compute_optimal": "arith_process",
-    "beam_search": "arith_process", "dvts": "arith_process", "particle_filter": "arith_process",
-    "epf": "arith_process", "astar": "arith_process",
-    "v1_tournament": "pairwise", "grm_vote": "grm", "grm_meta_vote": "grm", "adaptive_selfeval": "selfeval",
-}
+
+
+def reward_for(method: str) -> str:
+    """The arithmetic reward a procedure searches with, from what the procedure declares it needs: the task's
+    outcome or exact process reward, or a judge run on the policy (its alias)."""
+    need = ev.load_procedure(method).NEEDS_REWARD
+    return {"outcome": "arith_outcome", "process": "arith_process"}.get(need, need or "none")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=str(POLICY), help="policy folder (default: the shipped tiny policy)")
     p.add_argument("--methods", default="greedy,majority,best_of_n",
-                   help=f"comma list from: {', '.join(sorted(REWARD_FOR))}")
+                   help="comma list of search procedures (twinloop.infer.search; all of them run here)")
     p.add_argument("--n", type=int, default=16, help="nominal N for every sampling/search method")
     p.add_argument("--n-problems", type=int, default=200, help="held-out test problems")
     p.add_argument("--n-dev", type=int, default=200, help="dev problems used to tune the voting temperature")
@@ -70,7 +68,7 @@ def fit_compute_optimal(dev, engine, methods, args, out: Path, judge, t_vote: fl
 
     menu = co_fit.menu_for(config_for(ev.load_procedure("compute_optimal")), methods)
     policy = co_fit.fit_on_dev(dev, [engine], menu, [args.n], out / "compute_optimal", judge,
-                               lambda e: build_reward(REWARD_FOR["compute_optimal"], task="arith", engine=e),
+                               lambda e: build_reward(reward_for("compute_optimal"), task="arith", engine=e),
                                config_for)
     return {"policy": str(policy), "method_settings": {m: {"temperature": temperature(m)} for m in menu}}
 
@@ -79,9 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in REWARD_FOR]
-    if unknown:
-        raise ValueError(f"unknown method {unknown[0]!r}; choose from {', '.join(sorted(REWARD_FOR))}")
+    for m in methods:
+        ev.load_procedure(m)  # an unknown name fails in one line, listing the procedures
     temps = [float(t) for t in args.temperatures.split(",")]
     out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         results = out / "results.jsonl"
         for method in methods:
             temperature = args.bon_temperature if method in ("best_of_n", "worst_of_n") else t_vote
-            spec = REWARD_FOR[method]
+            spec = reward_for(method)
             settings = dict(SEEDED)
             if method == "compute_optimal":  # its per-bin choice is fitted on dev, with the same reward
                 settings |= fit_compute_optimal(dev, engine, methods, args, out, judge, t_vote)

@@ -19,11 +19,13 @@ iterative_refine       verifier-guided refinement rounds (IAD)                  
 compute_optimal        per-difficulty-bin choice of procedure and budget           outcome (difficulty)
 =====================  ==========================================================  =========================
 
-Shared pieces: ``common`` (Problem, Budget, SearchConfig, SearchResult, accounting, selection),
-``stepper`` (Stepper), ``paths`` (token-id prefixes for step-level search), ``sampling``, ``tree``,
-``particles``, ``resampling``.
+Each procedure module declares what it needs: ``NEEDS_REWARD`` (``outcome``, ``process``, a judge alias, or
+None) and ``BUDGET_FREE`` (one sample whatever the budget); `twinloop eval` and the quickstart read them. The
+shared pieces are private modules: ``_common`` (Problem, Budget, SearchConfig, SearchResult, accounting,
+selection), ``_stepper`` (Stepper), ``_paths`` (token-id prefixes for step-level search: ``SearchPath``),
+``_sampling``, ``_tree``, ``_particles``, ``_resampling``.
 """
-from twinloop.infer.search.common import Budget, Candidate, Problem, SearchConfig, SearchResult, SearchUsage
-from twinloop.infer.search.stepper import Stepper
+from twinloop.infer.search._common import Budget, Candidate, Problem, SearchConfig, SearchResult, SearchUsage
+from twinloop.infer.search._stepper import Stepper
 
 __all__ = ["Budget", "Candidate", "Problem", "SearchConfig", "SearchResult", "SearchUsage", "Stepper"]

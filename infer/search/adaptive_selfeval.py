@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twinloop.infer.engine import Completion, Engine, Request
-from twinloop.infer.search.common import (
+from twinloop.infer.search._common import (
     Budget,
     Candidate,
     Problem,
@@ -28,6 +28,9 @@ from twinloop.infer.search.common import (
     make_result,
     reward_prompt,
 )
+
+NEEDS_REWARD = "selfeval"  # the reward kind it searches with: outcome, process, or a judge alias (or None)
+BUDGET_FREE = False  # True: one sample whatever the budget
 
 
 @dataclass

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search import paths as P
-from twinloop.infer.search.common import (
+from twinloop.infer.search import _paths as P
+from twinloop.infer.search._common import (
     Budget,
     Problem,
     SearchConfig,
@@ -33,6 +33,9 @@ from twinloop.infer.search.common import (
     make_result,
     select_final,
 )
+
+NEEDS_REWARD = "process"  # the reward kind it searches with: outcome, process, or a judge alias (or None)
+BUDGET_FREE = False  # True: one sample whatever the budget
 
 
 @dataclass
@@ -61,7 +64,7 @@ def path_cost(step_scores: Sequence[float], how: str, weight: float = 1.0) -> fl
     raise ValueError(f"unknown A* cost g {how!r}; choose from mean_cost, sum_cost, depth, zero")
 
 
-def priority(path: P.Path, config: AStarConfig) -> float:
+def priority(path: P.SearchPath, config: AStarConfig) -> float:
     """f = g + h with h = 1 - PRM(prefix) (the prefix's aggregated step score)."""
     return path_cost(path.step_scores, config.g, config.g_weight) + (1.0 - path.value(config.aggregation))
 
@@ -79,9 +82,9 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
     wanted = max(1, budget.n // k)
     tracker, forest = Tracker(problems, budget), P.Forest(len(problems))
     order = itertools.count()
-    heaps: list[list[tuple[float, int, int, P.Path]]] = [[(0.0, 0, next(order), P.root(i))]
+    heaps: list[list[tuple[float, int, int, P.SearchPath]]] = [[(0.0, 0, next(order), P.root(i))]
                                                          for i in range(len(problems))]
-    solutions: list[list[P.Path]] = [[] for _ in problems]
+    solutions: list[list[P.SearchPath]] = [[] for _ in problems]
     pops: list[list[dict[str, Any]]] = [[] for _ in problems]
     expanded: dict[int, int] = {}  # id(node) -> times expanded
     spent = [0] * len(problems)
@@ -90,7 +93,7 @@ def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget
     live, exhausted = [True] * len(problems), [False] * len(problems)
 
     while any(live):
-        to_expand: list[P.Path] = []
+        to_expand: list[P.SearchPath] = []
         for pi in range(len(problems)):
             taken = 0
             while live[pi] and taken < per_round:

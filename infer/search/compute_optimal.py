@@ -27,8 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search.common import Budget, Problem, SearchConfig, SearchResult, SearchUsage
-from twinloop.infer.search.sampling import draw, score
+from twinloop.infer.search._common import Budget, Problem, SearchConfig, SearchResult, SearchUsage
+from twinloop.infer.search._sampling import draw, score
+
+NEEDS_REWARD = "process"  # the reward kind it searches with: outcome, process, or a judge alias (or None)
+BUDGET_FREE = False  # True: one sample whatever the budget
 
 
 @dataclass

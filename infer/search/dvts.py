@@ -7,10 +7,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search.common import Budget, Problem, SearchResult
-from twinloop.infer.search.tree import TreeConfig, search
+from twinloop.infer.search._common import Budget, Problem, SearchResult
+from twinloop.infer.search._tree import TreeConfig, search
 
 Config = TreeConfig  # the config class twinloop eval builds for this procedure
+
+
+NEEDS_REWARD = "process"  # the reward kind it searches with: outcome, process, or a judge alias (or None)
+BUDGET_FREE = False  # True: one sample whatever the budget
 
 
 def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None = None,

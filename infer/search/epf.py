@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search.common import Budget, Problem, SearchResult
-from twinloop.infer.search.particles import ParticleConfig, search
+from twinloop.infer.search._common import Budget, Problem, SearchResult
+from twinloop.infer.search._particles import ParticleConfig, search
+
+NEEDS_REWARD = "process"  # the reward kind it searches with: outcome, process, or a judge alias (or None)
+BUDGET_FREE = False  # True: one sample whatever the budget
 
 
 @dataclass

@@ -5,10 +5,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search.common import Budget, Problem, SearchConfig, SearchResult, make_result
-from twinloop.infer.search.sampling import draw, score
+from twinloop.infer.search._common import Budget, Problem, SearchConfig, SearchResult, make_result
+from twinloop.infer.search._sampling import draw, score
 
 Config = SearchConfig  # the config class twinloop eval builds for this procedure
+
+
+NEEDS_REWARD = None  # the reward kind it searches with: outcome, process, or a judge alias (or None)
+BUDGET_FREE = True  # True: one sample whatever the budget
 
 
 def run(problems: Sequence[Problem], engine: Engine, reward: Any = None, budget: Budget | None = None,

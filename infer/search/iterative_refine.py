@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twinloop.infer.engine import Engine, Request
-from twinloop.infer.search.common import (
+from twinloop.infer.search._common import (
     Budget,
     Candidate,
     Problem,
@@ -31,6 +31,10 @@ from twinloop.rewards.base import message_text
 FEEDBACK_TEMPLATE = ("{prompt}\n\nEarlier attempts, each with a verifier's score (higher is better):\n\n"
                      "{attempts}\nWrite a new, improved solution.")
 ATTEMPT_TEMPLATE = "[Attempt {i}, score {score:.2f}]\n{text}\n[End of attempt {i}]\n"
+
+
+NEEDS_REWARD = "outcome"  # the reward kind it searches with: outcome, process, or a judge alias (or None)
+BUDGET_FREE = False  # True: one sample whatever the budget
 
 
 @dataclass

@@ -8,10 +8,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search.common import Budget, Problem, SearchResult
-from twinloop.infer.search.particles import ParticleConfig, search
+from twinloop.infer.search._common import Budget, Problem, SearchResult
+from twinloop.infer.search._particles import ParticleConfig, search
 
 Config = ParticleConfig  # the config class twinloop eval builds for this procedure
+
+
+NEEDS_REWARD = "process"  # the reward kind it searches with: outcome, process, or a judge alias (or None)
+BUDGET_FREE = False  # True: one sample whatever the budget
 
 
 def run(problems: Sequence[Problem], engine: Engine, reward: Any, budget: Budget | None = None,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search.common import (
+from twinloop.infer.search._common import (
     Budget,
     Problem,
     SearchConfig,
@@ -28,9 +28,12 @@ from twinloop.infer.search.common import (
     make_result,
     reward_prompt,
 )
-from twinloop.infer.search.sampling import draw
+from twinloop.infer.search._sampling import draw
 from twinloop.rewards.base import message_text
 from twinloop.rewards.pairwise import mu_scores
+
+NEEDS_REWARD = "pairwise"  # the reward kind it searches with: outcome, process, or a judge alias (or None)
+BUDGET_FREE = False  # True: one sample whatever the budget
 
 
 @dataclass

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from twinloop.rewards.base import RewardBase, column, message_text
+from twinloop.rewards.process import AGGREGATIONS, STEP_DELIMITER, aggregate, split_steps  # noqa: F401
 
-STEP_DELIMITER = "\n\n"
 ANSWER_PREFIX = "Answer: "
-AGGREGATIONS = ("min", "last", "prod", "mean")
 SPLIT_SEEDS = {"train": 0, "dev": 1, "test": 2}
 TEST_SIZE = 200
 DEV_SIZE = 200
@@ -293,11 +292,6 @@ _NUMBER = re.compile(r"^\s*(-?\d+)\s*\.?\s*$")
 _BOXED_INT = re.compile(r"\\boxed\{\s*(-?\d+)\s*\}")
 
 
-def split_steps(text: str, delimiter: str = STEP_DELIMITER) -> list[str]:
-    """Non-empty steps of ``text`` (surrounding whitespace stripped)."""
-    return [s.strip() for s in text.split(delimiter) if s.strip()]
-
-
 def parse_chain(step: str) -> tuple[list[tuple[int, str, int]], int] | None:
     """``x op y = z`` or a chain ``x op y = a op b = ... = z``: its operations in order and the final value."""
     *terms, last = step.split("=")
@@ -392,24 +386,6 @@ def step_correctness(expression: str, steps: Sequence[str]) -> list[float]:
     return scores
 
 
-def aggregate(scores: Sequence[float], how: str = "min") -> float:
-    """Reduce per-step scores; an empty list scores 0.0."""
-    if how not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {how!r}; choose from {AGGREGATIONS}")
-    if not scores:
-        return 0.0
-    if how == "min":
-        return float(min(scores))
-    if how == "last":
-        return float(scores[-1])
-    if how == "mean":
-        return float(sum(scores) / len(scores))
-    out = 1.0
-    for s in scores:
-        out *= s
-    return out
-
-
 _PROMPT_EXPR = re.compile(r"Compute (.+?) step by step\.")
 
 
@@ -462,7 +438,7 @@ class ArithProcessReward(RewardBase):
         self.usage.calls += 1
         self.usage.items += len(completions)
         texts = [message_text(c) for c in completions]
-        steps = [split_steps(t, self.delimiter) for t in texts]
+        steps = [split_steps(t, self.delimiter, strip=True) for t in texts]
         scores = self.step_scores(prompts, steps, **columns)
         out: list[float | None] = []
         for item_steps, item_scores in zip(steps, scores):

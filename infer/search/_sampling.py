@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search.common import (
+from twinloop.infer.search._common import (
     Budget,
     Candidate,
     Problem,

@@ -17,7 +17,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from twinloop.infer.engine import Engine, Request, Result, SamplingConfig
-from twinloop.infer.search.stepper import Stepper
+from twinloop.infer.search._stepper import Stepper
+from twinloop.rewards.answers import last_boxed  # noqa: F401  (the one definition, re-exported)
+from twinloop.rewards.process import aggregate as aggregate_steps  # noqa: F401  (the one step aggregation)
+from twinloop.rewards.verifiable import extract_answer
 
 AnswerFn = Callable[[str], "str | None"]
 
@@ -63,26 +66,9 @@ class Budget:
 
 
 def default_answer_fn(text: str) -> str | None:
-    """The answer in a completion: ``twinloop.rewards.verifiable.extract_answer`` when available,
-    else the content of the last ``\\boxed{...}`` (balanced braces), else None."""
-    try:
-        from twinloop.rewards.verifiable import extract_answer
-    except ImportError:
-        return last_boxed(text)
+    """The answer in a completion: ``twinloop.rewards.verifiable.extract_answer`` (boxed, ``####``, "the answer
+    is"), else None."""
     return extract_answer(text)
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` with balanced braces, stripped; None when absent or unclosed."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i, depth = start + len("\\boxed{"), 1
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j].strip()
-    return None
 
 
 def canonical_answer(answer: str | None) -> str | None:
@@ -378,21 +364,6 @@ def score_steps(prm: Any, tracker: Tracker, engine: Engine,
     cols = item_columns(probs, owners)
     rows = iter(tracker.charge_reward(prm, owners, lambda: prm.step_scores(prompts, steps, **cols)))
     return [[float(x) for x in next(rows)] if k else None for k in keep]
-
-
-def aggregate_steps(scores: Sequence[float], how: str = "last") -> float:
-    """One number per (partial) solution from its step scores: last / min / prod / mean. Empty -> 0.0."""
-    if not scores:
-        return 0.0
-    if how == "last":
-        return float(scores[-1])
-    if how == "min":
-        return float(min(scores))
-    if how == "prod":
-        return float(math.prod(scores))
-    if how == "mean":
-        return float(sum(scores) / len(scores))
-    raise ValueError(f"unknown step aggregation {how!r}; choose from last, min, prod, mean")
 
 
 # ------------------------------------------------------------------------------------------ selection

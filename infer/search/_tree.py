@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search import paths as P
-from twinloop.infer.search.common import (
+from twinloop.infer.search import _paths as P
+from twinloop.infer.search._common import (
     Budget,
     Problem,
     SearchConfig,
@@ -36,13 +36,14 @@ class TreeConfig(SearchConfig):
 @dataclass
 class Group:
     keep: int
-    parents: list[P.Path] = field(default_factory=list)
-    done: list[P.Path] = field(default_factory=list)
+    parents: list[P.SearchPath] = field(default_factory=list)
+    done: list[P.SearchPath] = field(default_factory=list)
     closed: bool = False
-    last_children: list[P.Path] = field(default_factory=list)
+    last_children: list[P.SearchPath] = field(default_factory=list)
 
 
-def _rank(tracker: Tracker, engine: Engine, prm: Any, config: TreeConfig, kids: Sequence[P.Path]) -> dict[int, float]:
+def _rank(tracker: Tracker, engine: Engine, prm: Any, config: TreeConfig,
+          kids: Sequence[P.SearchPath]) -> dict[int, float]:
     """Ranking score per child (keyed by id): own aggregated score, or a k-step greedy rollout's."""
     rank = {id(k): k.value(config.aggregation) for k in kids}
     if config.lookahead <= 0:
@@ -78,7 +79,7 @@ def search(problems: Sequence[Problem], engine: Engine, prm: Any, budget: Budget
 
     first = P.extend(tracker, engine, config, [P.root(i) for i in range(len(problems))], n, forest=forest)
     P.score(prm, tracker, engine, [k for kids in first for k in kids], config.aggregation, forest)
-    pending: list[tuple[Group, list[P.Path]]] = []
+    pending: list[tuple[Group, list[P.SearchPath]]] = []
     for pi, kids in enumerate(first):
         for j, k in enumerate(kids):
             g = groups[pi][min(j // m, n_groups - 1)] if subtrees else groups[pi][0]

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from twinloop.infer.engine import Engine
-from twinloop.infer.search import paths as P
-from twinloop.infer.search.common import (
+from twinloop.infer.search import _paths as P
+from twinloop.infer.search._common import (
     Budget,
     Problem,
     SearchConfig,
@@ -29,7 +29,7 @@ from twinloop.infer.search.common import (
     make_result,
     select_final,
 )
-from twinloop.infer.search.resampling import (
+from twinloop.infer.search._resampling import (
     epf_temperature,
     logit_weight,
     multinomial_resample,
@@ -69,7 +69,7 @@ def resample(weights: Sequence[float], n: int, how: str, rng: random.Random) -> 
 
 
 def _lookahead_logw(tracker: Tracker, engine: Engine, prm: Any, config: ParticleConfig,
-                    particles: Sequence[P.Path]) -> dict[int, float]:
+                    particles: Sequence[P.SearchPath]) -> dict[int, float]:
     """logit(PRM) of one sampled successor step per active particle (one engine and one PRM call)."""
     live = [p for p in particles if p.active]
     pairs = [(p, kids[0]) for p, kids in zip(live, P.extend(tracker, engine, config, live, 1)) if kids]
@@ -77,8 +77,8 @@ def _lookahead_logw(tracker: Tracker, engine: Engine, prm: Any, config: Particle
     return {id(p): logit_weight(q.value(config.aggregation)) for p, q in pairs if q.step_scores}
 
 
-def _resample_live(pop: list[P.Path], ahead: dict[int, float], t: int, config: ParticleConfig,
-                   rng: random.Random) -> tuple[list[P.Path], dict[str, Any]]:
+def _resample_live(pop: list[P.SearchPath], ahead: dict[int, float], t: int, config: ParticleConfig,
+                   rng: random.Random) -> tuple[list[P.SearchPath], dict[str, Any]]:
     """One resampling of the live particles among themselves; finished slots stay as they are."""
     logw = [logit_weight(p.value(config.aggregation)) for p in pop]
     logw = [modulate(w, ahead[id(p)], config.lookahead) if id(p) in ahead else w for w, p in zip(logw, pop)]
