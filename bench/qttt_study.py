@@ -8,7 +8,8 @@ Per item (same context, same frozen cache): greedy with no TTT; exact qTTT (N st
 LoRA-q (the same loop on a q_proj LoRA, answered by vLLM re-prefilling under the adapter: the approximation);
 majority of B samples at temperature T with B·(answer tokens) ≈ 2·N·k, the TTT compute in tokens. Primary metric:
 the gold answer's mean NLL per token (it moves where exact match does not); then exact match of the first number.
-Wall time per item and method, and the frozen cache's size, are recorded. Not a test.
+Wall time per item and method, and the frozen cache's size, are recorded. Peak memory of one item, plain against
+qTTT, in fresh processes: ``--memory plain`` / ``--memory qttt``. Not a test.
 """
 from __future__ import annotations
 
@@ -137,6 +138,44 @@ def run(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ memory
+def memory_probe(args) -> int:
+    """One item in this process: peak RSS (ru_maxrss) after loading, after the prefill, and after either plain
+    decoding or N_TTT steps + decoding. Run once per mode in fresh processes (``--memory plain`` / ``qttt``)."""
+    import resource
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from twinloop.infer.qttt import QTTTConfig, QueryForward, query_ttt, restored_queries
+
+    from twinloop.tasks import kv_retrieval
+
+    def peak_mib() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    torch.set_num_threads(1)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    (row,) = kv_retrieval.load("test", n=1, seed=args.seed, context_words=args.lengths[-1], n_keys=args.keys)
+    c_ids, t_ids, _ = split_prompt(tok, row)
+    ids, tail = torch.tensor(c_ids), torch.tensor(t_ids)
+    fwd = QueryForward(model)
+    out = {"mode": args.memory, "tokens": len(c_ids) + len(t_ids), "loaded_mib": round(peak_mib(), 1)}
+    cache, _ = fwd.prefill(ids)
+    out.update(cache_mib=round(cache.nbytes() / 2**20, 2), prefill_peak_mib=round(peak_mib(), 1))
+    if args.memory == "qttt":
+        with restored_queries(fwd):
+            query_ttt(fwd, ids, cache, QTTTConfig(steps=max(args.steps), span=args.span, lr=args.lr))
+            fwd.generate(cache, tail, MAX_NEW, [tok.eos_token_id])
+    else:
+        fwd.generate(cache, tail, MAX_NEW, [tok.eos_token_id])
+    out["final_peak_mib"] = round(peak_mib(), 1)
+    print(json.dumps(out))
+    return 0
+
+
 # ------------------------------------------------------------------------------ summary
 def mean_se(xs: list[float]) -> tuple[float, float]:
     """Mean and its standard error (0 for a single value)."""
@@ -211,11 +250,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/qttt/study.jsonl")
     ap.add_argument("--summarize", help="summarize this JSONL instead of running")
     ap.add_argument("--plot", help="with --summarize: write a PNG here")
+    ap.add_argument("--memory", choices=["plain", "qttt"], help="peak-RSS probe of one item at the last length")
     args = ap.parse_args(argv)
     if args.summarize:
         return summarize(args.summarize, args.plot)
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.steps = [int(x) for x in args.steps.split(",")]
+    if args.memory:
+        return memory_probe(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     return run(args)
 
