@@ -117,3 +117,22 @@ def test_span_sampler_stays_inside_the_context():
 
 def test_ttt_tokens_matches_the_paper_match():
     assert ttt_tokens(32, 128) == 8192
+
+
+def test_twinloop_ttt_command(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from twinloop.cli import main
+
+    out = tmp_path / "ttt.jsonl"
+    rc = main(["ttt", "--model", str(tiny_model_dir), "--task", "kv_retrieval", "--task-args",
+               '{"context_words": 60, "n_keys": 3}', "--n", "2", "--steps", "0,2", "--span", "16", "--lr", "1e-2",
+               "--max-new-tokens", "4", "--out", str(out)])
+    assert rc == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["steps"], len(r["ttt_losses"])) for r in lines] == [(0, 0), (0, 0), (2, 2), (2, 2)]
+    assert all(r["score"] in (0.0, 1.0) and r["cache_bytes"] > 0 for r in lines)
+    assert lines[0]["gold_nll"] != pytest.approx(lines[2]["gold_nll"], abs=1e-6)  # TTT reached the answer
+    assert "N_TTT=2" in capsys.readouterr().out
+    assert main(["ttt", "--model", str(tiny_model_dir), "--task-args", "[1]"]) == 2
+    assert "JSON object" in capsys.readouterr().err
