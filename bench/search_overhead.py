@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     from twinloop.infer.evaluate import build_config, load_procedure, parse_sets, to_problems
     from twinloop.infer.search._common import Budget
     from twinloop.infer.search._stepper import Stepper
-    from twinloop.infer.vllm_engine import VLLMEngine
 
+    from twinloop.build import build_engine, build_reward
     from twinloop.tasks import arith
 
     model, stepper = args.model, Stepper()
@@ -81,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         stepper = Stepper(tokens_per_step=16)
         print(f"no tiny policy shipped yet: random tiny model, {stepper.tokens_per_step}-token steps")
     extra = {"block_size": args.block_size} if args.block_size else {}
-    engine = VLLMEngine(model, dtype="float32", max_model_len=1024, seed=0, enable_prefix_caching=True,
-                        tokenizer=args.tokenizer, **extra)
+    engine = build_engine(f"vllm:{model}", dtype="float32", max_model_len=1024, seed=0, enable_prefix_caching=True,
+                          tokenizer=args.tokenizer, **extra)
     problems = to_problems(arith.load("test", n=args.problems))
-    prm = arith.ArithProcessReward(aggregation="last")
+    prm = build_reward("arith_process(aggregation='last')")
     prompt_ids = [engine.generate([p.request()], _one_token())[0].prompt_ids for p in problems]
     raw_generate_seconds(engine, prompt_ids, args.n, args.max_tokens)  # warm-up: first big batch pays set-up costs
 

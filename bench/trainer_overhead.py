@@ -34,9 +34,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _rows(n: int):
-    from twinloop.tasks.arith import load
+    from twinloop.tasks import build_task
 
-    return load("train", n=n, seed=123)
+    return build_task("arith").load("train", n=n, seed=123)
 
 
 GEN_TIMES: dict[str, list[float]] = {}
@@ -58,7 +58,7 @@ def _run(kind: str, model: str, args, out: str) -> list[float]:
     from trl import GRPOConfig, GRPOTrainer
     from twinloop.train.gppo import GPPOConfig, GPPOTrainer, shutdown_colocated_vllm
 
-    from twinloop.tasks.arith import ArithOutcomeReward
+    from twinloop.build import build_reward
 
     common = dict(output_dir=out, use_cpu=True, per_device_train_batch_size=args.batch, num_generations=args.gens,
                   max_completion_length=args.max_len, max_steps=args.steps, learning_rate=1e-5, logging_steps=1,
@@ -70,7 +70,7 @@ def _run(kind: str, model: str, args, out: str) -> list[float]:
         extra = dict(use_vllm=True, vllm_mode="colocate", vllm_dtype="float32", vllm_max_model_length=512) \
             if kind == "gppo_vllm" else {}
         cfg, cls = GPPOConfig(**common, **extra), GPPOTrainer
-    trainer = cls(model=model, reward_funcs=[ArithOutcomeReward()], args=cfg,
+    trainer = cls(model=model, reward_funcs=[build_reward("arith_outcome")], args=cfg,
                   train_dataset=Dataset.from_list(_rows(args.batch * args.steps)))
     GEN_TIMES.clear()
     trainer.train()

@@ -43,6 +43,11 @@ def test_verifiable_and_task_rewards_round_trip_through_their_spec():
         _rebuilt_scores_equal(reward, prompts, ARITH, COLUMNS)
     mean = "twinloop.tasks.arith:ArithProcessReward(aggregation='mean')"
     assert ArithProcessReward(aggregation="mean").spec() == mean
+    from twinloop.rewards.generative import SPCTTrainingReward
+    from twinloop.rewards.pairwise import VerifierTrainingReward
+
+    assert build_reward(VerifierTrainingReward(band=0.3).spec()).band == 0.3  # the training-role rewards too
+    assert build_reward(SPCTTrainingReward().spec()).settings() == SPCTTrainingReward().settings()
     gym = ReasoningGymReward("basic_arithmetic")
     from twinloop.tasks import rgym
 
