@@ -1,12 +1,12 @@
 """Train the tiny retrieval model the qTTT study adapts: SFT on short kv_retrieval contexts (minutes on 1 core).
 
-    python bench/qttt_train_tiny.py --out runs/qttt/kv-tiny [--steps 1200]
+    python bench/qttt_train_tiny.py --out runs/qttt/kv-tiny [--steps 2500]
 
-A Qwen2-style ~1M-parameter decoder (head_dim 32, so vLLM's CPU attention and LoRA serve it) with its own BPE
-tokenizer learns, from scratch, "The code for KEY is NNNN." given contexts of ``--min-words``..``--max-words`` words
-with 2..``--max-keys`` keys. Loss on every token (the context too: qTTT's own loss is next-token NLL on the
-context) plus the answer tokens' mean once more.
-Longer contexts at test time are where its attention dilutes. Writes train_stats.json beside the model.
+A Qwen2-style 0.56M-parameter decoder (2 layers, hidden 128, head_dim 32 so that vLLM's CPU attention and LoRA
+serve it) with its own BPE tokenizer learns, from scratch, "The code for KEY is NNNN." given contexts of
+``--min-words``..``--max-words`` words with 2..``--max-keys`` keys. Loss on every token (the context too: qTTT's own
+loss is next-token NLL on the context) plus the answer tokens' mean once more. Longer contexts at test time are where
+its attention dilutes. Writes train_stats.json beside the model.
 """
 from __future__ import annotations
 
