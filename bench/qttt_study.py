@@ -126,13 +126,14 @@ def run(args) -> int:
                             enable_lora=True, max_lora_rank=max(8, args.lora_rank), max_loras=1)
     ctx = {"fwd": QueryForward(model)}
     with open(args.out, "a") as f, tempfile.TemporaryDirectory() as tmp:
-        for words in args.lengths:
-            for row in kv_retrieval.load("test", n=args.n, seed=args.seed, context_words=words, n_keys=args.keys):
-                r = run_item(ctx, model, tok, row, args, engine, Path(tmp))
-                r.update(keys=args.keys, span=args.span, lr=args.lr, lora_lr=args.lora_lr)
-                f.write(json.dumps(r) + "\n")
-                f.flush()
-                print(json.dumps({k: v for k, v in r.items() if not k.endswith("_loss")}), flush=True)
+        sets = [kv_retrieval.load("test", n=args.n, seed=args.seed, context_words=w, n_keys=args.keys)
+                for w in args.lengths]
+        for row in (rows[i] for i in range(args.n) for rows in sets):  # interleaved: a cut-short run covers all
+            r = run_item(ctx, model, tok, row, args, engine, Path(tmp))
+            r.update(keys=args.keys, span=args.span, lr=args.lr, lora_lr=args.lora_lr)
+            f.write(json.dumps(r) + "\n")
+            f.flush()
+            print(json.dumps({k: v for k, v in r.items() if not k.endswith("_loss")}), flush=True)
     if engine is not None:
         engine.close()
     return 0
