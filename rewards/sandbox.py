@@ -1,29 +1,28 @@
 """Code-execution reward for HumanEval-style problems, run in a sandbox.
 
-One completion = two processes, each in its own process group (``start_new_session=True``):
-- the *candidate* process loads the untrusted program and only answers calls ("call f with these
-  arguments"), sending values back as tagged JSON;
-- the *judge* process runs the test code itself, statement by statement, and rebuilds the candidate's
-  values as plain data (int, float, str, list, tuple, dict, set, ...), so a forged ``__eq__`` never
-  reaches an assertion; the prompt's helpers (e.g. ``encode_cyclic``) and builtins stay its own. Its
-  verdict goes to our pipe, out of the candidate's reach: ``os._exit(0)``, ``sys.exit(0)``, patched
-  builtins or printed "passed" lines only make the candidate's own calls fail.
-
-The candidate process confines itself before reading the program:
-- network: ``unshare(CLONE_NEWNET)``, an empty namespace; where not permitted, sockets are blocked
-  inside the process (best effort); a private IPC namespace too, so SysV segments die with it;
-- files (as root): ``unshare(CLONE_NEWNS)``; every mount read-only; /tmp, /var/tmp, /run and /dev/shm
-  replaced by empty ones (no other users' files or unix sockets); the working directory a size-capped
-  tmpfs (removed afterwards); a directory closed to others on the interpreter's path (a 0700 /root
-  holding pyenv) replaced by a tmpfs exposing only the needed entries;
-- limits: RLIMIT_CPU, RLIMIT_AS, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_NOFILE, no core, NO_NEW_PRIVS;
-- user: RLIMIT_NPROC is per user and root ignores it, so as root each candidate gets a fresh
-  unprivileged uid: the limit holds, and afterwards ``kill -KILL -1`` run as that uid ends every
-  process of it, even ones that left the group with ``setsid``. Without root the caller's uid is kept
-  with RLIMIT_NPROC = its current process count + the limit, and only the process group is killed;
-- environment: only PATH, HOME/TMPDIR (the working directory), LANG and single-thread settings.
-A wall-clock deadline covers loading and all checks; then both process groups are killed.
-The code of both processes lives in sandbox_harness.py; this module starts, limits and reaps them.
+Threat model: the program is hostile. It may try to forge a pass, read the answers (dataset files,
+the tests, the project's source), reach the network, write outside its working directory, read the
+caller's secrets, signal or outlive its run, or exhaust memory, processes or disk. Root and non-root
+callers get the same isolation, built from unprivileged Linux namespaces (``unshare(2)`` through ctypes,
+the equivalent of ``unshare --user --map-root-user --pid --net --mount --ipc --uts --fork``); see
+sandbox_isolation.py for the processes and the minimal read-only root they see.
+- **Fail closed:** the first run probes the isolation; where it cannot be set up (user namespaces
+  disabled, say) the reward raises a one-line error naming the cause and ``allow_unsafe_execution``.
+  That switch (off by default) runs programs with resource limits only.
+- **Two processes** in the sandbox: the *candidate* loads the program and only answers calls, sending
+  values back as tagged JSON; the *judge* runs the dataset's test code and rebuilds the candidate's
+  values as plain data, so a forged ``__eq__`` never reaches an assertion. The candidate sits in a
+  nested user and PID namespace: it cannot name, signal or trace the judge, and never holds the
+  tests (they arrive after it forked) or the verdict's descriptor.
+- **Authenticated verdict:** the judge's verdict carries a per-run nonce the candidate never had,
+  and must hold exactly as many checks as the host counts in the test code; anything else scores 0.
+  Only the harness's status pipe, closed before untrusted code runs, can declare a sandbox failure.
+- **Limits** ([check] defaults in ``SandboxLimits``): wall clock for setup, loading and every check;
+  memory: RLIMIT_AS per process plus a host-side watch of the summed resident memory of all the run's
+  processes (no cgroup: it is not delegated to non-root users here); processes: RLIMIT_NPROC, counted
+  per user namespace so it holds for a non-root caller too; CPU; file size; a size-capped tmpfs for
+  /tmp and the working directory; the largest value per call.
+- Afterwards the whole PID namespace dies with its first process, ``setsid`` escapees included.
 
 Soft reward: the fraction of checks passed. A check is a top-level statement of ``check(candidate)``
 holding an ``assert`` of a non-constant (``assert True`` does not count; a loop of asserts is one).
@@ -35,40 +34,53 @@ prepend (TRL never forwards ``prompt``; without them, the positional prompt or t
 when that is Python). A completion (plain or chat, maybe fenced) that continues the prompt is appended
 to it; one defining the entry point goes after it. No code, or no compiling program: 0.0, unparseable.
 """
-# ruff: noqa: BLE001, S102, S110 - a sandbox must catch every failure of the code it runs
 from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
+import select
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from .base import RewardBase, column, message_text
-from .sandbox_harness import candidate_script, check_statements, judge_script
+from .sandbox_harness import check_statements, launcher_script
+from .sandbox_isolation import SETUP_FAILED, launch_config, package_dirs, runnable_python
+from .sandbox_programs import build_program, extract_code
+
+__all__ = ["CodeExecutionReward", "ExecutionOutcome", "Sandbox", "SandboxError", "SandboxLimits",
+           "build_program", "count_checks", "extract_code"]
 
 
 @dataclass
 class SandboxLimits:
-    """Per-candidate limits. All values are [check] defaults."""
+    """Per-run limits. All values are [check] defaults."""
 
-    timeout_s: float = 10.0  # wall clock for loading the program and running every check
-    cpu_s: int = 10  # RLIMIT_CPU of the candidate process
-    memory_mb: int = 2048  # RLIMIT_AS of the candidate process
-    max_processes: int = 16  # RLIMIT_NPROC (processes and threads) of the candidate's uid
+    timeout_s: float = 10.0  # wall clock for setup, loading the program and running every check
+    cpu_s: int = 10  # RLIMIT_CPU of each candidate process
+    memory_mb: int = 2048  # RLIMIT_AS per process, and the cap on the run's summed resident memory
+    max_processes: int = 16  # RLIMIT_NPROC (processes and threads) in the candidate's user namespace
     max_file_mb: int = 16  # RLIMIT_FSIZE: largest file the candidate may write
-    workdir_mb: int = 64  # size of the working directory's tmpfs (as root)
+    workdir_mb: int = 64  # size of each tmpfs: /tmp and the working directory
     max_reply_mb: int = 16  # largest value the candidate may return in one call
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"SandboxLimits.{name} must be a positive number, got {value!r}")
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself failed (never the program it ran): isolation missing or its setup broke."""
 
 
 @dataclass
@@ -78,12 +90,10 @@ class ExecutionOutcome:
     passed: int
     total: int
     timed_out: bool = False
-    error: str | None = None  # load error of the program, or why it was not run
+    error: str | None = None  # load error of the program, or why it was not run or scored
     wall_s: float = 0.0
-    isolation: list[str] = field(default_factory=list)  # what the candidate process reported it set up
-    uid: int | None = None
-    pgid: int | None = None
-    workdir: str | None = None
+    isolation: list[str] = field(default_factory=list)  # what was set up
+    pid: int | None = None  # the run's first process, on the host
 
     @property
     def fraction(self) -> float:
@@ -94,130 +104,261 @@ class ExecutionOutcome:
         return self.total > 0 and self.passed == self.total
 
 
-_UID_BASE, _UID_SPAN = 1_500_000_000, 1 << 24  # fresh uids far above any real account
+_UID_BASE, _UID_SPAN = 1_500_000_000, 1 << 24  # fresh uids for root callers, far above any real account
+ISOLATION = ["user, mount, pid, net, ipc and uts namespaces", "minimal read-only root", "nested candidate namespaces",
+             "rlimits", "summed-memory watch"]
 
 
 class Sandbox:
-    """Runs programs against test code with the isolation described in the module docstring."""
+    """Runs programs against test code with the isolation described in the module docstring.
+
+    ``packages`` names installed packages the programs may import (bound read-only into the sandbox);
+    ``allow_unsafe_execution=True`` runs programs without isolation where it cannot be set up.
+    """
 
     def __init__(self, limits: SandboxLimits | None = None, workers: int | None = None,
-                 network_namespace: bool = True, python: str = sys.executable) -> None:
+                 packages: Sequence[str] = (), allow_unsafe_execution: bool = False,
+                 python: str | None = None) -> None:
         self.limits = limits or SandboxLimits()
         self.workers = workers or min(32, 2 * (os.cpu_count() or 1))  # [check]
-        self.network_namespace = network_namespace  # False: only the in-process socket block
-        self.python = python
-        self._kill = shutil.which("kill", path="/usr/bin:/bin") or ""
-        self.as_root = os.geteuid() == 0 and bool(self._kill)  # fresh uids need root and kill(1)
-        self._uids: set[int] = set()
-        self._lock = threading.Lock()
-        self._candidate_script = candidate_script()
-        self._judge_script = judge_script()
+        self.packages = tuple(packages)
+        self.allow_unsafe_execution = allow_unsafe_execution
+        self.python = python or runnable_python()
+        self._package_dirs = package_dirs(list(self.packages))
+        self._script = launcher_script()
+        self._unavailable: str | None = None  # why isolation cannot be set up; "" once probed fine
+        self._probe_lock = threading.Lock()
+        self._watch = _MemoryWatch()
+
+    @property
+    def isolated(self) -> bool:
+        """Whether programs run isolated (probes on first use; raises when closed and unsafe is off)."""
+        return self._isolation_mode()
 
     def run_many(self, jobs: Sequence[dict[str, str]]) -> list[ExecutionOutcome]:
         """Each job: program, test, entry_point and optional prompt. At most ``workers`` run at once."""
+        self._isolation_mode()
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             return list(pool.map(lambda job: self.run(**job), jobs))
 
     def run(self, program: str, test: str, entry_point: str, prompt: str = "") -> ExecutionOutcome:
-        start, lim = time.monotonic(), self.limits
-        uid = self._take_uid() if self.as_root else None
-        workdir = os.path.realpath(tempfile.mkdtemp(prefix="twinloop-sandbox-"))
-        pipes = [*os.pipe(), *os.pipe()]  # judge->candidate (r, w), candidate->judge (r, w)
-        procs: list[subprocess.Popen] = []
-        outcome = ExecutionOutcome(0, 0, uid=uid, workdir=workdir)
+        return self._run(program, test, entry_point, prompt, self._isolation_mode())
+
+    def _isolation_mode(self) -> bool:
+        with self._probe_lock:
+            if self._unavailable is None:
+                self._unavailable = self._probe()
+        if not self._unavailable:
+            return True
+        if self.allow_unsafe_execution:
+            warnings.warn(f"code sandbox: running untrusted code WITHOUT isolation ({self._unavailable})",
+                          RuntimeWarning, stacklevel=3)
+            return False
+        raise SandboxError(f"code sandbox: cannot isolate untrusted code ({self._unavailable}); pass "
+                           "allow_unsafe_execution=True to run it without isolation, at your own risk")
+
+    def _probe(self) -> str:
         try:
-            path = os.path.join(workdir, "candidate.py")
-            with open(path, "w") as f:
-                f.write(program)
-            if uid is not None:
-                os.chown(workdir, uid, uid)
-                os.chown(path, uid, uid)
-            cfg = {"rfd": pipes[0], "wfd": pipes[3], "uid": uid, "workdir": workdir, "program_path": path,
-                   "network_namespace": self.network_namespace, "cpu_s": lim.cpu_s,
-                   "memory": lim.memory_mb << 20, "max_processes": lim.max_processes,
-                   "max_file": lim.max_file_mb << 20, "workdir_mb": lim.workdir_mb, "max_reply": lim.max_reply_mb << 20}
-            judge_cfg = {"rfd": pipes[2], "wfd": pipes[1], "max_reply": cfg["max_reply"],
-                         "deadline": time.monotonic() + lim.timeout_s}
-            procs.append(self._spawn(["-I", "-B", self._candidate_script, cfg], workdir, subprocess.DEVNULL))
-            procs.append(self._spawn(["-I", "-B", self._judge_script, judge_cfg], "/", subprocess.PIPE))
-            outcome.pgid = procs[0].pid
-            while pipes:
-                os.close(pipes.pop())
-            spec = json.dumps({"test": test, "entry_point": entry_point, "prompt": prompt}).encode()
+            outcome = self._run("def f():\n    return 1\n", "assert f() == 1\n", "f", "", True)
+        except SandboxError as e:
+            return str(e).removeprefix("code sandbox: ")
+        return "" if outcome.all_passed else f"a trivial program failed in the sandbox: {outcome.error}"
+
+    def _run(self, program: str, test: str, entry_point: str, prompt: str, isolate: bool) -> ExecutionOutcome:
+        start, lim = time.monotonic(), self.limits
+        expected = count_checks(test, entry_point)
+        outcome = ExecutionOutcome(0, expected, isolation=list(ISOLATION) if isolate else ["rlimits only"])
+        nonce = secrets.token_hex(16)
+        host_workdir = None if isolate else os.path.realpath(tempfile.mkdtemp(prefix="twinloop-sandbox-"))
+        fresh_uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if isolate and _host_root() else None
+        cfg = launch_config(lim, host_workdir or "/sandbox", self._package_dirs, fresh_uid, isolate,
+                            self.python)
+        status_r, status_w = os.pipe()
+        cfg["status_fd"] = status_w
+        judge = {"test": test, "entry_point": entry_point, "prompt": prompt, "nonce": nonce,
+                 "deadline": start + lim.timeout_s, "max_reply": lim.max_reply_mb << 20}
+        frames = b"".join(_frame(x) for x in ({"program": program}, judge))
+        proc = None
+        try:
+            proc = subprocess.Popen([self.python, "-I", "-S", "-B", "-c", self._script, json.dumps(cfg)],
+                                    cwd="/", env=_clean_env(isolate, host_workdir), stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(status_w,),
+                                    start_new_session=True)
+            os.close(status_w)
+            status_w = -1
+            outcome.pid = proc.pid
+            self._watch.add(proc.pid, lim.memory_mb << 20)
             try:
-                stdout, stderr = procs[1].communicate(spec, timeout=lim.timeout_s + 5.0)
+                stdout, stderr = proc.communicate(frames, timeout=lim.timeout_s + 2.0)
             except subprocess.TimeoutExpired:
-                _kill_group(procs[1].pid)
-                stdout, stderr = procs[1].communicate()
+                _kill(proc)
+                stdout, stderr = proc.communicate()
                 outcome.timed_out = True
-            _read_verdict(outcome, stdout, stderr, test, entry_point)
         finally:
-            while pipes:
-                os.close(pipes.pop())
-            for proc in procs:
-                _kill_group(proc.pid)
-            try:
-                if uid is not None:
-                    self._kill_uid(uid)
-                for proc in procs:
-                    proc.wait()
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
-            with self._lock:
-                self._uids.discard(uid)
-        if outcome.error and outcome.error.startswith("FATAL"):  # the sandbox, not the candidate, failed
-            raise RuntimeError(f"code sandbox: {outcome.error}")
+            if status_w >= 0:
+                os.close(status_w)
+            if proc is not None:
+                _kill(proc)
+                proc.wait()
+                if self._watch.remove(proc.pid):
+                    outcome.error = f"memory limit: the run's processes held over {lim.memory_mb} MiB"
+            status = _read_all(status_r)
+            os.close(status_r)
+            if host_workdir:
+                shutil.rmtree(host_workdir, ignore_errors=True)
+        if status.startswith("error:") and proc is not None and proc.returncode == SETUP_FAILED:
+            raise SandboxError(f"code sandbox: {status.removeprefix('error:').strip()}")
+        if status == "ok":
+            _read_verdict(outcome, stdout, nonce, expected)
+        elif not outcome.error:
+            outcome.error = f"the sandbox did not start: {stderr.decode(errors='replace')[-300:]}"
         outcome.wall_s = time.monotonic() - start
         return outcome
 
-    def _spawn(self, args: list[Any], cwd: str, pipe: int) -> subprocess.Popen:
-        *flags, script, cfg = args
-        return subprocess.Popen([self.python, *flags, "-c", script, json.dumps(cfg)], cwd=cwd,
-                                env=_clean_env(cwd), stdin=pipe, stdout=pipe, stderr=pipe,
-                                pass_fds=(cfg["rfd"], cfg["wfd"]), start_new_session=True)
 
-    def _take_uid(self) -> int:
-        with self._lock:
-            while (uid := _UID_BASE + secrets.randbelow(_UID_SPAN)) in self._uids:
-                pass
-            self._uids.add(uid)
-            return uid
-
-    def _kill_uid(self, uid: int) -> None:
-        """kill(-1) sent as ``uid`` reaches every process of that uid, even ones that left the group."""
-        for _ in range(2):  # the first round may race with a fork; the second finds it
-            subprocess.run([self._kill, "-KILL", "-1"], user=uid, group=uid, extra_groups=[], env={},
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           timeout=30, check=False)
+def _host_root() -> bool:
+    """Root of the host's own user namespace: only it may map a fresh uid (root inside a rootless
+    container maps its own uid, like any non-root caller)."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            return os.geteuid() == 0 and f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return False
 
 
-def _read_verdict(outcome: ExecutionOutcome, stdout: bytes, stderr: bytes, test: str, entry: str) -> None:
+def _read_verdict(outcome: ExecutionOutcome, stdout: bytes, nonce: str, expected: int) -> None:
+    """Accepts only the judge's verdict: the run's nonce and exactly ``expected`` boolean checks."""
     try:
         verdict = json.loads(stdout)
-        checks, timed_out, error = verdict["checks"], verdict["timed_out"], verdict["load_error"]
-        isolation = [str(note) for note in verdict["isolation"]]
+        if verdict["nonce"] == nonce and "harness_error" in verdict:  # before any test code ran
+            raise SandboxError(f"code sandbox: {str(verdict['harness_error'])[:500]}")
+        checks = verdict["checks"]
+        valid = (verdict["nonce"] == nonce and type(checks) is list and len(checks) == expected
+                 and all(type(c) is bool for c in checks))
     except (ValueError, KeyError, TypeError):
-        outcome.total = count_checks(test, entry)
-        outcome.error = f"judge failed: {stderr.decode(errors='replace')[-300:]}"
+        valid = False
+    if not valid:
+        outcome.error = outcome.error or "no valid verdict (the judge died or its output was not authentic)"
         return
-    outcome.total, outcome.passed = len(checks), sum(c is True for c in checks)
-    outcome.timed_out, outcome.isolation = outcome.timed_out or bool(timed_out), isolation
-    fatal = [note for note in isolation if note.startswith("FATAL")]
-    outcome.error = "; ".join(fatal) if fatal else error
+    outcome.passed = sum(checks)
+    outcome.timed_out = outcome.timed_out or verdict.get("timed_out") is True
+    load_error = verdict.get("load_error")
+    outcome.error = outcome.error or (str(load_error)[:500] if load_error else None)
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _frame(obj: Any) -> bytes:
+    data = json.dumps(obj).encode()
+    return len(data).to_bytes(4, "big") + data
 
 
-def _clean_env(home: str) -> dict[str, str]:
+def _read_all(fd: int, limit: int = 1 << 16) -> str:
+    chunks: list[bytes] = []
+    os.set_blocking(fd, False)
+    while sum(map(len, chunks)) < limit and select.select([fd], [], [], 1.0)[0]:
+        try:
+            chunk = os.read(fd, limit)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """The first process and its group; with isolation, its PID namespace dies with it (PDEATHSIG)."""
+    for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
+        try:
+            kill()
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _clean_env(isolate: bool, host_workdir: str | None) -> dict[str, str]:
+    home = "/sandbox" if isolate else str(host_workdir)
     return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
-        "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+        "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": "/tmp" if isolate else home,
+        "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
     }
+
+
+class _MemoryWatch:
+    """Sums the resident memory of every process under each watched run and kills runs over budget.
+
+    Processes stay under the run's first process: orphans are re-parented to PID 1 of the run's PID
+    namespace, itself a child of the first process."""
+
+    interval_s = 0.1  # [check]
+
+    def __init__(self) -> None:
+        self._budgets: dict[int, int] = {}
+        self._exceeded: set[int] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def add(self, pid: int, budget: int) -> None:
+        with self._lock:
+            self._budgets[pid] = budget
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="sandbox-memory-watch", daemon=True)
+                self._thread.start()
+
+    def remove(self, pid: int) -> bool:
+        """Stops watching; whether the run went over its budget."""
+        with self._lock:
+            self._budgets.pop(pid, None)
+            exceeded = pid in self._exceeded
+            self._exceeded.discard(pid)
+            return exceeded
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.interval_s)
+            with self._lock:
+                budgets = dict(self._budgets)
+                if not budgets:
+                    self._thread = None
+                    return
+            children, rss = _process_table()
+            for root, budget in budgets.items():
+                tree = _subtree(root, children)
+                if sum(rss.get(p, 0) for p in tree) * self._page > budget:
+                    with self._lock:
+                        self._exceeded.add(root)
+                    for pid in tree:
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except OSError:
+                            pass
+
+
+def _process_table() -> tuple[dict[int, list[int]], dict[int, int]]:
+    """parent -> children, and resident pages, of every process on the host."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)
+        rss[pid] = int(fields[21])
+    return children, rss
+
+
+def _subtree(root: int, children: dict[int, list[int]]) -> list[int]:
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
 
 
 def count_checks(test: str, entry_point: str) -> int:
@@ -228,51 +369,18 @@ def count_checks(test: str, entry_point: str) -> int:
         raise ValueError(f"test code does not parse: {e}") from None
 
 
-_FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL | re.MULTILINE)
-
-
-def extract_code(text: str, entry_point: str = "") -> str:
-    """The code in a completion: the fenced block defining ``entry_point``, else the first python (or
-    unlabelled) fenced block, else the whole text. Fences open at a line start; an unclosed one runs to
-    the end."""
-    blocks = _FENCE.findall(text)
-    if not blocks:
-        return text
-    python = [body for lang, body in blocks if lang.lower() in ("python", "py", "python3", "")]
-    python = python or [body for _, body in blocks]
-    if entry_point:
-        defining = re.compile(rf"^(async\s+)?def\s+{re.escape(entry_point)}\s*\(", re.MULTILINE)
-        for body in python:
-            if defining.search(body):
-                return body
-    return python[0]
-
-
-def build_program(code: str, prefix: str, entry_point: str) -> str | None:
-    """The program to run, or None when it has no code or does not compile."""
-    if not code.strip():
-        return None
-    defines = re.search(rf"^(async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE)
-    if defines:
-        program = (prefix.rstrip() + "\n\n\n" if prefix.strip() else "") + code
-    else:  # a function body continuing the prompt, as in HumanEval's own harness
-        program = prefix + code
-    try:
-        compile(program, "candidate.py", "exec")
-    except Exception:  # SyntaxError, ValueError (null bytes), RecursionError, MemoryError
-        return None
-    return program
-
-
 class CodeExecutionReward(RewardBase):
     """TRL-signature reward: the fraction of test checks passed (``binary=True``: 1.0 only if all pass)."""
 
     name = "code_execution"
 
-    def __init__(self, sandbox: Sandbox | None = None, binary: bool = False) -> None:
+    def __init__(self, sandbox: Sandbox | None = None, binary: bool = False, packages: Sequence[str] = (),
+                 allow_unsafe_execution: bool = False) -> None:
         super().__init__()
-        self.sandbox = sandbox or Sandbox()
         self.binary = binary
+        self.packages = tuple(packages)  # installed packages the programs may import, e.g. ("numpy",)
+        self.allow_unsafe_execution = allow_unsafe_execution  # off: refuse to run code without isolation
+        self.sandbox = sandbox or Sandbox(packages=self.packages, allow_unsafe_execution=allow_unsafe_execution)
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
         outcomes = self.outcomes(prompts, completions, **columns)

@@ -1,24 +1,20 @@
-"""Code that runs inside the sandbox's two processes: the candidate (untrusted program, answers calls)
-and the judge (runs the test code, prints the verdict); see rewards/sandbox.py for the design.
+"""Code that runs inside the sandbox: the candidate (untrusted program, answers calls) and the judge
+(runs the test code, returns the verdict); see rewards/sandbox.py for the design.
 
-Neither process imports this module: ``candidate_script()`` and ``judge_script()`` send the functions
-as source text (inspect.getsource) to ``python -I -B -c``, so nothing here has to be reachable from
-inside the candidate's mount namespace, and every function uses only the standard library and the
-others in this file (no imports of the package, no module state besides ``_SHARED`` and ``_IMPORTS``).
+No sandbox process imports this module: ``launcher_script()`` sends these functions and those of
+sandbox_isolation.py as source text (inspect.getsource) to ``python -I -S -B -c``, so nothing of the
+package has to be reachable inside the sandbox's minimal root, and every function uses only the
+standard library and the others sent along (no module state besides ``_SHARED`` and ``_IMPORTS``).
 """
 # ruff: noqa: BLE001, S102, S110 - a sandbox must catch every failure of the code it runs
 from __future__ import annotations
 
 import ast
 import builtins
-import ctypes
 import inspect
 import json
 import os
-import re
-import resource
 import select
-import sys
 import time
 from typing import Any
 
@@ -146,6 +142,7 @@ def _check_statements(test: str, entry_point: str) -> tuple[str, bool, list[tupl
 
 
 def _block_sockets() -> None:
+    """Without a network namespace (``allow_unsafe_execution``), sockets are refused in-process."""
     import _socket
     import socket
 
@@ -158,144 +155,14 @@ def _block_sockets() -> None:
                 setattr(module, name, refuse)
 
 
-def _interpreter_paths() -> set[str]:
-    return {os.path.realpath(p or ".") for p in (sys.prefix, sys.base_prefix, sys.executable, *sys.path)}
-
-
-def _closed_dirs(paths: set[str]) -> dict[str, set[str]]:
-    """Directories other users cannot enter -> their entries on ``paths``."""
-    closed: dict[str, set[str]] = {}
-    for path in paths:
-        parts = path.split("/")
-        for i in range(2, len(parts)):
-            parent, child = "/".join(parts[:i]), "/".join(parts[: i + 1])
-            if not os.path.isdir(child) or not os.stat(parent).st_mode & 0o001:
-                if os.path.isdir(child):
-                    closed.setdefault(parent, set()).add(child)
-                break
-    return closed
-
-
-def _private_mounts(libc: Any, workdir: str, workdir_options: str) -> bool:
-    """In a fresh mount namespace: keep the interpreter reachable for an unprivileged uid (a tmpfs over
-    e.g. a 0700 /root holding only the needed entries), hide the shared scratch directories (other users'
-    files and unix sockets) behind empty ones, put a size-capped tmpfs on the working directory, and make
-    every other mount read-only."""
-    ms_rdonly, ms_remount, ms_bind, ms_move, ms_rec, ms_private = 1, 32, 4096, 8192, 16384, 1 << 18
-    keep = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
-    if libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
-        return False
-    paths = _interpreter_paths()
-    for parent, children in _closed_dirs(paths).items():
-        stashes = []
-        for k, child in enumerate(sorted(children)):
-            stash = os.path.join(workdir, f".stash{k}")
-            os.mkdir(stash)
-            if libc.mount(child.encode(), stash.encode(), None, ms_bind | ms_rec, None) != 0:
-                return False
-            stashes.append((stash, child))
-        if libc.mount(b"tmpfs", parent.encode(), b"tmpfs", 2 | 4, b"mode=0755,size=64k") != 0:
-            return False
-        for stash, child in stashes:
-            os.makedirs(child, mode=0o755)
-            if libc.mount(stash.encode(), child.encode(), None, ms_move, None) != 0:
-                return False
-            os.rmdir(stash)
-    for shared in ("/tmp", "/var/tmp", "/run", "/dev/shm"):
-        if not os.path.isdir(shared) or shared in paths:
-            continue
-        # the interpreter may live under a scratch dir (a checkout in /tmp): hide the rest, keep its entry
-        keep_entries = sorted({shared + "/" + p[len(shared) + 1:].split("/")[0] for p in paths
-                               if p.startswith(shared + "/")})
-        held = [(entry, os.open(entry, os.O_PATH)) for entry in keep_entries if os.path.isdir(entry)]
-        if libc.mount(b"tmpfs", shared.encode(), b"tmpfs", 2 | 4 | 8, b"mode=0755,size=64k") != 0:
-            return False
-        for entry, fd in held:  # bind the held directory back through its fd, the old path being hidden
-            os.makedirs(entry, mode=0o755, exist_ok=True)
-            ok = libc.mount(f"/proc/self/fd/{fd}".encode(), entry.encode(), None, ms_bind | ms_rec, None) == 0
-            os.close(fd)
-            if not ok:
-                return False
-    os.makedirs(workdir, exist_ok=True)  # in the empty /tmp
-    if libc.mount(b"tmpfs", workdir.encode(), b"tmpfs", 2 | 4, workdir_options.encode()) != 0:
-        return False
-    root_ok = False
-    with open("/proc/self/mountinfo") as f:
-        mounts = [line.split() for line in f]
-    for fields in mounts:  # fields[4]: mount point (octal escapes), fields[5]: its flags
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-        if point == workdir:
-            continue
-        flags = ms_remount | ms_bind | ms_rdonly | sum(keep.get(o, 0) for o in fields[5].split(","))
-        done = libc.mount(None, point.encode(), None, flags, None) == 0
-        root_ok = root_ok or (point == "/" and done)
-    return root_ok
-
-
-def _confine(cfg: dict, source: str) -> list[str]:
-    """Runs first in the candidate process, before its program is read. Returns what was set up."""
-    notes: list[str] = []
-    libc = ctypes.CDLL(None, use_errno=True)
-    netns = cfg["network_namespace"] and libc.unshare(0x40000000) == 0  # CLONE_NEWNET
-    notes.append("net: empty network namespace" if netns else "net: sockets blocked in-process")
-    if libc.unshare(0x08000000) == 0:  # CLONE_NEWIPC: SysV shared memory dies with the candidate
-        notes.append("ipc: private namespace")
-    uid = cfg["uid"]
-    wd_options = f"size={cfg['workdir_mb']}m,mode=0700,uid={uid},gid={uid}"
-    if uid is not None and libc.unshare(0x00020000) == 0 and _private_mounts(libc, cfg["workdir"], wd_options):
-        notes.append(f"fs: read-only, shared scratch dirs hidden, workdir a {cfg['workdir_mb']} MiB tmpfs")
-        os.chdir(cfg["workdir"])  # the old cwd still points into the now read-only mount
-        with open(cfg["program_path"], "w") as f:  # the file on disk is now hidden by the tmpfs
-            f.write(source)
-        os.chown(cfg["program_path"], uid, uid)
-    elif uid is not None and _closed_dirs(_interpreter_paths()):
-        raise PermissionError("Python lies in a directory other users cannot enter, and no mount namespace "
-                              "is available to expose it: install it where all users can read it")
-    else:
-        notes.append("fs: file permissions only")
-    nproc = cfg["max_processes"]
-    if uid is None:  # RLIMIT_NPROC counts all processes of this user
-        nproc += sum(1 for p in os.listdir("/proc") if p.isdigit() and _owner(p) == os.getuid())
-    r = resource
-    limits = [(r.RLIMIT_CPU, cfg["cpu_s"], cfg["cpu_s"] + 1), (r.RLIMIT_AS, cfg["memory"], cfg["memory"]),
-              (r.RLIMIT_NPROC, nproc, nproc), (r.RLIMIT_FSIZE, cfg["max_file"], cfg["max_file"]),
-              (r.RLIMIT_NOFILE, 256, 256), (r.RLIMIT_CORE, 0, 0)]
-    for which, soft, hard in limits:
-        try:
-            resource.setrlimit(which, (soft, hard))
-        except (ValueError, OSError) as e:
-            notes.append(f"limit {which} not set: {e}")
-    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: setuid binaries cannot raise privileges
-    os.umask(0o077)
-    if uid is not None:
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)
-        notes.append(f"uid: {uid}")
-    if not netns:
-        _block_sockets()
-    return notes
-
-
-def _owner(pid: str) -> int:
-    try:
-        return os.stat(f"/proc/{pid}").st_uid
-    except OSError:  # the process just ended
-        return -1
-
-
-def _candidate_main(cfg: dict) -> None:
-    """Untrusted side: loads the program, then answers calls until the pipe closes."""
-    rfd, wfd = cfg["rfd"], cfg["wfd"]
-    try:
-        with open(cfg["program_path"]) as f:
-            source = f.read()
-        notes = _confine(cfg, source)
-    except BaseException as e:  # never run the program unconfined
-        _send(wfd, {"isolation": [f"FATAL: confinement failed: {type(e).__name__}: {e}"]}, None)
-        os._exit(3)
-    _send(wfd, {"isolation": notes}, None)
+def _candidate_loop(source: str, rfd: int, wfd: int, max_reply: int) -> None:
+    """Untrusted side, already confined: loads the program, then answers calls until the pipe closes."""
     namespace: dict[str, Any] = {"__name__": "__candidate__", "__builtins__": builtins}
+    try:
+        with open("candidate.py", "w") as f:  # for tracebacks and programs that read their own source
+            f.write(source)
+    except OSError:
+        pass
     try:
         exec(compile(source, "candidate.py", "exec"), namespace)
     except BaseException as e:
@@ -305,7 +172,7 @@ def _candidate_main(cfg: dict) -> None:
     _send(wfd, {"ready": names[:1000]}, None)
     while True:
         try:
-            request = _recv(rfd, None, cfg["max_reply"])
+            request = _recv(rfd, None, max_reply)
         except BaseException:
             os._exit(0)
         try:
@@ -317,15 +184,14 @@ def _candidate_main(cfg: dict) -> None:
         _send(wfd, reply, None)
 
 
-def _judge_main(cfg: dict) -> None:
-    """Trusted side: runs the test code itself and prints the verdict as JSON on stdout."""
-    spec = json.loads(sys.stdin.buffer.read())
-    rfd, wfd, deadline, limit = cfg["rfd"], cfg["wfd"], cfg["deadline"], cfg["max_reply"]
+def _judge(spec: dict, rfd: int, wfd: int) -> dict:
+    """Trusted side: runs the test code itself; returns the verdict (checks, timed_out, load_error)."""
+    deadline, limit = spec["deadline"], spec["max_reply"]
     for fd in (rfd, wfd):
         os.set_blocking(fd, False)
     param, has_check, statements = _check_statements(spec["test"], spec["entry_point"])
     checks = [False] * sum(flag for _, flag in statements)
-    out: dict[str, Any] = {"checks": checks, "timed_out": False, "load_error": None, "isolation": []}
+    out: dict[str, Any] = {"checks": checks, "timed_out": False, "load_error": None}
     state = {"alive": True}
 
     def proxy(name: str) -> Any:
@@ -350,10 +216,9 @@ def _judge_main(cfg: dict) -> None:
         return call
 
     try:
-        out["isolation"] = [str(n) for n in _recv(rfd, deadline, limit)["isolation"]]
         hello = _recv(rfd, deadline, limit)
         if "load_error" in hello:
-            out["load_error"], state["alive"] = str(hello["load_error"]), False
+            out["load_error"], state["alive"] = str(hello["load_error"])[:500], False
         names = [str(n) for n in hello.get("ready", [])]
     except TimeoutError:
         out["timed_out"], state["alive"], names = True, False, []
@@ -379,27 +244,28 @@ def _judge_main(cfg: dict) -> None:
                 ok = False
             if is_check:
                 checks[index], index = ok, index + 1
-    sys.stdout.write(json.dumps(out))
+    return out
 
 
-_SHARED = (_wait, _read_exact, _recv, _send, _Opaque, _encode, _decode)
-_IMPORTS = "import ast, builtins, ctypes, json, os, re, resource, select, sys, time\nfrom typing import Any\n"
+_SHARED = (_wait, _read_exact, _recv, _send, _Opaque, _encode, _decode, _check_statements, _block_sockets,
+           _candidate_loop, _judge)
+_IMPORTS = ("import ast, builtins, ctypes, json, os, platform, resource, select, signal, sys, time\n"
+            "from typing import Any\n")
 
 
-def _script(main: Any, *helpers: Any) -> str:
-    parts = [_IMPORTS] + [inspect.getsource(obj) for obj in (*_SHARED, *helpers, main)]
-    return "\n\n".join(parts) + f"\n\n{main.__name__}(json.loads(sys.argv[1]))\n"
+def launcher_script() -> str:
+    """Source for ``python -I -S -B -c`` of the sandbox's first process (see sandbox_isolation.py)."""
+    from . import sandbox_isolation as iso
 
-
-def candidate_script() -> str:
-    """Source for ``python -c`` of the candidate process: confine, load the program, answer calls."""
-    return _script(_candidate_main, _block_sockets, _interpreter_paths, _closed_dirs, _private_mounts, _owner,
-                   _confine)
-
-
-def judge_script() -> str:
-    """Source for ``python -c`` of the judge process: run the test code, print the verdict as JSON."""
-    return _script(_judge_main, _check_statements)
+    parts = [_IMPORTS] + [inspect.getsource(obj) for obj in _SHARED]
+    parts += [f"{name} = {getattr(iso, name)!r}" for name in ("_CLONE", "_MS", "_SYSCALLS", "CANDIDATE_UID",
+                                                            "SETUP_FAILED")]
+    helpers = (iso.SetupError, iso._libc, iso._check, iso._mount, iso._write, iso._enter_outer_namespaces,
+               iso._become_fresh_uid, iso._open_sources, iso._bind_read_only, iso._build_root, iso._drop_capabilities,
+               iso._enter_candidate_namespaces, iso._owned, iso._set_limits, iso._keep_only_fds, iso._die_with_parent,
+               iso._status, iso._read_frame, iso._init_main, iso._candidate_process, iso._launch_main)
+    parts += [inspect.getsource(obj) for obj in helpers]
+    return "\n\n".join(parts) + "\n\n_launch_main(json.loads(sys.argv[1]))\n"
 
 
 def check_statements(test: str, entry_point: str) -> tuple[str, bool, list[tuple[ast.stmt, bool]]]:

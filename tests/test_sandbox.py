@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import socket
+import subprocess
+import sys
 import time
 import uuid
 
@@ -22,7 +22,6 @@ from twinloop.rewards.sandbox import (
 )
 from twinloop.rewards.sandbox_harness import _decode, _encode, _Opaque
 
-AS_ROOT = os.geteuid() == 0
 TEST_SQUARE = """
 def check(candidate):
     assert candidate(2) == 4
@@ -38,29 +37,38 @@ def sandbox() -> Sandbox:
     return Sandbox(SandboxLimits(timeout_s=5.0, cpu_s=5, memory_mb=512, max_processes=16), workers=4)
 
 
-def live_processes(uid: int | None, pgid: int | None) -> list[str]:
-    """Processes (zombies excepted) owned by ``uid`` or in process group ``pgid``."""
+def processes_with(marker: str) -> list[int]:
+    """Live processes whose command line holds ``marker`` (zombies excepted)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
             with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            owner = os.stat(f"/proc/{pid}").st_uid
+                state = f.read().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if fields[0] != "Z" and (owner == uid or int(fields[2]) == pgid):
-            found.append(pid)
+        if marker.encode() in cmdline and state != "Z" and int(pid) != os.getpid():
+            found.append(int(pid))
     return found
 
 
-def assert_cleaned_up(outcome) -> None:
-    """No process of the candidate's uid or group is left (SIGKILL lands within moments), no workdir."""
-    uid = outcome.uid if AS_ROOT else None
-    deadline = time.monotonic() + 3.0
-    while live_processes(uid, outcome.pgid) and time.monotonic() < deadline:
+def assert_no_process_with(marker: str) -> None:
+    deadline = time.monotonic() + 3.0  # SIGKILL lands within moments
+    while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert live_processes(uid, outcome.pgid) == []
-    assert not os.path.exists(outcome.workdir)
+    assert processes_with(marker) == []
+
+
+def spawn_marked(marker: str) -> str:
+    """Program lines starting a shell child and a double-forked setsid() child, both holding ``marker``."""
+    return (
+        "import os, subprocess, sys\n"
+        f"subprocess.Popen(['sh', '-c', 'sleep 300; : {marker}'])\n"
+        "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        f"        os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(300)', '{marker}'])\n"
+        "    os._exit(0)\n"
+    )
 
 
 # --- pure pieces ---------------------------------------------------------------------------------
@@ -208,208 +216,109 @@ def test_judge_uses_the_problems_helpers_not_the_candidates(sandbox):
     assert good.all_passed and bad.passed == 0
 
 
-# --- forging attacks: none of them may pass a test the function fails --------------------------------
+# --- limits, fail-closed isolation ------------------------------------------------------------------
 
-ATTACKS = {
-    "os._exit at import": "import os\nos._exit(0)\ndef f(x):\n    return 0\n",
-    "os._exit in the call": "import os\ndef f(x):\n    os._exit(0)\n",
-    "sys.exit at import": "import sys\nsys.exit(0)\ndef f(x):\n    return 0\n",
-    "sys.exit in the call": "import sys\ndef f(x):\n    sys.exit(0)\n",
-    "patched builtins": (
-        "import builtins\nclass Never(Exception):\n    pass\nbuiltins.AssertionError = Never\n"
-        "builtins.Exception = Never\nbuiltins.BaseException = Never\ndef f(x):\n    return 0\n"
-    ),
-    "object equal to everything": (
-        "class Yes:\n    def __eq__(self, other):\n        return True\n    __hash__ = object.__hash__\n"
-        "def f(x):\n    return Yes()\n"
-    ),
-    "int subclass equal to everything": (
-        "class Yes(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n"
-        "def f(x):\n    return Yes(0)\n"
-    ),
-    "printed verdicts and forged writes to every descriptor": (
-        "import json, os\nprint('PASSED 3/3')\nprint(json.dumps({'checks': [True] * 3, 'timed_out': False}))\n"
-        "fake = json.dumps({'checks': [True] * 3, 'timed_out': False, 'load_error': None, 'isolation': []})\n"
-        "for fd in range(3, 64):\n    try:\n        os.write(fd, fake.encode())\n    except OSError:\n        pass\n"
-        "def f(x):\n    return 0\n"
-    ),
-    "builtins shadowed for the test code": (
-        "def abs(x):\n    return 0\ndef len(x):\n    return 1\ndef f(x):\n    return 0\n"
-    ),
-    "killing the judge": "import os, signal\ndef f(x):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return 0\n",
-}
-
-
-TEST_WITH_BUILTINS = TEST_SQUARE + "    assert abs(candidate(4) - 16) < 1e-9 and len([candidate(1)]) == 1\n"
-
-
-@pytest.mark.parametrize("name", list(ATTACKS))
-def test_forging_attacks_do_not_pass(sandbox, name):
-    outcome = sandbox.run(ATTACKS[name], TEST_WITH_BUILTINS, "f")
-    assert outcome.total == 4
-    assert outcome.passed == 0
-    assert_cleaned_up(outcome)
-
-
-# --- limits and isolation ----------------------------------------------------------------------------
-
-def probe(sandbox: Sandbox, body: str, expected: str, args: str = "") -> bool:
-    """Runs ``def f(...): body`` and asks the judge whether it returned ``expected``."""
-    program = "import os, socket, sys, time, subprocess\n\ndef f(*args):\n" + body
-    test = f"def check(candidate):\n    assert candidate({args}) == {expected!r}\n"
-    outcome = sandbox.run(program, test, "f")
-    assert_cleaned_up(outcome)
-    return outcome.all_passed
-
-
-def test_a_sandbox_that_cannot_confine_raises_instead_of_scoring():
-    broken = Sandbox(SandboxLimits(timeout_s=5.0), workers=1)
-    broken._candidate_script = broken._candidate_script.replace(
-        "def _confine(cfg: dict, source: str) -> list[str]:",
-        "def _confine(cfg: dict, source: str) -> list[str]:\n    raise PermissionError('no way')\n\n\n"
-        "def _unused(cfg: dict, source: str) -> list[str]:")
-    with pytest.raises(RuntimeError, match="confinement failed: PermissionError: no way"):
-        broken.run("def f(x):\n    return x * x\n", TEST_SQUARE, "f")
-
-
-def test_timeout_kills_the_whole_process_group(sandbox):
-    program = (
-        "import subprocess, os\ndef f(x):\n"
-        "    subprocess.Popen(['sleep', '300'])\n"
-        "    pid = os.fork()\n    if pid == 0:\n        os.setsid()\n        while True:\n            pass\n"
-        "    while True:\n        pass\n"
+def test_a_sandbox_that_cannot_isolate_refuses_with_the_cause_and_the_switch():
+    """User namespaces exhausted (max_user_namespaces=0 in a namespace of our own): a real kernel refusal."""
+    sites = [p for p in sys.path if p.endswith("-packages")]  # an interpreter outside the venv finds twinloop
+    script = (
+        f"import site, warnings\nfor p in {sites!r}:\n    site.addsitedir(p)\n"
+        "from twinloop.rewards.sandbox import Sandbox, SandboxLimits, SandboxError\n"
+        "try:\n    Sandbox(SandboxLimits(timeout_s=5.0)).run('def f():\\n    return 1\\n', 'assert f() == 1', 'f')\n"
+        "except SandboxError as e:\n    print('REFUSED', e)\n"
+        "with warnings.catch_warnings(record=True) as caught:\n    warnings.simplefilter('always')\n"
+        "    unsafe = Sandbox(SandboxLimits(timeout_s=5.0), allow_unsafe_execution=True)\n"
+        "    outcome = unsafe.run('def f():\\n    return 1\\n', 'assert f() == 1\\nassert f() == 2', 'f')\n"
+        "print('UNSAFE', outcome.passed, outcome.total, outcome.isolation, [str(w.message)[:40] for w in caught])\n"
     )
+    shell = f"echo 0 > /proc/sys/user/max_user_namespaces && exec {sys.executable} -c \"$0\""
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c", shell, script],
+                          capture_output=True, text=True, timeout=120)
+    lines = done.stdout.splitlines()
+    assert lines[0] == ("REFUSED code sandbox: cannot isolate untrusted code (unshare(user, mount, pid, net, ipc, "
+                        "uts): No space left on device); pass allow_unsafe_execution=True to run it without "
+                        "isolation, at your own risk"), done.stderr[-2000:]
+    assert lines[1] == "UNSAFE 1 2 ['rlimits only'] ['code sandbox: running untrusted code WIT']"
+
+
+def test_timeout_kills_every_process_of_the_run(sandbox):
+    marker = f"twinloop-timeout-{uuid.uuid4().hex}"
+    program = spawn_marked(marker) + "def f(x):\n    while True:\n        pass\n"
     small = Sandbox(SandboxLimits(timeout_s=2.0, cpu_s=30), workers=1)
     start = time.monotonic()
     outcome = small.run(program, TEST_SQUARE, "f")
     assert outcome.timed_out and outcome.passed == 0
     assert time.monotonic() - start < 7.0
-    assert_cleaned_up(outcome)  # the sleeping child and the setsid() escapee are gone too
+    assert_no_process_with(marker)  # the shell child and the setsid() escapee are gone too
 
 
-@pytest.mark.skipif(not AS_ROOT, reason="the process-count limit needs a fresh uid, which needs root")
 def test_process_count_is_limited_and_a_fork_bomb_is_killed():
     limited = Sandbox(SandboxLimits(timeout_s=3.0, cpu_s=5, max_processes=8), workers=1)
+    marker = f"twinloop-nproc-{uuid.uuid4().hex}"
     counting = (
-        "import os, time\ndef f():\n    n = 0\n    for _ in range(200):\n        try:\n"
+        "import os, sys\ndef f():\n    n = 0\n    for _ in range(200):\n        try:\n"
         "            pid = os.fork()\n        except OSError:\n            break\n"
-        "        if pid == 0:\n            os.setsid()\n            time.sleep(300)\n            os._exit(0)\n"
+        "        if pid == 0:\n            os.setsid()\n"
+        f"            os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(300)', '{marker}'])\n"
         "        n += 1\n    return n\n"
     )
-    outcome = limited.run(counting, "def check(candidate):\n    assert 1 <= candidate() <= 7\n", "f")
-    assert outcome.all_passed  # forking stopped at the limit (8 processes including the candidate)
-    assert_cleaned_up(outcome)  # the children left the group with setsid() and still died
+    outcome = limited.run(counting, "def check(candidate):\n    assert 1 <= candidate() <= 6\n", "f")
+    assert outcome.all_passed  # forking stopped at the limit: 8 processes, two of them the harness's
+    assert_no_process_with(marker)  # the children left the group with setsid() and still died
     bomb = ("import os\ndef f():\n    while True:\n        try:\n            os.fork()\n"
             "        except OSError:\n            pass\n")
     start = time.monotonic()
     outcome = limited.run(bomb, "def check(candidate):\n    assert candidate() == 1\n", "f")
     assert outcome.timed_out and outcome.passed == 0 and time.monotonic() - start < 10.0
-    assert_cleaned_up(outcome)
 
 
 def test_memory_and_cpu_limits():
     small = Sandbox(SandboxLimits(timeout_s=60.0, cpu_s=1, memory_mb=256), workers=1)
-    alloc = ("    try:\n        b = bytearray(1 << 30)\n        return 'allocated'\n"
+    alloc = ("def f():\n    try:\n        b = bytearray(1 << 30)\n        return 'allocated'\n"
              "    except MemoryError:\n        return 'blocked'\n")
-    assert probe(small, alloc, "blocked")
+    assert small.run(alloc, "assert f() == 'blocked'\n", "f").all_passed
     start = time.monotonic()
     outcome = small.run("def f():\n    while True:\n        pass\n", "def check(c):\n    assert c() == 1\n", "f")
     # RLIMIT_CPU ended it after 1 s of CPU: long before the 60 s wall limit, even on a loaded machine
     assert outcome.passed == 0 and not outcome.timed_out and time.monotonic() - start < 45.0
-    assert_cleaned_up(outcome)
 
 
-@pytest.mark.parametrize("namespace", [True, False], ids=["network-namespace", "in-process-block"])
-def test_no_network(namespace):
-    sandbox = Sandbox(SandboxLimits(timeout_s=5.0), workers=1, network_namespace=namespace)
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(1)
-        server.setblocking(False)
-        port = server.getsockname()[1]
-        body = (
-            "    try:\n        s = socket.socket()\n        s.settimeout(2)\n"
-            "        s.connect(('127.0.0.1', args[0]))\n        return 'connected'\n"
-            "    except OSError:\n        return 'blocked'\n"
-        )
-        assert probe(sandbox, body, "blocked", args=str(port))
-        with pytest.raises(BlockingIOError):
-            server.accept()  # nothing ever reached the listener
-
-
-@pytest.mark.skipif(not AS_ROOT, reason="hiding /tmp needs a mount namespace, which needs root")
-def test_unix_sockets_and_files_in_tmp_are_out_of_reach(sandbox):
-    import tempfile
-
-    folder = tempfile.mkdtemp(prefix="twinloop-sandbox-test-")
-    path = os.path.join(folder, "server.sock")
-    try:
-        os.chmod(folder, 0o755)
-        with socket.socket(socket.AF_UNIX) as server:
-            server.bind(path)
-            os.chmod(path, 0o777)
-            server.listen(1)
-            server.setblocking(False)
-            body = (
-                "    seen = os.path.exists(args[0])\n    try:\n        s = socket.socket(socket.AF_UNIX)\n"
-                "        s.connect(args[0])\n        return 'connected'\n"
-                "    except OSError:\n        return 'blocked' if not seen else 'visible'\n"
-            )
-            assert probe(sandbox, body, "blocked", args=repr(path))
-            with pytest.raises(BlockingIOError):
-                server.accept()
-    finally:
-        shutil.rmtree(folder)
-
-
-def test_writes_only_in_a_fresh_working_directory(sandbox, tmp_path):
-    name = f"twinloop-sandbox-probe-{uuid.uuid4().hex}"
-    outside = [f"/tmp/{name}", f"/dev/shm/{name}", str(tmp_path / name), os.path.join(os.getcwd(), name)]
-    body = (
-        "    written = []\n"
-        f"    for path in {outside!r}:\n"
-        "        try:\n            with open(path, 'w') as fh:\n                fh.write('x')\n"
-        "            written.append(path)\n        except OSError:\n            pass\n"
-        "    with open('inside.txt', 'w') as fh:\n        fh.write('ok')\n"
-        "    assert sorted(os.listdir('.')) == ['candidate.py', 'inside.txt']\n"
-        "    return written\n"
+def test_summed_memory_of_many_processes_is_capped():
+    """Each child stays under the per-process limit; together they pass the run's budget and die."""
+    small = Sandbox(SandboxLimits(timeout_s=20.0, memory_mb=300, max_processes=16), workers=1)
+    program = (
+        "import os, time\ndef f():\n    pids = []\n    for _ in range(6):\n        pid = os.fork()\n"
+        "        if pid == 0:\n            block = bytearray(100 << 20)\n"
+        "            for i in range(0, len(block), 4096):\n                block[i] = 1\n"
+        "            time.sleep(30)\n            os._exit(0)\n        pids.append(pid)\n"
+        "    time.sleep(8)\n    return 'survived'\n"
     )
-    assert probe(sandbox, body, [])
-    assert not any(os.path.exists(p) for p in outside)
+    outcome = small.run(program, "assert f() == 'survived'\n", "f")
+    assert outcome.passed == 0 and outcome.error.startswith("memory limit")
+    fits = small.run(program.replace("range(6)", "range(1)"), "assert f() == 'survived'\n", "f")
+    assert fits.all_passed, fits.error
 
 
-@pytest.mark.skipif(not AS_ROOT, reason="the working directory's tmpfs needs root")
-def test_working_directory_size_is_capped():
+def test_working_directory_and_file_sizes_are_capped():
     small = Sandbox(SandboxLimits(timeout_s=10.0, max_file_mb=8, workdir_mb=16), workers=1)
-    body = (
-        "    for i in range(8):\n        try:\n            with open(f'big{i}', 'wb') as fh:\n"
+    fill = (
+        "def f(where):\n    for i in range(8):\n        try:\n            with open(f'{where}/big{i}', 'wb') as fh:\n"
         "                fh.write(bytes(4 << 20))\n        except OSError:\n            return i\n"
         "    return 'unbounded'\n"
+        "def g():\n    try:\n        open('big', 'wb').write(bytes(9 << 20))\n    except OSError:\n"
+        "        return 'too big'\n"
     )
-    assert probe(small, "    try:\n        open('big', 'wb').write(bytes(9 << 20))\n"
-                 "    except OSError:\n        return 'too big'\n", "too big")  # RLIMIT_FSIZE
-    assert probe(small, body, 3)  # the fourth 4 MiB file does not fit in 16 MiB
+    test = "def check(f):\n    assert f('.') == 3\n    assert f('/tmp') == 4\n    assert g() == 'too big'\n"
+    outcome = small.run(fill, test, "f")
+    assert (outcome.passed, outcome.total) == (3, 3), outcome.error  # 16 MiB each: the candidate's file takes a page
 
 
-@pytest.mark.skipif(not AS_ROOT, reason="a private IPC namespace needs root")
-def test_sysv_shared_memory_does_not_outlive_the_candidate(sandbox):
-    program = "import ctypes\ndef f():\n    return ctypes.CDLL(None).shmget(0, 1 << 20, 0o1000 | 0o600) >= 0\n"
-    outcome = sandbox.run(program, "def check(c):\n    assert c() is True\n", "f")
-    assert outcome.all_passed  # the segment was created ...
-    with open("/proc/sysvipc/shm") as f:
-        owners = [line.split()[7] for line in f.readlines()[1:]]
-    assert str(outcome.uid) not in owners  # ... and is gone with the candidate's IPC namespace
-
-
-def test_environment_is_scrubbed(sandbox, monkeypatch):
-    monkeypatch.setenv("TWINLOOP_SANDBOX_SECRET", "hunter2")
-    assert probe(sandbox, "    return os.environ.get('TWINLOOP_SANDBOX_SECRET', 'absent')\n", "absent")
-    if AS_ROOT:  # the caller's environment cannot be read through /proc either
-        body = (
-            "    try:\n        open(f'/proc/{os.getppid()}/environ', 'rb').read()\n        return 'read'\n"
-            "    except OSError:\n        return 'blocked'\n"
-        )
-        assert probe(sandbox, body, "blocked")
+def test_task_packages_are_bound_and_others_are_not():
+    with_numpy = Sandbox(SandboxLimits(timeout_s=20.0), workers=1, packages=["numpy"])
+    program = "import numpy as np\ndef f(n):\n    return int(np.arange(n).sum())\n"
+    assert with_numpy.run(program, "assert f(5) == 10\n", "f").all_passed
+    without = Sandbox(SandboxLimits(timeout_s=20.0), workers=1).run(program, "assert f(5) == 10\n", "f")
+    assert without.passed == 0 and without.error.startswith("ModuleNotFoundError")
 
 
 def test_candidates_run_in_a_bounded_parallel_pool():
@@ -421,6 +330,14 @@ def test_candidates_run_in_a_bounded_parallel_pool():
     wall = time.monotonic() - start
     assert all(o.all_passed for o in outcomes)
     assert 2.0 <= wall < 7.5  # 8 one-second jobs, 4 at a time: two rounds, not one and not eight
+
+
+def test_a_huge_fenced_completion_parses_in_linear_time():
+    """A fence then 1 MiB of spaces and no newline made the old regex backtrack for minutes."""
+    for text in ["```" + " " * (1 << 20), "```python\n" + " " * (1 << 20), "```\n" * (1 << 18)]:
+        start = time.monotonic()
+        build_program(extract_code(text, "f"), "", "f")
+        assert time.monotonic() - start < 5.0  # a hang guard, not a speed target: linear is ~0.1 s
 
 
 # --- HumanEval -----------------------------------------------------------------------------------------
@@ -448,3 +365,32 @@ def test_humaneval_canonical_solutions_pass_and_wrong_ones_fail(limit):
     assert [p["task_id"] for p, o in zip(problems, outcomes[:n]) if not o.all_passed] == []
     assert [p["task_id"] for p, o in zip(problems, outcomes[n:]) if o.all_passed] == []
     assert wall < 180.0
+
+
+def test_only_the_judges_verdict_for_this_run_is_accepted():
+    from twinloop.rewards.sandbox import ExecutionOutcome, SandboxError, _read_verdict
+
+    def read(verdict, expected=2):
+        outcome = ExecutionOutcome(0, expected)
+        _read_verdict(outcome, json.dumps(verdict).encode(), "n1", expected)
+        return outcome.passed, outcome.error
+
+    good = {"nonce": "n1", "checks": [True, False], "timed_out": False, "load_error": None}
+    assert read(good) == (1, None)
+    assert read({**good, "nonce": "n2", "checks": [True, True]})[0] == 0  # another run's (or a forged) nonce
+    assert read({**good, "checks": [True, True, True]})[0] == 0  # check count differs from the host's count
+    assert read({**good, "checks": [1, True]})[0] == 0  # not booleans
+    assert read({**good, "checks": []}, expected=0) == (0, None)
+    assert "no valid verdict" in read({"checks": [True, True]})[1]
+    with pytest.raises(SandboxError, match="judge setup failed: x"):
+        read({"nonce": "n1", "harness_error": "judge setup failed: x"})
+    assert read({"nonce": "n2", "harness_error": "forged"})[0] == 0  # no nonce, no sandbox failure
+
+
+def test_bad_sandbox_settings_fail_in_one_line_before_running_anything():
+    with pytest.raises(ValueError, match=r"^SandboxLimits.memory_mb must be a positive number, got 0$"):
+        SandboxLimits(memory_mb=0)
+    with pytest.raises(ValueError, match=r"^SandboxLimits.timeout_s must be a positive number, got '10'$"):
+        SandboxLimits(timeout_s="10")
+    with pytest.raises(ValueError, match=r"^sandbox package 'no_such_package_xyz' is not an installed package$"):
+        Sandbox(packages=["no_such_package_xyz"])
