@@ -136,3 +136,20 @@ def test_twinloop_ttt_command(tiny_model_dir, tmp_path, capsys):
     assert "N_TTT=2" in capsys.readouterr().out
     assert main(["ttt", "--model", str(tiny_model_dir), "--task-args", "[1]"]) == 2
     assert "JSON object" in capsys.readouterr().err
+
+
+def test_prompt_parts_cut_where_the_question_starts(tiny_model_dir):
+    from transformers import AutoTokenizer
+    from twinloop.infer.qttt_answer import prompt_parts
+
+    from twinloop.tasks.kv_retrieval import load
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    (row,) = load("test", n=1, context_words=40, n_keys=3)
+    parts = prompt_parts(tok, row)
+    context, tail = tok.decode(parts.context), tok.decode(parts.tail)
+    assert context.endswith(row["context"]) and context.startswith("<|im_start|>user\n")
+    assert tail.startswith(row["question"]) and tail.endswith("<|im_start|>assistant\n" + row["answer_prefix"])
+    assert tok.decode(parts.answer) == " " + row["answer"]
+    with pytest.raises(ValueError, match="'question'"):
+        prompt_parts(tok, {"prompt": row["prompt"]})
