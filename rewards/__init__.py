@@ -26,6 +26,10 @@ REWARD_ALIASES: dict[str, str] = {
     "grm": "twinloop.rewards.generative:GenerativeReward(mode='group')",
     "pairwise": "twinloop.rewards.pairwise:PairwiseVerifier()",
     "selfeval": "twinloop.rewards.selfeval:SelfEvalProbe()",
+    # no-oracle arithmetic verifiers on the policy engine (rewards/recompute.py, rewards/operands.py)
+    "recompute": "twinloop.tasks._arith_routes:ArithRecomputeReward()",
+    "operands": "twinloop.tasks._arith_routes:ArithOperandsReward()",
+    "recompute+operands": "twinloop.tasks._arith_routes:ArithRecomputeOperandsReward()",
 }
 
 

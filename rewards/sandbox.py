@@ -373,6 +373,7 @@ class CodeExecutionReward(RewardBase):
     """TRL-signature reward: the fraction of test checks passed (``binary=True``: 1.0 only if all pass)."""
 
     name = "code_execution"
+    context_args = ("engine", "model", "tokenizer", "sandbox")  # a Sandbox object is built by the caller
 
     def __init__(self, sandbox: Sandbox | None = None, binary: bool = False, packages: Sequence[str] = (),
                  allow_unsafe_execution: bool = False) -> None:

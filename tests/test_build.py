@@ -164,6 +164,9 @@ def test_a_reward_class_outside_twinloop_round_trips_through_export_and_load(tin
     # two loads of the same weights in one process: CPU float reductions agree to well within 1e-5
     assert after(["q"] * 2, texts) == pytest.approx(before(["q"] * 2, texts), abs=1e-5)
     assert build_reward(str(out), trust_remote_code=True).scale == 2.5
+    # a classifier bundle loads its own weights even when eval passes the policy engine (judges use it)
+    on_eval = build_reward(str(out), trust_remote_code=True, engine=object())
+    assert on_eval.model is not None and on_eval(["q"] * 2, texts) == pytest.approx(after(["q"] * 2, texts), abs=1e-5)
 
 
 # ------------------------------------------------------------------------------ the contract, checked

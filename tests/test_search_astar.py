@@ -42,9 +42,10 @@ def test_astar_collects_n_over_k_solutions_across_problems():
     assert all(len(c.prompts) == 2 for c in eng.calls)  # both problems expand in the same engine calls
 
 
-def test_astar_pops_n_over_k_nodes_per_round_by_default():
+def test_astar_batched_pops_take_as_many_nodes_as_solutions_sought():
     eng, prm = ScriptedEngine({"Q": Q, "R": Q}), TablePRM(TABLE)
-    res = astar.run([Problem("Q"), Problem("R")], eng, prm, Budget(n=8), AStarConfig(answer_fn=last_boxed, k=4))
+    res = astar.run([Problem("Q"), Problem("R")], eng, prm, Budget(n=8),
+                    AStarConfig(answer_fn=last_boxed, k=4, pops_per_round=None))
     assert all(len(r.candidates) == 2 and r.answer == "5" for r in res)
     # root first (one node each), then N // k = 2 pops per problem: 4 prompts in one engine call
     assert [len(c.prompts) for c in eng.calls][:2] == [2, 4]

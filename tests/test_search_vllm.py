@@ -86,7 +86,8 @@ def test_budget_cap_on_vllm(vllm_engine):
     cfg = beam_search.Config(max_tokens=32, temperature=1.0, stepper=Stepper(tokens_per_step=8), width=2)
     res = beam_search.run(PROBLEMS, vllm_engine, LengthPRM(), Budget(n=4, generated_tokens=40), cfg)
     assert all(r.budget_exhausted and r.stop_reason == "budget" for r in res)
-    assert all(r.usage.generated_tokens <= 40 + 4 * 8 for r in res)
+    # a hard cap: the round that would cross 40 tokens is shrunk to fit, never overshoots
+    assert all(r.usage.generated_tokens <= 40 for r in res) and any(r.usage.generated_tokens > 32 for r in res)
 
 
 def test_judge_families_on_vllm(vllm_engine):

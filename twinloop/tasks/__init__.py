@@ -3,7 +3,8 @@
 ``load(split="test", n=None, seed=None)`` gives rows with a chat-format ``prompt`` plus gold columns, and
 ``reward()`` the task's own verifiable reward. A family of generators (``rgym``) sets ``FAMILY = True`` and takes
 its member first: ``load(name, ...)``, ``reward(name)``. Name a task with one spec, ``arith`` or
-``rgym:countdown``, through ``twinloop.build.build_task``. Modules import their data lazily.
+``rgym:countdown``, through ``twinloop.build.build_task``. Modules import their data lazily; helper modules
+(a task's recompute routes, say) are private (``_arith_routes``).
 """
 from __future__ import annotations
 

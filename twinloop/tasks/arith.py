@@ -469,3 +469,12 @@ def reward() -> ArithOutcomeReward:
     """The task's verifiable reward: the boxed answer against the gold (the exact process reward is
     ``ArithProcessReward``, alias ``arith_process``)."""
     return ArithOutcomeReward()
+
+
+# ---------------------------------------------------------------- no-oracle verifiers (routes in _arith_routes.py)
+
+def recompute_reward(engine: Any, **settings: Any):
+    """The policy (or any Engine) re-derives each step by another route; see ``twinloop.tasks._arith_routes``."""
+    from twinloop.tasks._arith_routes import recompute_reward as build
+
+    return build(engine, **settings)
