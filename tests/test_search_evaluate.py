@@ -44,10 +44,28 @@ def test_rows_resume_and_torn_line(tmp_path):
     assert len(ev.finished_keys(path)) == 15
 
 
+class _MeetingEngine(ScriptedEngine):
+    """Holds its first batch until the other engine has one too: with a work queue, a fast engine may
+    otherwise take every job before the second thread starts (seen under load)."""
+
+    def __init__(self, script, barrier):
+        super().__init__(script)
+        self.barrier, self.met = barrier, False
+
+    def generate(self, requests, sampling):
+        if not self.met:
+            self.met = True
+            self.barrier.wait(timeout=30)
+        return super().generate(requests, sampling)
+
+
 def test_sharding_over_engines_merges_into_one_file(tmp_path):
+    import threading
+
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
     run_eval(one, [ScriptedEngine(SCRIPT)], methods=("best_of_n",))
-    run_eval(two, [ScriptedEngine(SCRIPT), ScriptedEngine(SCRIPT)], methods=("best_of_n",))
+    barrier = threading.Barrier(2)
+    run_eval(two, [_MeetingEngine(SCRIPT, barrier), _MeetingEngine(SCRIPT, barrier)], methods=("best_of_n",))
     rows = ev.read_rows(two)
     assert {r["shard"] for r in rows} == {0, 1}
     assert ev.finished_keys(one) == ev.finished_keys(two)
