@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twinloop.rewards.base import RewardBase, message_text
-from twinloop.rewards.process import AGGREGATIONS, aggregate, split_steps
+from twinloop.rewards.process import AGGREGATIONS, call_by_steps
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
@@ -98,21 +98,7 @@ class OperandConsistencyReward(RewardBase):
                 for p, ss in zip(prompts, steps)]
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
-        return _call_by_steps(self, prompts, completions, columns)
-
-
-def _call_by_steps(reward: Any, prompts: Sequence[Any], completions: Sequence[Any], columns: dict[str, Any]
-                   ) -> list[float | None]:
-    reward.usage.calls += 1
-    reward.usage.items += len(completions)
-    steps = [split_steps(message_text(c), reward.delimiter) for c in completions]
-    keep = [i for i, s in enumerate(steps) if s]
-    rows = reward.step_scores([prompts[i] for i in keep], [steps[i] for i in keep], **columns)
-    out: list[float | None] = [reward.unparseable_score] * len(completions)
-    reward.usage.unparseable += len(completions) - len(keep)
-    for i, row in zip(keep, rows):
-        out[i] = aggregate(row, reward.aggregation)
-    return out
+        return call_by_steps(self, prompts, completions, columns)
 
 
 def combine_scores(rows: Sequence[Sequence[float]], how: str = "min") -> list[float]:
@@ -170,11 +156,11 @@ class CombinedProcessReward(RewardBase):
         return [combine_scores([p[i] for p in parts], self.combine) for i in range(len(steps))]
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
-        return _call_by_steps(_OwnUsage(self), prompts, completions, columns)
+        return call_by_steps(_OwnUsage(self), prompts, completions, columns)
 
 
 class _OwnUsage:
-    """The combined reward seen with its own counters, so ``_call_by_steps`` increments those."""
+    """The combined reward seen with its own counters, so ``call_by_steps`` increments those."""
 
     def __init__(self, reward: CombinedProcessReward) -> None:
         self.reward, self.usage = reward, reward.own

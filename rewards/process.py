@@ -60,6 +60,23 @@ def aggregate(step_scores: Sequence[float], how: str = "last") -> float:
     return float(sum(step_scores) / len(step_scores))
 
 
+def call_by_steps(reward: Any, prompts: Sequence[Any], completions: Sequence[Any], columns: dict[str, Any]
+                  ) -> list[float | None]:
+    """A process reward's TRL call from its ``step_scores``: split each completion at ``reward.delimiter``,
+    score the non-empty ones in one call, aggregate with ``reward.aggregation``; a completion with no step
+    scores ``reward.unparseable_score`` and is counted."""
+    reward.usage.calls += 1
+    reward.usage.items += len(completions)
+    steps = [split_steps(message_text(c), reward.delimiter) for c in completions]
+    keep = [i for i, s in enumerate(steps) if s]
+    rows = reward.step_scores([prompts[i] for i in keep], [steps[i] for i in keep], **columns)
+    out: list[float | None] = [reward.unparseable_score] * len(completions)
+    reward.usage.unparseable += len(completions) - len(keep)
+    for i, row in zip(keep, rows):
+        out[i] = aggregate(row, reward.aggregation)
+    return out
+
+
 def encode_prompt(tokenizer: Any, prompt: Any) -> list[int]:
     """Token ids of a text prompt (as-is) or a chat prompt (chat template with the generation prompt)."""
     if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], dict):

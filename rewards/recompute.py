@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from twinloop.rewards.base import RewardBase, message_text
-from twinloop.rewards.process import AGGREGATIONS, aggregate, encode_prompt, split_steps
+from twinloop.rewards.process import AGGREGATIONS, call_by_steps, encode_prompt
 
 from twinloop.contracts import Request, SamplingConfig
 
@@ -274,13 +274,4 @@ class RecomputeProcessReward(RewardBase):
             j[5].append((value, prob))
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
-        self.usage.calls += 1
-        self.usage.items += len(completions)
-        steps = [split_steps(message_text(c), self.delimiter) for c in completions]
-        keep = [i for i, s in enumerate(steps) if s]
-        scores = self.step_scores([prompts[i] for i in keep], [steps[i] for i in keep], **columns)
-        out: list[float | None] = [self.unparseable_score] * len(completions)
-        self.usage.unparseable += len(completions) - len(keep)
-        for i, row in zip(keep, scores):
-            out[i] = aggregate(row, self.aggregation)
-        return out
+        return call_by_steps(self, prompts, completions, columns)
