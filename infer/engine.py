@@ -76,6 +76,22 @@ def check_model_dir(model: str) -> None:
         raise EngineError(f"{model!r} has no config.json: not a Hugging Face model folder")
 
 
+def check_policy_dir(model: str) -> None:
+    """``check_model_dir`` plus one-line errors for a reward model given where a policy belongs: a classifier
+    (``*ForSequenceClassification``/``*ForTokenClassification``: a scalar RM or PRM) or a classifier bundle."""
+    import json
+    import os
+
+    check_model_dir(model)
+    try:
+        arch = (json.load(open(os.path.join(model, "config.json"))).get("architectures") or [""])[0]
+    except (OSError, ValueError, AttributeError) as e:
+        raise EngineError(f"{model!r}: config.json is unreadable ({type(e).__name__}: {e})") from e
+    if arch.endswith(("ForSequenceClassification", "ForTokenClassification")):
+        raise EngineError(f"{model!r} is a reward model ({arch}), not a policy: give it as the reward "
+                          "(--reward FOLDER, reward_funcs) and a causal LM folder as the policy")
+
+
 VALID_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 

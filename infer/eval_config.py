@@ -40,6 +40,10 @@ class EvalConfig:
     dev_problems: int | None = field(default=None, **_help("dev problems compute_optimal fits on (default 100)"))
     engine: str = field(default="vllm", **_help("offline engine when no --servers", choices=["vllm", "hf"]))
     servers: str | None = field(default=None, **_help("comma list of vLLM server URLs to shard over"))
+    server_timeout: float = field(default=60.0, **_help(
+        "seconds to wait for one server reply before a retry; a hung server fails its batch after "
+        "(server_retries + 1) x this"))
+    server_retries: int = field(default=2, **_help("retries of a failed or timed-out server request"))
     tokenizer: str | None = field(default=None, **_help("tokenizer folder, when it is not the checkpoint's own"))
     dtype: str = field(default="float32", **_help("model dtype"))
     max_model_len: int | None = field(default=None, **_help("engine context length (default: the model's, <= 4096)"))
@@ -48,6 +52,55 @@ class EvalConfig:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(EvalConfig))
+_KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list": (list, tuple)}
+
+
+def _kind(field_type: str) -> str:
+    """The settings kind of an annotation string (``int | None`` -> int)."""
+    return next(k for k in ("list", "bool", "float", "int", "str") if k in field_type)
+
+
+def check_types(data: dict[str, Any], where: str) -> None:
+    """One-line error for a recipe value of the wrong type (argparse would not see a YAML list or number)."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(EvalConfig)}
+    for key, value in data.items():
+        kind = _kind(types[key])
+        if value is None and "None" in types[key] or key in ("methods", "budgets") and isinstance(value, (str, int)):
+            continue
+        ok = isinstance(value, _KINDS[kind]) and not (kind in ("int", "float") and isinstance(value, bool))
+        if not ok:
+            raise ValueError(f"{where}: eval setting {key!r} must be {'a' if kind != 'int' else 'an'} {kind}, "
+                             f"got {value!r}")
+
+
+def positive_ints(text: Any, flag: str) -> list[int]:
+    """``4,8,16`` -> [4, 8, 16]; one-line error unless every item is an integer >= 1."""
+    items = [x.strip() for x in str(text).split(",") if x.strip()]
+    try:
+        values = [int(x) for x in items]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise ValueError(f"{flag} wants integers >= 1 like 4,8,16,32, got {text!r}")
+    return values
+
+
+def check_eval_settings(opts: dict[str, Any]) -> None:
+    """One-line errors for settings that cannot run, raised before anything is loaded or written."""
+    if not [m for m in str(opts.get("methods") or "").split(",") if m.strip()]:
+        raise ValueError("--methods is empty; give a comma list such as greedy,majority,best_of_n")
+    positive_ints(opts.get("budgets"), "--budgets")
+    at_least = {"n_problems": 1, "dev_problems": 1, "batch": 1, "max_tokens": 1, "max_generated_tokens": 1,
+                "max_rm_calls": 0, "server_retries": 0}
+    for key, low in at_least.items():
+        value = opts.get(key)
+        if value is not None and value < low:
+            hint = " (leave it out for the whole split)" if key == "n_problems" else ""
+            raise ValueError(f"--{key} must be >= {low}{hint}, got {value}")
+    if opts.get("temperature") is not None and opts["temperature"] < 0:
+        raise ValueError(f"--temperature must be >= 0, got {opts['temperature']}")
+    if opts.get("server_timeout") is not None and opts["server_timeout"] <= 0:
+        raise ValueError(f"--server_timeout must be > 0 seconds, got {opts['server_timeout']}")
 
 
 def recipe_defaults(path: str) -> dict[str, Any]:
@@ -66,6 +119,7 @@ def recipe_defaults(path: str) -> dict[str, Any]:
             data[key] = ",".join(str(x) for x in data[key])
     if isinstance(data.get("set"), dict):
         data["set"] = [f"{k}={json.dumps(v)}" for k, v in data["set"].items()]
+    check_types(data, f"recipe {path}")
     return data
 
 
@@ -102,6 +156,11 @@ def parse_eval_args(argv: Sequence[str]) -> dict[str, Any]:
             recipe, argv = arg.partition("=")[2], argv[:i] + argv[i + 1:]
             break
     parser = HfArgumentParser(EvalConfig, prog="twinloop eval")
+
+    def one_line(message: str) -> None:  # argparse would print the whole usage and exit
+        raise ValueError(f"{message} (twinloop eval --help lists the settings)")
+
+    parser.error = one_line
     if recipe:
         parser.set_defaults(**recipe_defaults(recipe))
     (config,) = parser.parse_args_into_dataclasses(argv)

@@ -245,17 +245,28 @@ def method_of(module: Any) -> str:
     return module.__name__.rsplit(".", 1)[-1]
 
 
-def build_engines(opts: dict[str, Any]) -> list[Any]:
-    ckpt = opts["checkpoint"]
+def check_checkpoint(ckpt: str | None) -> None:
+    """One-line error unless ``ckpt`` is a policy folder (not missing, not a reward model)."""
+    from twinloop.infer.engine import check_policy_dir
+
     if not ckpt:
         raise ValueError("--checkpoint is required (the policy model folder)")
     if not Path(ckpt).is_dir():
         raise FileNotFoundError(f"checkpoint folder {ckpt} not found")
+    check_policy_dir(ckpt)
+
+
+def build_engines(opts: dict[str, Any]) -> list[Any]:
+    ckpt = opts["checkpoint"]
+    check_checkpoint(ckpt)
     if opts["servers"]:
         from twinloop.infer.openai_engine import OpenAIEngine
 
         tok = opts["tokenizer"] or ckpt
-        return [OpenAIEngine(url.strip(), tokenizer=tok) for url in str(opts["servers"]).split(",") if url.strip()]
+        timing = {"read_timeout": float(opts.get("server_timeout") or 60.0),
+                  "retries": int(opts.get("server_retries") if opts.get("server_retries") is not None else 2)}
+        return [OpenAIEngine(url.strip(), tokenizer=tok, **timing) for url in str(opts["servers"]).split(",")
+                if url.strip()]
     if opts["engine"] == "hf":
         from transformers import AutoTokenizer
         from twinloop.infer.hf_engine import HFEngine
@@ -316,15 +327,14 @@ def run(opts: dict[str, Any], build_reward: RewardBuilder) -> int:
     """`twinloop eval` with the settings of ``twinloop.infer.eval_config.parse_eval_args``; ``build_reward`` comes
     from the CLI layer (``twinloop.eval_cli``): rewards are built by the one builder, above the engines."""
     from twinloop.infer import report
+    from twinloop.infer.eval_config import check_eval_settings, positive_ints
 
     opts = dict(opts)
+    check_eval_settings(opts)  # nothing is loaded or written before the settings can run
     methods = [m.strip() for m in str(opts["methods"]).split(",") if m.strip()]
     for m in methods:
         load_procedure(m)
-    try:
-        budgets = [int(b) for b in str(opts["budgets"]).split(",") if b.strip()]
-    except ValueError as e:
-        raise ValueError(f"--budgets wants integers like 4,8,16,32, got {opts['budgets']!r}") from e
+    budgets = positive_ints(opts["budgets"], "--budgets")
     per_method = method_settings(opts["set"], methods)
     reward_spec = opts["reward"] or ("arith_process" if opts["task"] == "arith" else None)
     opts["reward"] = reward_spec
@@ -336,7 +346,10 @@ def run(opts: dict[str, Any], build_reward: RewardBuilder) -> int:
     for m in methods:  # fail on unknown settings before loading anything heavy
         config_for(load_procedure(m))
     out = Path(opts["out"] or f"runs/eval-{opts['task'].replace(':', '-')}")
+    check_checkpoint(opts["checkpoint"])
     rows = load_rows(opts["task"], opts["split"], opts["n_problems"])
+    if not rows:
+        raise ValueError(f"task {opts['task']!r} split {opts['split']!r} has no problems; check --task and --split")
     problems = to_problems(rows)
     judge = make_judge(opts["task"])
     build_reward(reward_spec, opts["task"])  # validate the spec early

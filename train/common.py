@@ -71,6 +71,93 @@ def with_flat_recipe(argv: Sequence[str], section: str) -> list[str]:
     return argv
 
 
+def config_path(argv: Sequence[str]) -> str | None:
+    """The ``--config FILE`` of an argv, if any."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.partition("=")[2]
+    return None
+
+
+_VALUE_KINDS = ("list", "dict", "bool", "float", "int", "str")
+
+
+def _value_problem(annotation: Any, value: Any) -> str | None:
+    """What is wrong with a recipe value for a field of this annotation; None when it fits or the annotation is
+    not one plain kind (then argparse and the config's own checks judge it)."""
+    text = annotation if isinstance(annotation, str) else str(annotation)
+    text = text.replace("Optional", "").replace("None", "").replace("NoneType", "")
+    kinds = [k for k in _VALUE_KINDS if k in text and not (k == "int" and "Interval" in text)]
+    if len(kinds) != 1 or value is None:
+        return None
+    kind = kinds[0]
+    if kind in ("int", "float"):
+        if isinstance(value, bool) or isinstance(value, (list, dict)):
+            return f"must be a number ({kind})"
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                return f"must be a number ({kind})"
+            value = number
+        if kind == "int" and float(value) != int(float(value)):
+            return "must be an integer"
+        return None
+    if kind == "bool":
+        ok = isinstance(value, bool) or str(value).lower() in ("true", "false", "yes", "no", "1", "0")
+        return None if ok else "must be true or false"
+    if kind == "str":
+        return "must be a string" if isinstance(value, (list, dict)) else None
+    return None if isinstance(value, (list, tuple) if kind == "list" else dict) else f"must be a {kind}"
+
+
+def parse_config(parser_types: tuple, argv: Sequence[str], recipe: str | None = None) -> tuple:
+    """TrlParser over ``parser_types`` with one-line errors naming the recipe: an unknown key, a value of the wrong
+    type (YAML lists and numbers never reach argparse's own type check) and a bad command-line flag. Nothing
+    is loaded before these checks."""
+    import dataclasses
+
+    import yaml
+    from trl import TrlParser
+
+    argv = list(argv)
+    recipe = recipe or config_path(argv)
+    where = f"recipe {recipe}" if recipe else "command line"
+    path = config_path(argv)
+    if path:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"recipe {recipe} not found")
+        data = yaml.safe_load(open(path)) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"recipe {recipe} must be a mapping of settings, got {type(data).__name__}")
+        fields = {f.name: f.type for t in parser_types for f in dataclasses.fields(t)}
+        unknown = sorted(set(data) - set(fields) - {"env"})
+        if unknown:
+            raise ValueError(f"recipe {recipe} has unknown key {unknown[0]!r}; remove it or fix its spelling "
+                             "(--help lists the settings)")
+        for key, value in data.items():
+            problem = key in fields and _value_problem(fields[key], value)
+            if problem:
+                raise ValueError(f"recipe {recipe}: {key} {problem}, got {value!r}")
+    parser = TrlParser(parser_types)
+
+    def one_line(message: str) -> None:  # argparse would print the whole usage and exit
+        raise ValueError(f"{where}: {message}")
+
+    parser.error = one_line
+    try:
+        return parser.parse_args_and_config(argv)
+    except ValueError as e:
+        text = str(e)
+        if "not used by the HfArgumentParser" in text:
+            raise ValueError(f"unknown command-line flag(s) {text.partition(': ')[2]} (--help lists the settings)") \
+                from None
+        raise
+
+
 def launch_command(recipe: str, accelerate_config: str | None = None, num_processes: int | None = None,
                    extra: Sequence[str] = (), module: str = "twinloop.train.gppo") -> list[str]:
     """The argv that launches ``recipe``: plain python, or ``accelerate launch`` with a config file."""

@@ -27,8 +27,8 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 from twinloop.rewards.base import checked
 from twinloop.train.checkpointing import AtomicCheckpointMixin
-from twinloop.train.common import cpu_overrides, load_tokenizer, with_flat_recipe
-from twinloop.train.gppo import GPPOScriptArguments, build_dataset, teardown
+from twinloop.train.common import config_path, cpu_overrides, load_tokenizer, parse_config, with_flat_recipe
+from twinloop.train.gppo import GPPOScriptArguments, build_dataset, check_policy, check_script, teardown
 
 REWARD_MODES = ("ctrl", "calibrated", "raw")
 
@@ -144,8 +144,7 @@ class CTRLTrainer(AtomicCheckpointMixin, GRPOTrainer):
 
 def build_trainer(script: GPPOScriptArguments, cfg: CTRLConfig, reward: Any = None, train_dataset=None,
                   callbacks=None) -> CTRLTrainer:
-    if not os.path.isdir(script.model_name_or_path):
-        raise FileNotFoundError(f"model folder not found: {script.model_name_or_path}")
+    check_policy(script.model_name_or_path)
     dataset = train_dataset if train_dataset is not None else build_dataset(script)
     reward = reward if reward is not None else build_reward(script, cfg, dataset["prompt"])
     cfg.model_init_kwargs = {**(cfg.model_init_kwargs or {}), "dtype": script.dtype}
@@ -155,10 +154,11 @@ def build_trainer(script: GPPOScriptArguments, cfg: CTRLConfig, reward: Any = No
 
 
 def parse(argv: Sequence[str]) -> tuple[GPPOScriptArguments, CTRLConfig]:
-    from trl import TrlParser
-
+    recipe = config_path(argv)
     argv = with_flat_recipe(argv, "train")
-    return TrlParser((GPPOScriptArguments, CTRLConfig)).parse_args_and_config(argv + cpu_overrides(argv))
+    script, cfg = parse_config((GPPOScriptArguments, CTRLConfig), argv + cpu_overrides(argv), recipe)
+    check_script(script)
+    return script, cfg
 
 
 def main(argv: Sequence[str] | None = None, callbacks=None) -> int:

@@ -26,9 +26,11 @@ from twinloop.rewards.base import checked
 from twinloop.train.checkpointing import AtomicCheckpointMixin
 from twinloop.train.common import (  # noqa: F401  (re-exported for recipes and scripts that import them here)
     arrow_safe,
+    config_path,
     cpu_overrides,
     launch_command,
     load_tokenizer,
+    parse_config,
     recipe_launch_line,
     shutdown_colocated_vllm,
     with_flat_recipe,
@@ -235,13 +237,14 @@ def build_dataset(script: GPPOScriptArguments):
     from twinloop.tasks import build_task
 
     rows = build_task(script.task).load("train", n=script.train_size, seed=script.task_seed)
+    if not rows:
+        raise ValueError(f"task {script.task!r} gave no training problems (train_size={script.train_size})")
     return Dataset.from_list([arrow_safe(r) for r in rows])
 
 
 def build_trainer(script: GPPOScriptArguments, cfg: GPPOConfig, rewards: Sequence[Any] | None = None,
                   train_dataset=None, callbacks=None) -> GPPOTrainer:
-    if not os.path.isdir(script.model_name_or_path):
-        raise FileNotFoundError(f"model folder not found: {script.model_name_or_path}")
+    check_policy(script.model_name_or_path)
     cfg.model_init_kwargs = {**(cfg.model_init_kwargs or {}), "dtype": script.dtype}
     return GPPOTrainer(model=script.model_name_or_path,
                        reward_funcs=[checked(r) for r in (rewards if rewards is not None else
@@ -251,12 +254,29 @@ def build_trainer(script: GPPOScriptArguments, cfg: GPPOConfig, rewards: Sequenc
 
 
 def parse(argv: Sequence[str]) -> tuple[GPPOScriptArguments, GPPOConfig]:
-    from trl import TrlParser
-
+    recipe = config_path(argv)
     argv = with_flat_recipe(argv, "train")
-    parser = TrlParser((GPPOScriptArguments, GPPOConfig))
-    script, cfg = parser.parse_args_and_config(argv + cpu_overrides(argv))
+    script, cfg = parse_config((GPPOScriptArguments, GPPOConfig), argv + cpu_overrides(argv), recipe)
+    check_script(script)
     return script, cfg
+
+
+def check_script(script: GPPOScriptArguments) -> None:
+    """One-line errors for sizes the config dataclass cannot refuse (the model folder is checked at build time:
+    a GPU recipe parses on a machine without its model)."""
+    if script.train_size < 1:
+        raise ValueError(f"train_size must be >= 1 (training problems), got {script.train_size}")
+    if not script.reward_funcs:
+        raise ValueError("reward_funcs is empty: name at least one reward spec")
+
+
+def check_policy(folder: str) -> None:
+    """One-line error unless ``folder`` is a policy model folder (not missing, not a reward model)."""
+    from twinloop.infer.engine import check_policy_dir
+
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"model folder not found: {folder}")
+    check_policy_dir(folder)
 
 
 def validate_recipe(recipe: str) -> tuple[GPPOScriptArguments, GPPOConfig, list[str]]:
@@ -298,12 +318,7 @@ def main(argv: Sequence[str] | None = None, callbacks=None) -> int:
     torch.set_num_threads(int(os.environ.get("TWINLOOP_TORCH_THREADS", "1")))
     script, cfg = parse(sys.argv[1:] if argv is None else argv)
     trainer = build_trainer(script, cfg, callbacks=callbacks)
-    resume = cfg.resume_from_checkpoint
-    if resume in ("auto", "last", "true", "True"):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        resume = get_last_checkpoint(cfg.output_dir) if os.path.isdir(cfg.output_dir) else None
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)  # auto: the newest complete checkpoint
     trainer.save_model(cfg.output_dir)
     teardown(trainer)
     return 0

@@ -171,7 +171,8 @@ def run_rm_trainer(name: str, parser_types: tuple, build: Any, train: Any, argv:
     import os
 
     import torch
-    from trl import TrlParser
+    from twinloop.infer.engine import check_policy_dir
+    from twinloop.train.common import parse_config
 
     from twinloop.build import build_reward
 
@@ -180,9 +181,10 @@ def run_rm_trainer(name: str, parser_types: tuple, build: Any, train: Any, argv:
     if not torch.cuda.is_available():  # CPU: TRL's bf16 default refuses to start without these
         argv += [f for flag, value in (("--use_cpu", "true"), ("--bf16", "false")) if flag not in argv
                  for f in (flag, value)]
-    script, cfg = TrlParser(parser_types).parse_args_and_config(argv)
+    script, cfg = parse_config(parser_types, argv)
     if not os.path.isdir(script.policy_dir):
         raise FileNotFoundError(f"policy folder not found: {script.policy_dir}")
+    check_policy_dir(script.policy_dir)
     verifier = build_reward(script.verifier)
     engine = make_engine(script.engine, script.policy_dir, seed=cfg.seed)
     train_data = build(script, "train", script.train_problems, engine, verifier, cfg.seed)

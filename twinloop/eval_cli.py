@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from twinloop.build import build_reward, reward_class
+from twinloop.build import build_reward, parse_reward_spec, reward_class
 from twinloop.infer import evaluate
 from twinloop.infer.eval_config import parse_eval_args
 
@@ -28,8 +28,28 @@ def reward_for(spec: Any, task: str, engine: Any = None) -> Any:
     if engine is None:
         if spec is not None:
             reward_class(str(spec))
+            check_bundle(str(spec))
         return None
     return build_reward(spec, task=task, engine=engine)
+
+
+def check_bundle(spec: str) -> None:
+    """A bundle spec's document and manifest, checked before any engine loads or any output is written."""
+    from pathlib import Path
+
+    parsed = parse_reward_spec(spec)
+    if parsed is None or parsed.bundle is None:
+        return
+    from twinloop.checkpoints.export import read_spec
+    from twinloop.checkpoints.manifest import verify
+
+    document = read_spec(parsed.bundle)
+    if document.get("manifest") or (Path(parsed.bundle) / "manifest.json").is_file():
+        problems = verify(parsed.bundle)
+        if problems:
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ValueError(f"reward bundle {parsed.bundle} fails its manifest check: {problems[0]}{more}; "
+                             "export it again (twinloop export) or copy it again whole")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
