@@ -4,10 +4,11 @@ that nothing is lost or doubled (issue 19, section 4).
 - eval: `twinloop eval` on the shipped tiny policy is killed once rows are on disk; the rerun must keep
   those rows byte for byte, add exactly the missing (method, budget, problem) keys, and end with every
   key exactly once.
-- training: a 2-process DDP GPPO run (accelerate, gloo) is killed from outside, with SIGKILL to its
-  whole process group, at a random step (seeded), three times in a row; each rerun resumes from the
-  last checkpoint. After every kill each checkpoint folder must be complete (never half-written), and
-  the final weights must match an uninterrupted run with the same seed within rtol 1e-4, atol 1e-5.
+- training: a 2-process DDP GPPO run (accelerate, gloo) of the shipped tiny policy is killed from outside,
+  with SIGKILL to every process of the run at once, at a random step (seeded), three times in a row; each
+  rerun resumes from the last complete checkpoint. After every kill each checkpoint folder must be complete
+  (never half-written), and the final weights must match an uninterrupted run with the same seed within
+  rtol 1e-4, atol 1e-5.
 
     python bench/kill_resume.py --what eval,train --out /tmp/kill-resume
 """
@@ -48,8 +49,16 @@ def _alive_with(text: str) -> list[int]:
     return found
 
 
-def _kill_group(proc: subprocess.Popen, marker: str) -> list[int]:
-    """SIGKILL the run's process group; returns processes holding ``marker`` that survived it."""
+def _kill_group(proc: subprocess.Popen, marker: str, whole_run: bool = False) -> list[int]:
+    """SIGKILL the run's process group (with ``whole_run``, first every process holding ``marker`` at once, as
+    an OOM kill or a lost node would: accelerate's launcher starts its workers in sessions of their own, so a
+    kill of its group alone leaves them training); returns processes holding ``marker`` that survived."""
+    if whole_run:
+        for pid in _alive_with(marker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -127,7 +136,7 @@ def _train_argv(model: Path, out: Path, steps: int) -> list[str]:
             "--resume_from_checkpoint", "auto"]
 
 
-def _train(model: Path, out: Path, steps: int, kill_at_step: int | None) -> dict[str, Any]:
+def _train(model: Path, out: Path, steps: int, kill_at_step: int | None, log: Path | None = None) -> dict[str, Any]:
     """Runs (resuming from the last checkpoint); with ``kill_at_step``, SIGKILLs the process group as soon
     as that many step logs of this launch have appeared (the kill lands inside the next step)."""
     proc = subprocess.Popen(_train_argv(model, out, steps), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
@@ -146,9 +155,11 @@ def _train(model: Path, out: Path, steps: int, kill_at_step: int | None) -> dict
     while proc.poll() is None and not reached.is_set():
         time.sleep(0.05)
     killed = reached.is_set() and proc.poll() is None
-    survivors = _kill_group(proc, str(out)) if killed else []
+    survivors = _kill_group(proc, str(out), whole_run=True) if killed else []
     proc.wait()
     reader.join(timeout=5)
+    if log is not None:
+        log.write_text("".join(logged))
     return {"rc": proc.returncode, "killed": killed, "survivors": survivors, "log": "".join(logged[-40:])}
 
 
@@ -173,6 +184,8 @@ def _max_weight_gap(a: Path, b: Path) -> tuple[float, bool]:
     from safetensors.torch import load_file
 
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    wa = {k: v.float() for k, v in wa.items()}
+    wb = {k: v.float() for k, v in wb.items()}
     gap, close = 0.0, set(wa) == set(wb)
     for name in wa:
         gap = max(gap, float((wa[name] - wb[name]).abs().max()))
@@ -182,31 +195,34 @@ def _max_weight_gap(a: Path, b: Path) -> tuple[float, bool]:
 
 def train_kill_resume(out: Path, steps: int = 8, kills: int = 3, seed: int = 0) -> dict[str, Any]:
     """An uninterrupted reference, then the same run killed ``kills`` times at random steps and resumed."""
-    from twinloop.tiny import build_random_tiny
-
     out = Path(out)
-    model = build_random_tiny(out / "model", seed=0)
-    reference = _train(model, out / "reference", steps, None)
+    model = REPO / "checkpoints" / "tiny-arith-policy"  # a trained policy: its rewards vary, so weights move
+    reference = _train(model, out / "reference", steps, None, out / "reference.log")
     if reference["rc"] != 0:
         return {"error": "reference run failed: " + reference["log"][-1500:]}
     rng = random.Random(seed)
     run, events, bad = out / "killed", [], []
-    for _ in range(kills):
+    for k in range(kills):
         done = max([int(p.name.split("-")[1]) for p in run.glob("checkpoint-*")] or [0])
         left = steps - done
         at = rng.randint(1, max(1, left - 1))  # this launch's step count at which the kill lands
-        result = _train(model, run, steps, at)
+        result = _train(model, run, steps, at, out / f"killed-{k}.log")
         checkpoints = sorted(run.glob("checkpoint-*"))
         bad += [problem for c in checkpoints if (problem := _checkpoint_complete(c))]
         events.append({"kill_after_steps_of_launch": at, "resumed_from": done, "killed": result["killed"],
                        "checkpoints": [c.name for c in checkpoints], "survivors": result["survivors"]})
-    final = _train(model, run, steps, None)
+    final = _train(model, run, steps, None, out / "final.log")
     if final["rc"] != 0:
         return {"error": "final resume failed: " + final["log"][-1500:], "events": events}
+    if problem := _checkpoint_complete(run / f"checkpoint-{steps}"):
+        return {"error": "final checkpoint incomplete: " + problem, "events": events, "incomplete_checkpoints": bad}
     gap, close = _max_weight_gap(out / "reference" / f"checkpoint-{steps}", run / f"checkpoint-{steps}")
+    moved, _ = _max_weight_gap(model, out / "reference" / f"checkpoint-{steps}")  # training really changed them
+    extra = sorted(p.name for p in run.glob("checkpoint-*") if int(p.name.split("-")[1]) > steps)
     lost = sum(e["kill_after_steps_of_launch"] for e in events)  # steps of work redone after the kills
     return {"kills": sum(e["killed"] for e in events), "events": events, "incomplete_checkpoints": bad,
-            "max_abs_weight_gap": gap, "weights_match": close, "final_rc": final["rc"],
+            "max_abs_weight_gap": gap, "weights_match": close, "reference_moved_from_start": moved,
+            "checkpoints_past_max_steps": extra, "final_rc": final["rc"],
             "steps_redone_at_most": lost, "steps": steps}
 
 

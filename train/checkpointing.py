@@ -4,15 +4,57 @@ The HF Trainer writes ``checkpoint-N`` in place, so a kill mid-save leaves a fol
 ``get_last_checkpoint`` would pick up and fail to resume from. Here every checkpoint is written under
 ``<output_dir>/.staging/`` and renamed into place once every process has finished writing (``os.replace`` of
 a directory is atomic on one filesystem). A stale staging folder from a killed run is simply overwritten.
+
+Resuming (``train(resume_from_checkpoint="auto")``, also ``True``/``"last"``) picks the newest *complete*
+checkpoint (one holding ``trainer_state.json``, which the Trainer writes last), so a folder left by an older
+in-place save is skipped. A run resumed from a checkpoint at ``max_steps`` or beyond only loads those weights:
+transformers 5.19 would otherwise train one step past ``max_steps`` on every such resume (found by
+bench/kill_resume.py: each relaunch added a checkpoint-9, -10, ... and rotated ``checkpoint-<max_steps>`` away).
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 STAGING_DIR = ".staging"
+RESUME_LAST = ("auto", "last", "true", "True")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_step(folder: str | os.PathLike) -> int | None:
+    """The optimizer step a complete checkpoint folder was saved at; None when it is not one (no readable
+    ``trainer_state.json``: killed mid-save, or not a checkpoint)."""
+    try:
+        return int(json.loads((Path(folder) / "trainer_state.json").read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-N`` under ``output_dir`` that is complete; incomplete ones are skipped."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = sorted(((int(m.group(1)), p) for p in folder.iterdir()
+                    if (m := _CHECKPOINT.match(p.name)) and p.is_dir()), reverse=True)
+    return next((str(p) for _, p in found if checkpoint_step(p) is not None), None)
+
+
+def resolve_resume(resume: str | bool | None, output_dir: str | os.PathLike) -> str | None:
+    """``auto``/``last``/``True`` -> the newest complete checkpoint (None on a fresh run); a path stays as it is
+    (a missing one is a one-line error); None/False/"" -> None."""
+    if resume is True or str(resume) in RESUME_LAST:
+        return last_complete_checkpoint(output_dir)
+    if not resume:
+        return None
+    if checkpoint_step(resume) is None:
+        raise FileNotFoundError(f"resume_from_checkpoint {resume}: not a complete checkpoint folder (no readable "
+                                "trainer_state.json); pass auto to resume from the newest complete one")
+    return str(resume)
 
 
 def write_model_card(folder: str | os.PathLike, *, method: str, base_model: str | None, step: int,
@@ -54,6 +96,17 @@ class AtomicCheckpointMixin:
         keys = ("learning_rate", "num_generations", "temperature", "epsilon", "epsilon_high", "beta", "clip_mode",
                 "gppo_beta1", "gppo_beta2", "dual_clip_c", "positive_loss_coeff", "filter_zero_std_groups", "seed")
         return {k: getattr(self.args, k) for k in keys if hasattr(self.args, k)}
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        resume = resolve_resume(resume_from_checkpoint, self.args.output_dir)
+        step = checkpoint_step(resume) if resume else None
+        if step is not None and 0 < self.args.max_steps <= step:  # already trained: take its weights, no step
+            from transformers.trainer_utils import TrainOutput
+
+            self._load_from_checkpoint(resume)
+            self.state.global_step = step
+            return TrainOutput(step, 0.0, {"resumed_finished_run": 1.0})
+        return super().train(resume, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
         run_dir = super()._get_output_dir(trial)
