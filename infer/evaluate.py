@@ -204,11 +204,13 @@ def run_queue(jobs: Sequence[Any], n_workers: int, work: Callable[[int, Any], No
             with ThreadPoolExecutor(len(live)) as pool:
                 for fut in [pool.submit(worker, w) for w in live]:
                     fut.result()
+    todo = ("restart the server or pass another --servers URL, then rerun the same command: finished rows are "
+            "kept and only the rest runs")
     if given_up:
-        raise EngineError(f"eval stopped: {given_up[0]}; finished rows are kept, rerun to resume")
+        raise EngineError(f"eval stopped: {given_up[0]}; {todo}")
     if queue:
         reasons = "; ".join(f"engine {w}: {why}" for w, why in sorted(dead.items()))
-        raise EngineError(f"eval stopped: every engine failed ({reasons}); finished rows are kept, rerun to resume")
+        raise EngineError(f"eval stopped: every engine failed ({reasons}); {todo}")
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -3,6 +3,12 @@
 The engine either attaches to a server a user already runs (``OpenAIEngine(url, tokenizer=...)``), or starts
 one itself on 127.0.0.1 with ``OpenAIEngine.start(model_dir)`` and stops it by PID on ``close()``.
 Prompts travel as token ids, so the server's prefix cache sees exactly what the search built.
+
+Faults are bounded: a request that fails (connection refused or reset, a 5xx, no reply within ``read_timeout``
+seconds) is retried ``retries`` times with exponential backoff, then raises a one-line EngineError naming the
+server and what to do; a hung server costs at most ``(retries + 1) * read_timeout`` plus the backoff. Every
+request carries an ``X-Request-Id`` that vLLM echoes in the response id (``cmpl-<id>``); a response for another
+request is refused, so concurrent clients never take each other's completions.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,7 +41,7 @@ from .engine import (
 
 class OpenAIEngine:
     def __init__(self, base_url: str, tokenizer: Any, *, model_name: str | None = None,
-                 connect_timeout: float = 5.0, read_timeout: float = 300.0, retries: int = 3, backoff: float = 0.5,
+                 connect_timeout: float = 5.0, read_timeout: float = 120.0, retries: int = 2, backoff: float = 0.5,
                  max_concurrency: int = 32, check_health: bool = True) -> None:
         import requests
         from transformers import AutoTokenizer
@@ -124,23 +131,35 @@ class OpenAIEngine:
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
         import requests
 
-        last: Exception | None = None
+        last, hint = "", "is it running? restart it or use another server"
         for attempt in range(self.retries + 1):
+            rid = uuid.uuid4().hex
             try:
-                r = self.session.request(method, f"{self.base_url}{path}", json=body, timeout=self.timeout)
+                r = self.session.request(method, f"{self.base_url}{path}", json=body, timeout=self.timeout,
+                                         headers={"X-Request-Id": rid})
                 if r.status_code < 500:
                     if r.status_code >= 400:
                         msg = r.text[:300].replace("\n", " ")
                         raise EngineError(f"vLLM server rejected {path} ({r.status_code}): {msg}")
                     if "json" not in r.headers.get("content-type", ""):
                         return {"text": r.text}  # e.g. the LoRA endpoints answer in plain text
-                    return r.json()
-                last = EngineError(f"vLLM server error {r.status_code} on {path}")
+                    data = r.json()
+                    check_response_id(data, rid, self.base_url)
+                    return data
+                last = f"server error {r.status_code}"
+            except requests.Timeout as e:
+                last = (f"no reply within {self.timeout[1]:g}s (read timeout)" if isinstance(e, requests.ReadTimeout)
+                        else f"no connection within {self.timeout[0]:g}s")
+                hint = "hung or overloaded? restart it, or raise the read timeout (twinloop eval --server_timeout)"
+            except requests.ConnectionError as e:
+                last = f"connection failed ({_root_cause(e)})"
+                hint = "is it running? restart it or use another server"
             except requests.RequestException as e:
-                last = e
+                last = f"{type(e).__name__}: {str(e)[:200]}"
             if attempt < self.retries:
                 time.sleep(self.backoff * 2**attempt)
-        raise EngineError(f"vLLM server at {self.base_url} failed {path} after {self.retries + 1} tries: {last}")
+        raise EngineError(f"vLLM server at {self.base_url} failed {path} after {self.retries + 1} tries, last: "
+                          f"{last} ({hint})")
 
     def _model_for(self, lora: str | None) -> str:
         if lora is None:
@@ -226,6 +245,22 @@ class OpenAIEngine:
                                           [[t] for _ in prefixes for t in token_ids], lora)
         k = len(token_ids)
         return [[row[0] for row in flat[i * k:(i + 1) * k]] for i in range(len(prefixes))]
+
+
+def check_response_id(data: Any, rid: str, url: str) -> None:
+    """A completion's ``id`` (vLLM: ``cmpl-<X-Request-Id>``) must name the request that asked for it; a response
+    without an id (other servers) passes."""
+    got = data.get("id") if isinstance(data, dict) else None
+    if isinstance(got, str) and got.startswith("cmpl-") and rid not in got:
+        raise EngineError(f"vLLM server at {url} answered request {rid} with the response to {got}: responses "
+                          "are mixed up (a proxy or server fault); refusing it")
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost reason of a requests error (refused, reset, ...), one short line."""
+    while error.__context__ is not None and error.__context__ is not error:
+        error = error.__context__
+    return f"{type(error).__name__}: {str(error)[:120]}".replace("\n", " ")
 
 
 def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
