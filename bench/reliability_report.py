@@ -1,8 +1,10 @@
 """One table for issue 19: attacks tried and escapes (as root and as uid 65534), the same attacks'
-oracles firing without isolation, parser fuzz cases and exceptions, kills and lost work.
+oracles firing without isolation, parser fuzz cases and exceptions, kills and lost work, server faults
+injected and results lost, bad configs tried and their one-line errors.
 
     python bench/reliability_report.py                 # everything (training kill/resume: minutes)
-    python bench/reliability_report.py --skip-train    # the rest in about a minute
+    python bench/reliability_report.py --skip-train    # the rest in a few minutes
+    python bench/reliability_report.py --server-backend vllm   # server faults on real vLLM servers (minutes)
 
 An escape is a hostile program scoring above its honest score, or harm seen after the batch: a process
 holding the run's marker, a file written outside, a listener of the caller reached, the hostname
@@ -83,21 +85,51 @@ def kill_rows(skip_train: bool, out: Path) -> list[tuple[str, str, str, str]]:
     rows.append(("kill: 2-process training (SIGKILL x3)", str(t["kills"]),
                  f"{len(t['incomplete_checkpoints'])} half-written checkpoints",
                  f"final weights match={t['weights_match']} (max |diff| {t['max_abs_weight_gap']:.2e}, "
-                 f"rtol 1e-4 atol 1e-5); steps redone <= {t['steps_redone_at_most']}"))
+                 f"rtol 1e-4 atol 1e-5; training moved them {t['reference_moved_from_start']:.2e}); steps redone <= "
+                 f"{t['steps_redone_at_most']}; checkpoints past max_steps {len(t['checkpoints_past_max_steps'])}"))
     return rows
+
+
+def server_rows(backend: str, out: Path) -> list[tuple[str, str, str, str]]:
+    r = _load(REPO / "bench" / "server_faults.py", "server_faults").run(backend, out)
+    rows = []
+    for key, label in (("kill_one_of_two", "kill 1 of 2 servers"), ("hang", "hang the only server (SIGSTOP)"),
+                       ("kill_only_then_new_server", "kill the only server, rerun on a new one")):
+        x = r[key]
+        end = "run finished" if x["rc"] == 0 else f"stopped after {x['seconds_after_fault']} s, rerun rc " \
+                                                    f"{x.get('rerun_rc')}"
+        rows.append((f"server faults ({backend}): {label}", str(int(x["faulted"])),
+                     f"{x['missing']} lost, {x['doubled']} doubled",
+                     f"{r['problems']} problems; {end}; error: {x['error'].partition('error: ')[2][:110]}"))
+    c = r["concurrency"]
+    rows.append((f"server faults ({backend}): {c['clients']} concurrent clients", str(c["completions"]),
+                 f"{c['mixed']} mixed up, {len(c['errors'])} errors",
+                 f"{c['requests']} requests, n=2; {c['drift']} differ from the prompt's lone greedy text"))
+    return rows
+
+
+def bad_config_rows() -> list[tuple[str, str, str, str]]:
+    results = _load(REPO / "bench" / "bad_configs.py", "bad_configs").run()
+    good = [r for r in results if r["rc"] == 2 and r["error_lines"] == 1 and not r["wrote"]]
+    bad = [r["case"] for r in results if r not in good]
+    return [("bad configs and inputs (CLI)", str(len(results)), f"{len(good)} one-line errors, "
+             f"{sum(r['wrote'] for r in results)} wrote output", "; ".join(bad)[:200] or
+             "eval and train: budgets/sizes, recipe keys and types, RM as policy, bundle manifest, remote code")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--fuzz-cases", type=int, default=2000)
+    parser.add_argument("--server-backend", choices=["fake", "vllm"], default="fake")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     attacks = _load(REPO / "tests" / "security" / "test_attacks.py", "test_attacks")
     rows = attack_rows(attacks) + fuzz_rows(args.fuzz_cases)
     with tempfile.TemporaryDirectory(prefix="twinloop-kill-") as tmp:
         rows += kill_rows(args.skip_train, Path(tmp))
-    rows.append(("server faults (section 5)", "-", "not run", "not part of this change"))
+        rows += server_rows(args.server_backend, Path(tmp) / "servers")
+    rows += bad_config_rows()
     head = ("suite", "tried", "result", "details")
     widths = [max(len(r[i]) for r in [*rows, head]) for i in range(3)]
     print(" | ".join(h.ljust(w) for h, w in zip(head, widths)) + " | " + head[3])

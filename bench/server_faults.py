@@ -3,8 +3,8 @@
 lost (missing or doubled JSONL rows) and the one-line error it gave.
 
 - kill one of two: a server is SIGKILLed once rows are on disk; the run must finish on the other (rc 0);
-- hang: the only server is SIGSTOPped mid-run; the run must stop within (retries + 1) x --server_timeout
-  plus slack, naming the server; after SIGCONT a rerun finishes only the rest;
+- hang: the only server is SIGSTOPped mid-run; the run must stop within (retries + 1) x (5 s connect +
+  --server_timeout) plus backoff, naming the server; after SIGCONT a rerun finishes only the rest;
 - kill the only one: the run stops naming the server; a rerun on a freshly started server finishes the rest;
 - concurrency: 4 client threads x 12 prompts (n=2) at once; each completion must equal what the same prompt
   gets alone (greedy) and carry its own request id.
@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 POLICY = REPO / "checkpoints" / "tiny-arith-policy"
 TWINLOOP = [sys.executable, "-c", "import sys; from twinloop.cli import main; sys.exit(main())"]
 TIMEOUT, RETRIES = 3.0, 1
-BOUND_S = (RETRIES + 1) * TIMEOUT + 0.5 * (2**RETRIES - 1)  # read timeouts plus the engine's default backoff
+# each try waits at most the connect timeout (5 s: a stopped server's full listen backlog) plus the read timeout
+BOUND_S = (RETRIES + 1) * (5.0 + TIMEOUT) + 0.5 * (2**RETRIES - 1)
 
 
 class Server:

@@ -385,7 +385,8 @@ def load_reward(folder: str | os.PathLike, *, engine: Any = None, backend: str =
     if check_manifest and (spec.get("manifest") or (folder / "manifest.json").is_file()):
         problems = verify_manifest(folder)
         if problems:
-            raise ValueError(f"{folder} fails its manifest check: {'; '.join(problems[:5])}")
+            raise ValueError(f"{folder} fails its manifest check: {'; '.join(problems[:5])}; export it again "
+                             "(twinloop export) or copy it again whole")
     cls = import_class(spec["reward_class"], trust_remote_code)
     cls.check_bundle(spec, str(folder / SPEC_FILE))
     kwargs = {**constructor_kwargs(spec["settings"]), **overrides}

@@ -37,12 +37,14 @@ class EvalConfig:
     set: list[str] | None = field(default=None, **_help(
         "procedure settings [METHOD:]KEY=VALUE, e.g. width=4 (every method of the run that has it) or "
         "beam_search:width=4 (that method only); repeatable"))
+    trust_remote_code: bool = field(default=False, **_help(
+        "let a reward spec name a class outside twinloop (importing it runs its code)"))
     dev_problems: int | None = field(default=None, **_help("dev problems compute_optimal fits on (default 100)"))
     engine: str = field(default="vllm", **_help("offline engine when no --servers", choices=["vllm", "hf"]))
     servers: str | None = field(default=None, **_help("comma list of vLLM server URLs to shard over"))
     server_timeout: float = field(default=60.0, **_help(
-        "seconds to wait for one server reply before a retry; a hung server fails its batch after "
-        "(server_retries + 1) x this"))
+        "seconds to wait for one server reply before a retry; a hung server fails its batch after at most "
+        "(server_retries + 1) x (5 s connect + this) plus backoff"))
     server_retries: int = field(default=2, **_help("retries of a failed or timed-out server request"))
     tokenizer: str | None = field(default=None, **_help("tokenizer folder, when it is not the checkpoint's own"))
     dtype: str = field(default="float32", **_help("model dtype"))

@@ -76,6 +76,14 @@ def test_eval_bad_settings_fail_in_one_line_before_writing(tmp_path, capsys, ext
     assert not out.exists()  # no settings.json, no summary, no empty results file
 
 
+def test_eval_trust_remote_code_lets_an_outside_class_through():
+    from twinloop.eval_cli import reward_for
+
+    with pytest.raises(ValueError, match="outside twinloop"):
+        reward_for("collections:Counter", "arith")
+    assert reward_for("collections:Counter", "arith", None, trust_remote_code=True) is None  # validated only
+
+
 def test_eval_missing_checkpoint_and_reward_model_as_policy(tmp_path, capsys):
     out = tmp_path / "out"
     argv = eval_argv(out)

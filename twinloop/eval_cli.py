@@ -22,15 +22,15 @@ from twinloop.infer.eval_config import parse_eval_args
 PARSES_ITS_OWN_ARGV = True  # `twinloop eval ...` hands its flags to HfArgumentParser (EvalConfig)
 
 
-def reward_for(spec: Any, task: str, engine: Any = None) -> Any:
+def reward_for(spec: Any, task: str, engine: Any = None, trust_remote_code: bool = False) -> Any:
     """The run's reward on ``engine`` (a judge on the policy shares its engine); with no engine, the spec is
     only validated (no model is loaded)."""
     if engine is None:
         if spec is not None:
-            reward_class(str(spec))
+            reward_class(str(spec), trust_remote_code)
             check_bundle(str(spec))
         return None
-    return build_reward(spec, task=task, engine=engine)
+    return build_reward(spec, task=task, engine=engine, trust_remote_code=trust_remote_code)
 
 
 def check_bundle(spec: str) -> None:
@@ -53,7 +53,9 @@ def check_bundle(spec: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return evaluate.run(parse_eval_args(sys.argv[1:] if argv is None else argv), reward_for)
+    opts = parse_eval_args(sys.argv[1:] if argv is None else argv)
+    trust = bool(opts.get("trust_remote_code"))
+    return evaluate.run(opts, lambda spec, task, engine=None: reward_for(spec, task, engine, trust))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
