@@ -131,7 +131,7 @@ def _train_argv(model: Path, out: Path, steps: int) -> list[str]:
             "-m", "twinloop.train.gppo", "--config", str(REPO / "recipes" / "arith" / "process.yaml"),
             "--model_name_or_path", str(model), "--output_dir", str(out), "--max_steps", str(steps),
             "--train_size", "32", "--per_device_train_batch_size", "4", "--num_generations", "4",
-            "--max_completion_length", "12", "--save_steps", "2", "--save_total_limit", "3",
+            "--max_completion_length", "64", "--save_steps", "2", "--save_total_limit", "3",
             "--learning_rate", "1e-3", "--logging_steps", "1", "--disable_tqdm", "true", "--seed", "0",
             "--resume_from_checkpoint", "auto"]
 
@@ -196,7 +196,7 @@ def _max_weight_gap(a: Path, b: Path) -> tuple[float, bool]:
 def train_kill_resume(out: Path, steps: int = 8, kills: int = 3, seed: int = 0) -> dict[str, Any]:
     """An uninterrupted reference, then the same run killed ``kills`` times at random steps and resumed."""
     out = Path(out)
-    model = REPO / "checkpoints" / "tiny-arith-policy"  # a trained policy: its rewards vary, so weights move
+    model = REPO / "checkpoints" / "tiny-arith-policy"  # trained, and 64 tokens finish its answers: rewards vary
     reference = _train(model, out / "reference", steps, None, out / "reference.log")
     if reference["rc"] != 0:
         return {"error": "reference run failed: " + reference["log"][-1500:]}
