@@ -247,20 +247,22 @@ def method_of(module: Any) -> str:
     return module.__name__.rsplit(".", 1)[-1]
 
 
-def check_checkpoint(ckpt: str | None) -> None:
-    """One-line error unless ``ckpt`` is a policy folder (not missing, not a reward model)."""
+def check_checkpoint(ckpt: str | None, servers: str | None = None) -> None:
+    """One-line error unless ``ckpt`` is a policy folder (not missing, not a reward model); with ``servers`` the
+    model runs there and a tokenizer-only folder is enough."""
     from twinloop.infer.engine import check_policy_dir
 
     if not ckpt:
         raise ValueError("--checkpoint is required (the policy model folder)")
     if not Path(ckpt).is_dir():
         raise FileNotFoundError(f"checkpoint folder {ckpt} not found")
-    check_policy_dir(ckpt)
+    if not servers or (Path(ckpt) / "config.json").is_file():
+        check_policy_dir(ckpt)
 
 
 def build_engines(opts: dict[str, Any]) -> list[Any]:
     ckpt = opts["checkpoint"]
-    check_checkpoint(ckpt)
+    check_checkpoint(ckpt, opts["servers"])
     if opts["servers"]:
         from twinloop.infer.openai_engine import OpenAIEngine
 
@@ -348,7 +350,7 @@ def run(opts: dict[str, Any], build_reward: RewardBuilder) -> int:
     for m in methods:  # fail on unknown settings before loading anything heavy
         config_for(load_procedure(m))
     out = Path(opts["out"] or f"runs/eval-{opts['task'].replace(':', '-')}")
-    check_checkpoint(opts["checkpoint"])
+    check_checkpoint(opts["checkpoint"], opts["servers"])
     rows = load_rows(opts["task"], opts["split"], opts["n_problems"])
     if not rows:
         raise ValueError(f"task {opts['task']!r} split {opts['split']!r} has no problems; check --task and --split")
