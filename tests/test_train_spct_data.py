@@ -4,7 +4,6 @@ import random
 
 import pytest
 from twinloop.rewards.generative import Judgment, judgment_correct, parse_scores
-from twinloop.tasks import arith
 from twinloop.train.spct_data import (
     Item,
     drop_always_right,
@@ -22,6 +21,8 @@ from twinloop.train.spct_data import (
     template_scores,
     truth_reward,
 )
+
+from twinloop.tasks import arith
 
 EXPR = "(17 + 25) * 3 - 40"  # 42 * 3 = 126, 126 - 40 = 86
 GOOD = "17 + 25 = 42\n\n42 * 3 = 126\n\n126 - 40 = 86\n\nAnswer: \\boxed{86}"

@@ -19,9 +19,11 @@ from typing import Any
 
 from twinloop.rewards.generative import format_grm_prompt, judgment_correct, unpermute
 from twinloop.rewards.process import split_steps
+
 from twinloop.tasks.arith import boxed_int, check_step, parse_chain, parse_expression, step_correctness
 
-CRITERIA = "Specific Criteria: correct steps (weight 5), operands from the expression (weight 3), right answer (weight 2)"
+CRITERIA = ("Specific Criteria: correct steps (weight 5), operands from the expression (weight 3), "
+            "right answer (weight 2)")
 
 
 @dataclass
