@@ -40,6 +40,7 @@ import json
 import os
 import random
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -452,8 +453,11 @@ def run_phases(cfg: SPCTConfig) -> dict[str, Any]:
     done: dict[str, Any] = {}
     try:
         for phase in phases:
+            start = time.perf_counter()
             if phase == "data":
                 done[phase] = run_data(cfg, engine, paths)
+                done[phase]["seconds"] = round(time.perf_counter() - start, 1)
+                print(f"[spct] data: {json.dumps(done[phase])}", flush=True)
                 continue
             train = load_items(paths.data / "train.jsonl")
             if phase == "sft":
@@ -462,12 +466,13 @@ def run_phases(cfg: SPCTConfig) -> dict[str, Any]:
             elif phase == "rft":
                 done[phase] = run_rft(cfg, engine, train, _need(paths.sft), paths.rft)
             elif phase == "rl":
-                start = str(paths.rft) if (paths.rft / "adapter_config.json").is_file() else _need(paths.sft)
-                done[phase] = run_rl(cfg, engine, train, start, paths.rl)
+                first = str(paths.rft) if (paths.rft / "adapter_config.json").is_file() else _need(paths.sft)
+                done[phase] = run_rl(cfg, engine, train, first, paths.rl)
             elif phase == "meta":
                 done[phase] = run_meta(cfg, engine, train, _need(paths.adapter()), paths)
             else:
                 done[phase] = {"bundle": str(run_export(cfg, engine, paths))}
+            done[phase]["seconds"] = round(time.perf_counter() - start, 1)
             print(f"[spct] {phase}: {json.dumps(done[phase])}", flush=True)
     finally:
         if engine is not None and hasattr(engine, "close"):
