@@ -93,19 +93,26 @@ def test_bundle_dir_and_recipe_name_one_reward():
         spct.SPCTConfig(phase="nope")
 
 
-def test_every_phase_end_to_end_on_the_tiny_policy(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """Every phase, in order, on 3 queries of the tiny policy (transformers engine, 8-token judgments)."""
+    root = tmp_path_factory.mktemp("spct")
+    bundle = root / "bundle"
+    cfg = spct.SPCTConfig(output_dir=str(root / "run"), reward_funcs=[f"grm:{bundle}"], engine="hf",
+                          policy_dir=POLICY, train_queries=3, samples_per_query=3, test_share=0.34, sft_epochs=1,
+                          sft_batch_size=4, judge_max_tokens=8, rl_max_steps=1, rl_prompts_per_step=1, meta_k=2,
+                          meta_epochs=1, voting_k=2)
+    return cfg, spct.run_phases(cfg), bundle
+
+
+def test_every_phase_end_to_end_on_the_tiny_policy(smoke_run):
     import torch
     from twinloop.checkpoints.export import load_reward, read_spec
     from twinloop.infer.hf_engine import HFEngine
     from twinloop.rewards.generative import GenerativeReward
     from twinloop.train.common import load_tokenizer
 
-    bundle = tmp_path / "bundle"
-    cfg = spct.SPCTConfig(output_dir=str(tmp_path / "run"), reward_funcs=[f"grm:{bundle}"], engine="hf",
-                          policy_dir=POLICY, train_queries=3, samples_per_query=3, test_share=0.34, sft_epochs=1,
-                          sft_batch_size=4, judge_max_tokens=8, rl_max_steps=1, rl_prompts_per_step=1, meta_k=2,
-                          meta_epochs=1, voting_k=2)
-    done = spct.run_phases(cfg)
+    cfg, done, bundle = smoke_run
     paths = spct.Paths(cfg)
     report = json.loads((paths.data / "report.json").read_text())
     assert report["queries_shared"] == 0 and report["train"]["queries"] + report["test"]["queries"] <= 3
@@ -123,12 +130,11 @@ def test_every_phase_end_to_end_on_the_tiny_policy(tmp_path):
                             meta_rm=load_reward(paths.meta_export))
     loaded = load_reward(bundle, engine=engine, seed=3, max_tokens=8)
     assert loaded.meta_rm is not None and loaded.lora == str(bundle)
-    responses = [GOOD, BAD]
     votes = []
     for grm in (live, loaded):
         torch.manual_seed(0)
         random.seed(0)
-        votes.append(grm.vote(f"Compute {EXPR} step by step.", responses))
+        votes.append(grm.vote(f"Compute {EXPR} step by step.", [GOOD, BAD]))
     a, b = votes
     assert [j.text for j in a.judgments] == [j.text for j in b.judgments]
     assert [j.order for j in a.judgments] == [j.order for j in b.judgments]
@@ -136,3 +142,27 @@ def test_every_phase_end_to_end_on_the_tiny_policy(tmp_path):
     prompts = ["p"] * 2
     texts = [j.text for j in a.judgments]
     assert loaded.meta_rm(prompts, texts) == pytest.approx(live.meta_rm(prompts, texts), abs=1e-6)
+
+
+def test_phase2_under_accelerate_launch_with_2_processes(smoke_run):
+    """Phase 2 alone, DDP over gloo on 2 CPU processes, from the smoke run's SFT adapter: one optimizer step."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    cfg, _, _ = smoke_run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = Path(cfg.output_dir)
+    argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/cpu2.yaml",
+            "--main_process_port", str(port), "-m", "twinloop.train.spct", "--config", "recipes/arith/spct.yaml",
+            "--phase", "rl", "--engine", "hf", "--output_dir", str(out), "--judge_max_tokens", "8",
+            "--rl_max_steps", "1", "--rl_prompts_per_step", "1", "--reward_funcs", "grm:unused"]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    log = json.loads((out / "rl" / "train_log.json").read_text())
+    assert [r["step"] for r in log if "loss" in r] == [1]
+    assert json.loads((out / "rl" / "report.json").read_text())["steps"] == 1

@@ -153,7 +153,14 @@ def bundle_dir(reward_funcs: Sequence[str], root: Path) -> str:
     return str(root / "grm")
 
 
+def is_main_process() -> bool:
+    """Rank 0 of an ``accelerate launch`` (or a plain run): the one process that writes reports."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def write_json(path: Path, obj: Any) -> None:
+    if not is_main_process():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=1) + "\n")
 
@@ -330,7 +337,9 @@ def _parse_share(texts: Sequence[str], shows: Sequence[Any], items: Sequence[Ite
 
 
 def run_rl(cfg: SPCTConfig, engine: Any, items: Sequence[Item], start_adapter: str, out: Path) -> dict[str, Any]:
-    """Phase 2: GRPO (twinloop's GPPO trainer) with the ±1 Eq. 10 reward, KL against the starting adapter."""
+    """Phase 2: GRPO (twinloop's GPPO trainer) with the ±1 Eq. 10 reward, KL against the starting adapter. Under
+    ``accelerate launch`` every process samples the same seeded pre-filter (keep the sampling engine
+    deterministic: ``engine: hf``) and only rank 0 writes."""
     import torch
     from datasets import Dataset
     from peft import PeftModel
@@ -364,7 +373,8 @@ def run_rl(cfg: SPCTConfig, engine: Any, items: Sequence[Item], start_adapter: s
                           train_dataset=Dataset.from_list(kept), processing_class=tok)
     trainer.train()
     trainer.save_model(str(out))
-    tok.save_pretrained(str(out))
+    if trainer.args.should_save:
+        tok.save_pretrained(str(out))
     write_json(out / "train_log.json", trainer.state.log_history)
     report["steps"] = trainer.state.global_step
     write_json(out / "report.json", report)
