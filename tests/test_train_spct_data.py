@@ -171,3 +171,18 @@ def test_majority_pick_accuracy():
     assert majority_pick_accuracy(Item(QUERY, EXPR, [GOOD, BAD_ARITH, same], [1.0, 0.75, 0.5])) == 0.5
     assert majority_pick_accuracy(Item(QUERY, EXPR, [GOOD, BAD_ARITH], [1.0, 0.75])) == 0.5
     assert majority_pick_accuracy(Item(QUERY, EXPR, [BAD_ARITH, BAD_ARITH + " ", GOOD], [0.7, 0.6, 1.0])) == 0.0
+
+
+def test_selection_accuracy_votes_the_first_k_and_meta_keeps_the_best_rated():
+    from twinloop.train.spct_eval import selection_accuracy
+
+    item = Item(QUERY, EXPR, [BAD_ARITH, GOOD], [0.5, 1.0])  # best = 1
+    js = [Judgment([9, 2], "a", [0, 1]), Judgment([1, 9], "b", [0, 1]), Judgment([2, 9], "c", [1, 0]),
+          Judgment(None, "d", [0, 1])]
+    # @1: (9, 2) picks 0 -> wrong; @3: (12, 20) picks 1 -> right; all invalid -> wrong
+    assert selection_accuracy([item], [js], 1) == [0.0]
+    assert selection_accuracy([item], [js], 3) == [1.0]
+    assert selection_accuracy([item], [[js[3]]], 1) == [0.0]
+    # meta-guided @4, k_meta 1: the meta RM rates judgment a highest -> wrong; rating b highest -> right
+    assert selection_accuracy([item], [js], 4, meta=[[0.9, 0.1, 0.2, 5.0]], k_meta=1) == [0.0]
+    assert selection_accuracy([item], [js], 4, meta=[[0.1, 0.9, 0.2, 5.0]], k_meta=1) == [1.0]
