@@ -139,8 +139,18 @@ def test_every_phase_end_to_end_on_the_tiny_policy(smoke_run):
     assert [j.text for j in a.judgments] == [j.text for j in b.judgments]
     assert [j.order for j in a.judgments] == [j.order for j in b.judgments]
     assert a.totals == b.totals and a.best == b.best
-    prompts = ["p"] * 2
-    texts = [j.text for j in a.judgments]
+    # meta-guided votes over parseable judgments (8-token samples never parse): the same kept judgments
+    from twinloop.rewards.generative import Judgment
+
+    query = f"Compute {EXPR} step by step."
+    fixed = [Judgment(list(sc), f"Analysis: sample {x}\nScores: \\boxed{{{sc[order[0]]}, {sc[order[1]]}}}", order)
+             for x, (sc, order) in enumerate([((9, 2), [0, 1]), ((3, 8), [1, 0]), ((5, 6), [0, 1]), ((7, 1), [1, 0])])]
+    for k_meta in (1, 2):
+        live.k_meta = loaded.k_meta = k_meta
+        va, vb = live._tally(query, [GOOD, BAD], fixed), loaded._tally(query, [GOOD, BAD], fixed)
+        assert va.totals == vb.totals and va.best == vb.best and va.used == vb.used == k_meta
+    prompts = ["p"] * 4
+    texts = [j.text for j in fixed]
     assert loaded.meta_rm(prompts, texts) == pytest.approx(live.meta_rm(prompts, texts), abs=1e-6)
 
 
