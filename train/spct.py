@@ -13,10 +13,11 @@ Phases (``--phase all`` runs them in order; each reads the previous one's output
 3. ``rft``: rejective fine-tuning: N_RFT non-hinted samples per item, incorrect ones dropped, items whose samples
    are all correct dropped, one hinted attempt ("The best response is: Response j") kept when correct; SFT on
    what was kept, trained under the plain prompt (the GRM never sees a hint at inference [check]).
-4. ``rl``: rule-based online RL through twinloop's GPPO trainer (``clip_mode='ppo'``: GRPO's clipped loss by
-   default), reward +1 when Eq. 10 holds else -1 (``SPCTTrainingReward``), ``rl_generations`` = 4 samples per
-   prompt, KL β against the RFT model (0.08, the paper's 27B value [check]); items the starting model already
-   gets right in every sample are dropped.
+4. ``rl``: rule-based online RL through twinloop's GPPO trainer (``rl_clip_mode='ppo'``, the default: plain
+   GRPO, i.e. the hard clip without dual clip or zero-std group filter; ``'gppo'``: Klear's loss and defaults),
+   reward +1 when Eq. 10 holds else -1 (``SPCTTrainingReward``), ``rl_generations`` = 4 samples per prompt, KL
+   β against the RFT model (0.08, the paper's 27B value [check]); items the starting model already gets right in
+   every sample are dropped.
 5. ``meta``: a scalar classifier (the policy with a fresh one-logit head) trained with BCE on (GRM prompt,
    judgment) -> Eq. 10 correctness, over judgments sampled from the trained GRM; exported as the ``meta`` kind.
 6. ``export``: the GRM bundle (``grm`` kind, LoRA weights) carrying its meta RM, written where the recipe's
@@ -367,6 +368,7 @@ def run_rl(cfg: SPCTConfig, engine: Any, items: Sequence[Item], start_adapter: s
                       per_device_train_batch_size=cfg.rl_generations * cfg.rl_prompts_per_step,
                       learning_rate=cfg.rl_learning_rate, max_steps=cfg.rl_max_steps, loss_type="dapo",
                       clip_mode=cfg.rl_clip_mode, positive_loss_coeff=0.0, logging_steps=1, report_to="none",
+                      **({"dual_clip_c": None, "filter_zero_std_groups": False} if cfg.rl_clip_mode == "ppo" else {}),
                       save_strategy="no", seed=cfg.seed, bf16=False, use_cpu=not torch.cuda.is_available())
     trainer = GPPOTrainer(model=model, reward_funcs=[reward], args=args,
                           train_dataset=Dataset.from_list(kept), processing_class=tok)
