@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twinloop.rewards.generative import BINARY_RANGE, SCORE_RANGE, format_grm_prompt, parse_scores
 from twinloop.train.spct_data import (
     Item,
     correct_in_shown_order,
@@ -198,8 +199,6 @@ def make_engine(cfg: SPCTConfig) -> Any:
 
 def token_fits(tok: Any, max_length: int, margin: int = 8):
     """``fits(item)``: the item's GRM prompt (chat template) plus its template judgment fit the judge context."""
-    from twinloop.rewards.generative import format_grm_prompt
-
     def fits(item: Item) -> bool:
         prompt = format_grm_prompt(item.query, item.responses, binary=item.binary)
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
@@ -234,14 +233,14 @@ def run_data(cfg: SPCTConfig, engine: Any, paths: Paths) -> dict[str, Any]:
                               SamplingConfig(n=cfg.samples_per_query, temperature=cfg.sample_temperature,
                                              max_tokens=cfg.sample_max_tokens, seed=cfg.seed))
     fits, rng = token_fits(engine.tokenizer, cfg.max_length), random.Random(cfg.seed)
-    items, too_long = [], 0
+    items, missing = [], 0
     for row, res in zip(rows, results):
         got = items_for_query(row["prompt"][-1]["content"], row["expression"], [c.text for c in res.completions],
                               rng, cfg.max_responses, fits)
-        too_long += 2 - len(got)  # a query gives a multi and a single item unless one did not fit or had no pair
+        missing += 2 - len(got)  # a query gives a multi and a single item unless one did not fit or had no pair
         items += got
     train, test = split_by_query(items, cfg.test_share, cfg.seed)
-    report = {**split_report(train, test), "queries_sampled": len(rows), "items_not_built": too_long,
+    report = {**split_report(train, test), "queries_sampled": len(rows), "items_not_built": missing,
               "samples_per_query": cfg.samples_per_query}
     save_items(paths.data / "train.jsonl", train)
     save_items(paths.data / "test.jsonl", test)
@@ -292,8 +291,6 @@ def run_rft(cfg: SPCTConfig, engine: Any, items: Sequence[Item], start_adapter: 
     flags = [[_correct(text, order, it) for text in texts] for texts, (order, _, _), it in zip(nonhinted, shows, items)]
     easy = [rft_select(f, None).too_easy for f in flags]
     hint_idx = [i for i, it in enumerate(items) if not easy[i] and not it.binary]  # a hint says nothing for n = 1
-    from twinloop.rewards.generative import format_grm_prompt
-
     hinted_prompts = [format_grm_prompt(items[i].query, [items[i].responses[k] for k in shows[i][0]],
                                         hint=shows[i][0].index(items[i].best) + 1) for i in hint_idx]
     hinted = dict(zip(hint_idx, (t[0] for t in sample_judges(engine, start_adapter, hinted_prompts, 1,
@@ -308,7 +305,7 @@ def run_rft(cfg: SPCTConfig, engine: Any, items: Sequence[Item], start_adapter: 
                   "completion": [{"role": "assistant", "content": t}]} for t in kept]
     report = rft_rates(choices, cfg.n_rft, len(hint_idx))
     report["sft_rows"] = len(rows)
-    report["parseable_nonhinted"] = _parse_share([t for ts in nonhinted for t in ts], shows, items, cfg.n_rft)
+    report["parseable_nonhinted"] = _parse_share([t for ts in nonhinted for t in ts], items, cfg.n_rft)
     write_json(out / "report.json", report)
     with open(out / "kept.jsonl", "w") as f:
         for r in rows:
@@ -319,15 +316,11 @@ def run_rft(cfg: SPCTConfig, engine: Any, items: Sequence[Item], start_adapter: 
 
 
 def _correct(text: str, order: Sequence[int], item: Item) -> bool:
-    from twinloop.rewards.generative import BINARY_RANGE, SCORE_RANGE, parse_scores
-
     scores = parse_scores(text, len(order), BINARY_RANGE if item.binary else SCORE_RANGE)
     return correct_in_shown_order(scores, order, item)
 
 
-def _parse_share(texts: Sequence[str], shows: Sequence[Any], items: Sequence[Item], per_item: int) -> float | None:
-    from twinloop.rewards.generative import BINARY_RANGE, SCORE_RANGE, parse_scores
-
+def _parse_share(texts: Sequence[str], items: Sequence[Item], per_item: int) -> float | None:
     if not texts:
         return None
     ok = sum(parse_scores(t, len(items[i // per_item].responses),
