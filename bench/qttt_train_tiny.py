@@ -100,6 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--questions", type=int, default=4, help="question turns per training context")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-n", type=int, default=64)
+    ap.add_argument("--stop-at-em", type=float, default=1.01, help="stop once dev EM reaches this (default: never)")
     ap.add_argument("--max-positions", type=int, default=8192)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -153,6 +154,8 @@ def main(argv=None) -> int:
             em = first_code_em(model, dev, tok.pad_token_id)
             evals.append((step + 1, em))
             print(f"step {step + 1} dev EM at {args.max_words} words / {args.max_keys} keys: {em:.3f}", flush=True)
+            if em >= args.stop_at_em:
+                break
     model.eval()
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
