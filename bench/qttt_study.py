@@ -222,45 +222,82 @@ def mean_se(xs: list[float]) -> tuple[float, float]:
     return m, (statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0)
 
 
-def summarize(path: str, plot: str | None) -> int:
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    if not rows:
-        raise SystemExit(f"{path}: no items to summarize")
-    by_words = collections.defaultdict(list)
-    for r in rows:
-        by_words[r.get("length", r.get("words"))].append(r)
-    methods = sorted({k[:-3] for r in rows for k in r if k.endswith("_em")},
-                     key=lambda m: (m.rstrip("0123456789"), int(re.sub(r"\D", "", m) or 0)))
+def method_records(paths: list[str]) -> dict[tuple, dict[str, dict]]:
+    """{(length, item id): {method label: {"em", "nll", "s"}}} over one or more study files. TTT methods are
+    labelled with their lr ("qttt8 lr=0.001"), so runs at several lrs sit side by side; a method already seen for
+    an item (plain, majority: the same in every run) is kept from the first file."""
+    out: dict[tuple, dict[str, dict]] = collections.defaultdict(dict)
+    for path in paths:
+        for line in open(path):
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            key = (r.get("length", r.get("words")), r["id"], r["tokens"])
+            for m in (k[:-3] for k in r if k.endswith("_em")):
+                lr = r.get("lora_lr") if m.startswith("loraq") else r.get("lr")
+                label = f"{m} lr={lr:g}" if m.startswith(("qttt", "loraq")) else m
+                out[key].setdefault(label, {"em": r[f"{m}_em"], "nll": r.get(f"{m}_nll"), "s": r.get(f"{m}_s"),
+                                               "tokens": r.get(f"{m}_tokens")})
+    return out
+
+
+def _order(label: str) -> tuple:
+    m = label.split()[0]
+    return ({"plain": 0, "qttt": 1, "loraq": 2, "maj": 3, "think": 4}.get(m.rstrip("0123456789"), 5),
+            int(re.sub(r"\D", "", m) or 0), label)
+
+
+def summarize(paths: list[str], plot: str | None) -> int:
+    items = method_records(paths)
+    if not items:
+        raise SystemExit(f"{paths}: no items to summarize")
+    lengths = sorted({k[0] for k in items})
+    methods = sorted({m for v in items.values() for m in v}, key=_order)
     table = {}
-    print(f"{'length':>6} {'tokens':>6} {'n':>4} " + " ".join(f"{m + ' EM':>14} {m + ' NLL':>14}" for m in methods))
-    for words in sorted(by_words):
-        rs = by_words[words]
-        line = [f"{words:>6} {statistics.fmean(r['tokens'] for r in rs):>6.0f} {len(rs):>4}"]
+    print("exact match, mean ± s.e. (n items); paired change against plain in brackets")
+    for length in lengths:
+        ks = [k for k in items if k[0] == length]
+        tokens = statistics.fmean(k[2] for k in ks)
         for m in methods:
-            em = mean_se([r[f"{m}_em"] for r in rs if f"{m}_em" in r])
-            nll = [r[f"{m}_nll"] for r in rs if f"{m}_nll" in r]
-            nl = mean_se(nll) if nll else (float("nan"), 0.0)
-            table[(words, m)] = (em, nl)
-            line.append(f"{em[0]:>8.3f}±{em[1]:.3f} {nl[0]:>8.3f}±{nl[1]:.3f}")
-        print(" ".join(line))
-    times = {m: statistics.fmean(r[f"{m}_s"] for r in rows if f"{m}_s" in r) for m in ["plain", *methods]
-             if any(f"{m}_s" in r for r in rows)}
-    print("mean wall seconds per item:", json.dumps({k: round(v, 3) for k, v in times.items()}))
-    big = max(by_words)
-    print(f"frozen cache at length {big}: {statistics.fmean(r['cache_bytes'] for r in by_words[big]) / 2**20:.2f} MiB")
+            em = [items[k][m]["em"] for k in ks if m in items[k]]
+            nll = [items[k][m]["nll"] for k in ks if m in items[k] and items[k][m]["nll"] is not None]
+            d_nll = [items[k][m]["nll"] - items[k]["plain"]["nll"] for k in ks
+                     if m in items[k] and items[k][m]["nll"] is not None and "plain" in items[k]]
+            d_em = [items[k][m]["em"] - items[k]["plain"]["em"] for k in ks if m in items[k] and "plain" in items[k]]
+            if not em:
+                table[(length, m)] = (None, None)
+                continue
+            table[(length, m)] = (mean_se(em), mean_se(nll) if nll else None)
+            e, se = mean_se(em)
+            text = f"{length:>6} {tokens:>6.0f} tok  {m:<18} n={len(em):<4} EM {e:.3f}±{se:.3f}"
+            if m != "plain":
+                text += f" [{mean_se(d_em)[0]:+.3f}±{mean_se(d_em)[1]:.3f}]"
+            if nll:
+                text += f"  gold NLL {mean_se(nll)[0]:.3f}±{mean_se(nll)[1]:.3f}"
+                if m != "plain" and d_nll:
+                    text += f" [{mean_se(d_nll)[0]:+.3f}±{mean_se(d_nll)[1]:.3f}]"
+            print(text)
+    times = {m: statistics.fmean(v[m]["s"] for v in items.values() if m in v and v[m]["s"] is not None)
+             for m in methods}
+    print("mean wall seconds per item (prefill included):", json.dumps({k: round(v, 3) for k, v in times.items()}))
+    spent = {m: statistics.fmean(v[m]["tokens"] for v in items.values() if m in v and v[m]["tokens"] is not None)
+             for m in methods if any(v.get(m, {}).get("tokens") is not None for v in items.values())}
+    print("mean generated tokens per item (majority: all samples; thinking: the thought):",
+          json.dumps({k: round(v, 1) for k, v in spent.items()}))
     if plot:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        xs = [statistics.fmean(r["tokens"] for r in by_words[w]) for w in sorted(by_words)]
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        xs = [statistics.fmean(k[2] for k in items if k[0] == length) for length in lengths]
         for m in methods:
             for ax, i in ((axes[0], 0), (axes[1], 1)):
-                ys = [table[(w, m)][i][0] for w in sorted(by_words)]
-                es = [table[(w, m)][i][1] for w in sorted(by_words)]
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
+                cells = [table[(length, m)][i] for length in lengths]
+                if any(c is None for c in cells):
+                    continue
+                ax.errorbar(xs, [c[0] for c in cells], yerr=[c[1] for c in cells], marker="o", capsize=3, label=m)
         axes[0].set(xscale="log", xlabel="prompt tokens", ylabel="exact match", title="accuracy (±1 s.e.)")
         axes[1].set(xscale="log", xlabel="prompt tokens", ylabel="gold answer NLL / token", title="gold NLL (±1 s.e.)")
         axes[0].legend(fontsize=7)
@@ -296,12 +333,12 @@ def main(argv=None) -> int:
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/qttt/study.jsonl")
-    ap.add_argument("--summarize", help="summarize this JSONL instead of running")
+    ap.add_argument("--summarize", help="summarize these JSONL files (comma-separated) instead of running")
     ap.add_argument("--plot", help="with --summarize: write a PNG here")
     ap.add_argument("--memory", choices=["plain", "qttt"], help="peak-RSS probe of one item at the last length")
     args = ap.parse_args(argv)
     if args.summarize:
-        return summarize(args.summarize, args.plot)
+        return summarize(args.summarize.split(","), args.plot)
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.steps = [int(x) for x in args.steps.split(",")]
     args.lora_lr = args.lr if args.lora_lr is None else args.lora_lr
