@@ -277,9 +277,10 @@ def summarize(paths: list[str], plot: str | None) -> int:
                 if m != "plain" and d_nll:
                     text += f" [{mean_se(d_nll)[0]:+.3f}±{mean_se(d_nll)[1]:.3f}]"
             print(text)
-    times = {m: statistics.fmean(v[m]["s"] for v in items.values() if m in v and v[m]["s"] is not None)
+    times = {m: statistics.median(v[m]["s"] for v in items.values() if m in v and v[m]["s"] is not None)
              for m in methods}
-    print("mean wall seconds per item (prefill included):", json.dumps({k: round(v, 3) for k, v in times.items()}))
+    print("median wall seconds per item (prefill included; the first LoRA-q call also warms vLLM up):",
+          json.dumps({k: round(v, 3) for k, v in times.items()}))
     spent = {m: statistics.fmean(v[m]["tokens"] for v in items.values() if m in v and v[m]["tokens"] is not None)
              for m in methods if any(v.get(m, {}).get("tokens") is not None for v in items.values())}
     print("mean generated tokens per item (majority: all samples; thinking: the thought):",
