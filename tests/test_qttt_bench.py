@@ -87,3 +87,23 @@ def test_study_end_to_end_without_vllm(tiny_model_dir, tmp_path, capsys):
     assert qttt_study.main(["--summarize", str(out), "--plot", str(plot)]) == 0
     table = capsys.readouterr().out
     assert "qttt2" in table and "think2" in table and plot.stat().st_size > 1000
+
+
+def test_summary_labels_ttt_runs_by_lr_and_pairs_against_plain(tmp_path, capsys):
+    def row(i, lr, qttt_em, with_maj):
+        r = {"id": f"kv-{i}", "length": 60, "tokens": 200, "plain_em": 0, "plain_nll": 2.0, "plain_s": 0.1,
+             "qttt2_em": qttt_em, "qttt2_nll": 1.5, "qttt2_s": 0.2, "lr": lr, "lora_lr": lr}
+        if with_maj:
+            r.update(maj2_em=1, maj2_s=0.3, maj2_tokens=126)
+        return json.dumps(r)
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("\n".join(row(i, 1e-3, 1, True) for i in range(4)) + "\n")
+    b.write_text("\n".join(row(i, 1e-2, i % 2, False) for i in range(4)) + "\n")
+    items = qttt_study.method_records([str(a), str(b)])
+    assert set(items[(60, "kv-0", 200)]) == {"plain", "qttt2 lr=0.001", "qttt2 lr=0.01", "maj2"}
+    assert qttt_study.main(["--summarize", f"{a},{b}"]) == 0
+    out = capsys.readouterr().out
+    assert "qttt2 lr=0.001     n=4    EM 1.000±0.000 [+1.000±0.000]  gold NLL 1.500±0.000 [-0.500±0.000]" in out
+    assert "qttt2 lr=0.01      n=4    EM 0.500±0.289 [+0.500±0.289]" in out  # s.e. of (1, 0, 1, 0)
+    assert '"maj2": 126.0' in out
