@@ -52,6 +52,18 @@ def encode_item(tok, rng: random.Random, words: int, keys: int, questions: int) 
     return ids, mask
 
 
+def add_word_tokens(tok) -> None:
+    """Every key (" violin") and every code (" 1000".." 9999") becomes ONE token. With a 512-BPE they split into
+    up to 5 characters each, and a tiny model has to chain single-digit copies; one token per key and code turns
+    retrieval into one match-and-copy, which tied embeddings make easy even for codes seen a few times."""
+    from tokenizers import AddedToken
+
+    from twinloop.tasks.kv_retrieval import KEYS
+
+    words = [f" {k}" for k in KEYS] + [f" {c}" for c in range(1000, 10000)]
+    tok.add_tokens([AddedToken(w, normalized=False) for w in words])
+
+
 def batch_tensors(examples, pad_id: int):
     import torch
 
@@ -102,6 +114,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-n", type=int, default=64)
     ap.add_argument("--stop-at-em", type=float, default=1.01, help="stop once dev EM reaches this (default: never)")
     ap.add_argument("--max-positions", type=int, default=8192)
+    ap.add_argument("--word-tokens", action=argparse.BooleanOptionalAction, default=True,
+                    help="one token per key and per code (add_word_tokens)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -121,6 +135,8 @@ def main(argv=None) -> int:
         item = make_item(rng, rng.randint(args.min_words, args.max_words), rng.randint(args.min_keys, args.max_keys))
         corpus.append(item["context"] + item["question"] + "\n" + item["answer_prefix"] + f" {item['answer']}.")
     tok = train_tokenizer(corpus, vocab_size=512, model_max_length=args.max_positions)
+    if args.word_tokens:
+        add_word_tokens(tok)
     cfg = tiny_config(tok, hidden=args.hidden, layers=args.layers, heads=args.hidden // 32, kv_heads=args.hidden // 64,
                       intermediate=4 * args.hidden, max_positions=args.max_positions)
     model = Qwen2ForCausalLM(cfg).float()

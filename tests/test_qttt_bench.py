@@ -42,6 +42,25 @@ def test_training_first_turn_is_the_study_format(tok):
     assert all(f"is {c}." in item["context"] for c in codes)  # every answer is a code of this context
 
 
+def test_word_tokens_make_keys_and_codes_one_token_each(tiny_model_dir):
+    from transformers import AutoTokenizer
+    from twinloop.infer.qttt_answer import prompt_parts
+
+    from twinloop.tasks.kv_retrieval import make_item
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)  # a fresh copy: the fixture's stays as built
+    qttt_train_tiny.add_word_tokens(tok)
+    ids = tok("The code for violin is 4821.", add_special_tokens=False)["input_ids"]
+    assert [tok.decode([i]) for i in ids][-4:] == [" violin", " is", " 4821", "."]
+    assert tok.decode(ids) == "The code for violin is 4821."
+    item = make_item(random.Random(3), 40, 3)
+    row = {**item, "prompt": [{"role": "user", "content": item["context"] + item["question"]}]}
+    parts = prompt_parts(tok, row)
+    assert len(parts.answer) == 1 and tok.decode(parts.answer) == " " + item["answer"]
+    ids, mask = qttt_train_tiny.encode_item(tok, random.Random(3), 40, 3, questions=1)
+    assert ids[:-2] == parts.context + parts.tail + parts.answer and sum(mask) == 1
+
+
 def test_thinking_gets_the_budget_then_the_answer_prefix(tiny_model_dir, tok):
     import torch
     from transformers import AutoModelForCausalLM
