@@ -118,7 +118,8 @@ def train_prm(script: PRMScriptArguments, cfg: PRMConfig, train_examples: Sequen
     trainer.train()
     export = script.export_dir or os.path.join(cfg.output_dir, "prm")
     trainer.save_model(export)
-    metrics: dict[str, float] = {"train_examples": len(train_examples), "eval_examples": len(eval_examples)}
+    metrics: dict[str, float] = {"train_examples": len(train_examples), "eval_examples": len(eval_examples),
+                                 "train_hard_negatives": sum(bool(e.get("negative")) for e in train_examples)}
     if trainer.args.should_save:
         tok.padding_side = "left"
         tok.save_pretrained(export)
