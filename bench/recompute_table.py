@@ -68,7 +68,7 @@ def plot(rows: list[dict], path: Path) -> None:
         pts.sort(key=lambda s: s["total_tokens"])
         reward = label.split(" [")[1] if " [" in label else ""
         style = ("--" if "arith_process" in reward else "-." if reward.startswith("recompute(")
-                 else ":" if reward.startswith("operands") else (0, (5, 1, 1, 1)) if "/" in reward else "-")
+                 else ":" if reward.startswith("operands") else (0, (1, 1)) if "/" in reward else "-")
         ax.plot([p["total_tokens"] for p in pts], [p["accuracy"] for p in pts], linestyle=style,
                 marker="s" if "/" in reward else "o", label=label, color=colors[label.split(" [")[0]])
         for p in pts:
@@ -78,7 +78,8 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_xlabel("total model tokens per problem (policy generated + verifier)")
     ax.set_ylabel("accuracy (200 test problems)")
     ax.set_title("tiny arithmetic policy, no-oracle verifiers\nsolid: recompute+operands, dash-dot: recompute, "
-                 "dotted: operands, dashed: exact checker (oracle), squares: a learned RM bundle", fontsize=9)
+                 "dotted: operands,\ndashed: exact checker (oracle), squares on fine dots: a learned RM",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
