@@ -155,3 +155,32 @@ def test_study_flags_margins_table_and_plot(tmp_path):
     assert "| ctrl-bon4 | 20 | 0.300" in table(study, [4])
     plot(study, tmp_path / "p.png", [4])
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_study_t_sweep_points_plot_and_reused_evaluations(tmp_path):
+    from twinloop.train.ctrl_study import method_flags, plot_t_sweep, reusable_points, sweep_points
+
+    assert method_flags("ctrl-bon4-t12.75")[-2:] == ["--ctrl_t", "12.75"]
+    assert "--ctrl_t" not in method_flags("ctrl-bon4")
+    ref = [[0.0, 0.5], [0.5, 1.0]]
+
+    def point(scores, kl):
+        return {"kl": mean_ci([kl, kl + 0.1]), "win": win_rates(scores, ref, [4]), "per_prompt": {"scores": scores}}
+
+    low, high = point([[0.5, 0.5], [0.5, 1.0]], 0.1), point([[1.0, 1.0], [1.0, 1.0]], 0.4)
+    study = {"points": {"ctrl-bon4-t25": {"20": point(ref, 0.0), "40": high}, "ctrl-bon4-t3": {"40": low},
+                        "ctrl-bon8-t3": {"40": low}, "calibrated": {"40": low}}}
+    assert [(t, p is high) for t, p in sweep_points(study, 4)] == [(3.0, False), (25.0, True)]  # last step, by t
+    summary = plot_t_sweep(study, tmp_path / "sweep.png", 4, 0.5)
+    assert summary["analytical_t"] == pytest.approx(12.75) and [r["t"] for r in summary["measured"]] == [3.0, 25.0]
+    assert summary["measured"][1]["bon@4"]["mean"] == pytest.approx(high["win"]["bon@4"]["mean"])
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+    settings = {"reference": "ref", "task": "arith", "reward": "r", "split": "dev", "n_problems": 2, "k": 2,
+                "temperature": 1.0, "max_tokens": 96, "budgets": [4]}
+    (tmp_path / "study.json").write_text(json.dumps({"eval": {**settings, "reference_scores": ref},
+                                                     "points": {"a": {"40": high}, "b": {"40": low}}}))
+    policies = {"a": [("40", "out/a/checkpoint-40")], "b": [("40", "out/b/checkpoint-40")],
+                "c": [("40", "out/c/checkpoint-40")]}
+    found, scores = reusable_points(tmp_path / "study.json", settings, policies, fresh={"b"})
+    assert found == {"out/a/checkpoint-40": high} and scores == ref  # b was retrained, c is new
+    assert reusable_points(tmp_path / "study.json", {**settings, "split": "test"}, policies, set()) == ({}, None)
