@@ -96,12 +96,14 @@ def transform_oracles(kind: str, t: float, beta: float, n: int, grid: int = 2000
 def beta_for_kl(kind: str, t: float, kl_budget: float, n: int = 1, iters: int = 60, grid: int = 4000) -> float:
     """β at which the aligned policy's KL equals ``kl_budget`` (bisection in log β; KL falls as β grows).
 
-    Only Φ/β matters, so β is searched over 1e-6 … 1e6 times the spread of Φ on [0, 1].
+    Only Φ/β matters, so β is searched over 1e-200 … 1e6 times the spread of Φ on [0, 1]: the worst-of-N
+    transform at large t needs β far below its spread (about 1e-6 of it at t = 34 for KL 0.5, which an earlier
+    bracket of 1e-6 cut off, so the budget was silently missed).
     """
     if kl_budget <= 0:
         raise ValueError(f"KL budget must be > 0, got {kl_budget}")
     spread = _phi_spread(kind, t)
-    log_lo, log_hi = math.log(1e-6 * spread), math.log(1e6 * spread)
+    log_lo, log_hi = math.log(1e-200 * spread), math.log(1e6 * spread)
     for _ in range(iters):
         mid = 0.5 * (log_lo + log_hi)
         if transform_oracles(kind, t, math.exp(mid), n, grid)["kl"] > kl_budget:

@@ -72,6 +72,9 @@ def test_sharp_transform_stays_a_probability():
 def test_beta_for_kl_hits_the_budget():
     b = beta_for_kl("won", 6.0, 0.3, n=4)
     assert transform_oracles("won", 6.0, b, 4, grid=4000)["kl"] == pytest.approx(0.3, rel=1e-6)
+    for t in (40.0, 60.0):  # worst-of-N at large t needs β < 1e-6 of Φ's spread
+        b = beta_for_kl("won", t, 0.5, n=8)
+        assert transform_oracles("won", t, b, 8, grid=4000)["kl"] == pytest.approx(0.5, rel=1e-6)
 
 
 def test_t_chooser_beats_the_calibrated_baseline_at_equal_kl():

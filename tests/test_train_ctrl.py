@@ -108,7 +108,11 @@ def _free_port():
 
 def test_two_process_ctrl_run_end_to_end(tmp_path):
     """2 CPU processes (DDP over gloo) on the shipped tiny policy with the recipe's base reward: references drawn
-    once by the main process and cached, Φ(Ĉ) rewards, β > 0 (a non-zero KL is logged), a saved policy."""
+    once by the main process and cached, Φ(Ĉ) rewards, β > 0 (a non-zero KL is logged), a saved policy.
+
+    It does not assert that the best-of-N win rate moved: short 2-process runs that move it (t = 3, 2 prompts,
+    12-16 steps at lr 3e-4) gained +0.14, +0.14 and +0.05 over the unchanged policy in three runs, too unsteady
+    for a fixed threshold within a minute (the same seed is not reproducible across 2-process runs)."""
     out, cache = tmp_path / "run", tmp_path / "refs"
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/cpu2.yaml",

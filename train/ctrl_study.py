@@ -8,7 +8,16 @@ best-of-N transform, t from best_t) and ``ctrl-wonN`` (worst-of-N). All use the 
 out, in which case each method takes its analytical β for the recipe's KL budget. Every checkpoint is evaluated
 with ``twinloop.train.ctrl_eval`` (win rates of plain / best-of-N / worst-of-N decoding against the reference
 decoded the same way, with 95% intervals, and KL from samples). Writes ``study.json``, ``table.md`` and
-``win_rate_vs_kl.png`` under ``--out``. Extra flags go to every trainer (e.g. ``--max_steps 40``).
+``win_rate_vs_kl.png`` (best-of-N and worst-of-N rows) under ``--out``. Extra flags go to every trainer (e.g.
+``--max_steps 40``). A rerun reuses finished trainings, and the evaluations of an earlier ``study.json`` in the same
+folder made with the same settings and the same reference draws.
+
+The empirical t sweep (the analytical ``best_t`` checked on a validation split):
+
+    python -m twinloop.train.ctrl_study --out runs/ctrl-t-sweep --t_sweep 3 6 12.75 25 --split dev --max_steps 40
+
+trains ``ctrl-bon4-tT`` for each T and writes ``t_sweep.png``: the measured best-of-4 win rate and KL against t,
+next to the analytical W_BoN(t) at ``--kl_budget`` with the analytical best t marked.
 """
 from __future__ import annotations
 
