@@ -188,3 +188,28 @@ def test_study_t_sweep_points_plot_and_reused_evaluations(tmp_path):
     found, scores = reusable_points(tmp_path / "study.json", settings, policies, fresh={"b"})
     assert found == {"out/a/checkpoint-40": high} and scores == ref  # b was retrained, c is new
     assert reusable_points(tmp_path / "study.json", {**settings, "split": "test"}, policies, set()) == ({}, None)
+
+
+def test_tie_aware_oracle_on_the_worked_example_and_in_the_continuous_limit():
+    from twinloop.rewards.calibrated import beta_for_kl, unit_transform
+    from twinloop.train.ctrl_ties import aligned_law, reference_law, tie_aware_curve, tie_aware_point
+
+    values, q, c_hat = reference_law([0.4, 0.1, 0.9, 0.4])
+    assert list(values) == [0.1, 0.4, 0.9] and list(q) == [0.25, 0.5, 0.25]
+    assert list(c_hat) == [0.125, 0.5, 0.875]  # Ĉ(0.4) = 0.5 as in the worked example
+    p, kl = aligned_law(q, np.zeros(3), 1.0)
+    assert np.allclose(p, q) and kl == pytest.approx(0.0, abs=1e-12)
+    flat = tie_aware_point([(q, c_hat)], [np.zeros(3)], 0.5, 4)
+    assert flat["win"]["mean"] == pytest.approx(0.5, abs=1e-12)  # Φ ≡ 0 cannot move: ½ whatever the budget
+    # all rewards distinct: Ĉ is uniform and the exact discrete answer approaches the continuous closed form
+    curve = tie_aware_curve([list(np.arange(4000.0))], [6.0], 0.5, 4)
+    point = curve["points"][0]
+    rl_beta = beta_for_kl("bon", 6.0, 0.5, 4)
+    exact = transform_oracles("bon", 6.0, rl_beta, 4)
+    assert point["kl"] == pytest.approx(0.5, rel=1e-3)
+    assert point["win"]["mean"] == pytest.approx(exact["w_bon"], abs=2e-3)
+    assert point["beta"] == pytest.approx(rl_beta / (math.exp(6.0) - 1.0), rel=1e-2)  # the unit-range β
+    assert curve["identity"]["win"]["mean"] < point["win"]["mean"]  # the BoN transform wins under BoN
+    # a coarse law: the best outcome ties, so its Ĉ is below 1 and its unit BoN reward at t = 12.75 is small
+    _, _, coarse = reference_law([0.0] * 8 + [1.0] * 8)
+    assert coarse[-1] == 0.75 and unit_transform(coarse[-1], "bon", 12.75) < 0.05
