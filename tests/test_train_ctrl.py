@@ -213,3 +213,17 @@ def test_tie_aware_oracle_on_the_worked_example_and_in_the_continuous_limit():
     # a coarse law: the best outcome ties, so its Ĉ is below 1 and its unit BoN reward at t = 12.75 is small
     _, _, coarse = reference_law([0.0] * 8 + [1.0] * 8)
     assert coarse[-1] == 0.75 and unit_transform(coarse[-1], "bon", 12.75) < 0.05
+
+
+def test_tie_aware_oracle_calibrates_on_the_first_m_references():
+    from twinloop.train.ctrl_ties import tie_aware_curve
+
+    scores = [[0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 1.0]]
+    full = tie_aware_curve(scores, [3.0], 0.3, 4)
+    coarse = tie_aware_curve(scores, [3.0], 0.3, 4, calibrate_m=4)
+    # against the first 4 (all 0.0), 0.5 and 1.0 both beat every reference (Ĉ = 1): the calibrated reward cannot
+    # prefer the top value, so the converged policy gains less at the same KL, and the transform no longer matters
+    assert coarse["points"][0]["kl"] == pytest.approx(0.3, rel=1e-6)
+    assert coarse["points"][0]["win"]["mean"] < full["points"][0]["win"]["mean"] - 0.05
+    assert coarse["points"][0]["win"]["mean"] == pytest.approx(coarse["identity"]["win"]["mean"], abs=1e-9)
+    assert full["points"][0]["win"]["mean"] > full["identity"]["win"]["mean"] + 0.01

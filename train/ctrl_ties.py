@@ -69,13 +69,19 @@ def tie_aware_point(laws: Sequence[tuple[np.ndarray, np.ndarray]], phis: Sequenc
 
 
 def tie_aware_curve(scores: Sequence[Sequence[float]], ts: Sequence[float], kl_budget: float, n: int,
-                    procedure: str = "bon") -> dict[str, Any]:
+                    procedure: str = "bon", calibrate_m: int | None = None) -> dict[str, Any]:
     """Per t, ``tie_aware_point`` of the Φ_t transform (unit range), plus the identity of Ĉ (the calibrated
-    baseline), from each prompt's reference rewards."""
-    from twinloop.rewards.calibrated import unit_transform
+    baseline), from each prompt's reference rewards. With ``calibrate_m``, Ĉ is taken against each prompt's first
+    ``calibrate_m`` rewards only (what a trainer with that m sees) while the law uses them all."""
+    from twinloop.rewards.calibrated import calibrate, unit_transform
     from twinloop.train.ctrl_eval import paired_margin
 
-    laws = [reference_law(s)[1:] for s in scores]
+    laws = []
+    for s in scores:
+        values, q, c_hat = reference_law(s)
+        if calibrate_m is not None:
+            c_hat = np.array([calibrate(float(v), list(s[:calibrate_m])) for v in values])
+        laws.append((q, c_hat))
     points = []
     for t in ts:
         phis = [np.array([unit_transform(float(c), procedure, float(t)) for c in c_hat]) for _, c_hat in laws]
@@ -149,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="dev", help="dev is the validation split")
     parser.add_argument("--n_problems", type=int, default=64)
     parser.add_argument("--m", type=int, default=16, help="reference samples per prompt (the recipe's reference_m)")
+    parser.add_argument("--calibrate_m", type=int, default=None,
+                        help="Ĉ against the first this many references only (the trainer's m); the law uses all m")
     parser.add_argument("--max_tokens", type=int, default=96)
     parser.add_argument("--budgets", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--kl_budget", type=float, default=0.5)
@@ -161,12 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     scores = reference_scores(a.reference, a.split, a.n_problems, a.m, a.max_tokens, a.cache_dir, a.seed)
-    curves = {f"bon@{n}": tie_aware_curve(scores, a.ts, a.kl_budget, n) for n in a.budgets}
+    curves = {f"bon@{n}": tie_aware_curve(scores, a.ts, a.kl_budget, n, calibrate_m=a.calibrate_m)
+              for n in a.budgets}
     grid = list(np.geomspace(min(a.ts), max(a.ts), 60))
     analytical = {f"bon@{n}": t_curve(n, "bon", a.kl_budget, grid) for n in a.budgets}
     distinct = [len(set(s)) for s in scores]
     top_c = [float(reference_law(s)[2][-1]) for s in scores]
-    result = {"split": a.split, "n_problems": len(scores), "m": a.m, "kl_budget": a.kl_budget,
+    result = {"split": a.split, "n_problems": len(scores), "m": a.m, "calibrate_m": a.calibrate_m,
+              "kl_budget": a.kl_budget,
               "distinct_values_per_prompt": float(np.mean(distinct)), "c_hat_of_best_outcome": float(np.mean(top_c)),
               "curves": {k: {"points": [{x: v for x, v in p.items() if x != "per_prompt"} for p in c["points"]],
                              "identity": {x: v for x, v in c["identity"].items() if x != "per_prompt"}}
