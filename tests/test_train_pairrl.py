@@ -115,6 +115,21 @@ def test_unparseable_ratings_give_the_verify_role_no_gradient(tmp_path):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=n)
 
 
+def test_buffered_rollout_with_several_updates_per_generation(tmp_path, monkeypatch):
+    """steps_per_generation 2 and num_iterations 2: one rollout (2 problems, 8 solutions, 8 verify prompts) is
+    split into micro-batches of both roles and reused for 4 updates against the stored π_old of each role; at a
+    high learning rate the later updates leave the trust region (clip fractions > 0)."""
+    import twinloop.train.pairrl as pairrl
+
+    monkeypatch.setattr(pairrl, "parse_ratings", lambda text: (10, 1))
+    trainer, logs = _one_step(tmp_path, per_device_train_batch_size=4, steps_per_generation=2, num_iterations=2,
+                              gradient_accumulation_steps=2, max_steps=2, learning_rate=3e-2)
+    assert len(logs) == 2 and trainer._needs_old_logps()
+    assert logs[0]["verify/prompts"] == 8.0 and "verify/prompts" not in logs[1]  # the second step reuses it
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logs)
+    assert logs[1]["clip_ratio/low_mean"] + logs[1]["clip_ratio/high_mean"] > 0
+
+
 def test_recipe_parses_and_main_runs(tmp_path):
     """`python -m twinloop.train.pairrl --config recipes/arith/pairrl.yaml` in-process with the recipe's own
     verifiable reward (the tiny policy may or may not form pairs in 1 step; the run must complete either way)."""
