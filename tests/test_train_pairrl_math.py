@@ -117,3 +117,19 @@ def test_combined_objective_token_means_each_role_then_adds():
     # no verify rows: the verify part is 0, not NaN
     total, _, verify = combined_loss(per_token[:2], mask[:2], is_verify[:2], 3, 0)
     assert verify.item() == 0.0 and total.item() == pytest.approx(7 / 3)
+
+
+def test_importance_ratio_modes():
+    from twinloop.train.pairrl_math import importance_ratio
+
+    old = torch.tensor([[0.0, -1.0, -2.0]])
+    sampled = torch.tensor([[-0.5, -1.0, float("nan")]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    e = torch.exp(torch.tensor(0.5)).item()
+    assert importance_ratio(old, sampled, mask, "token_truncate", None, 3.0)[0].tolist() == pytest.approx([e, 1, 1])
+    assert importance_ratio(old, sampled, mask, "token_truncate", None, 1.5)[0].tolist() == pytest.approx([1.5, 1, 1])
+    assert importance_ratio(old, sampled, mask, "token_mask", 0.5, 1.5)[0].tolist() == pytest.approx([0.0, 1, 1])
+    assert importance_ratio(old, sampled, mask, "sequence_mask", 0.5, 2.0)[0].tolist() == pytest.approx([e])
+    assert importance_ratio(old, sampled, mask, "sequence_truncate", 0.5, 1.2)[0].tolist() == pytest.approx([1.2])
+    with pytest.raises(ValueError):
+        importance_ratio(old, sampled, mask, "token", None, None)

@@ -14,7 +14,8 @@ Each rollout has two stages, in TRL's ``_generate_and_score_completions``:
    rank), the verify prompts are scattered back in equal slices, the same model writes ratings, and each rating
    earns the 0.2-band reward with a REINFORCE mean baseline over all verify prompts of the step.
 Both roles' rows go into one batch; the loss is J = J_gen + λ·J_verify, each role clipped at 0.2/0.28 and
-token-meaned over its own tokens, in one optimizer update. Generation uses transformers (vLLM is not wired yet).
+token-meaned over its own tokens, in one optimizer update. Generation uses transformers or colocated / server
+vLLM (``use_vllm``), for both roles; TRL's vLLM importance-sampling correction covers the verify rows too.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from twinloop.rewards.base import checked, message_text
 from twinloop.rewards.pairwise import BAND, PAIRWISE_TEMPLATE, parse_ratings
 from twinloop.train.checkpointing import AtomicCheckpointMixin
 from twinloop.train.common import cpu_overrides, load_tokenizer, with_flat_recipe
-from twinloop.train.gppo import GPPOScriptArguments, build_dataset, build_rewards, teardown
+from twinloop.train.gppo import GPPOScriptArguments, build_dataset, build_rewards, colocated_sampling_kwargs, teardown
 from twinloop.train.losses import clip_stats, policy_per_token_loss
 from twinloop.train.pairrl_math import (
     PAIR_ORDERS,
@@ -40,6 +41,7 @@ from twinloop.train.pairrl_math import (
     correctness_labels,
     cross_rank_fraction,
     form_pairs,
+    importance_ratio,
     mean_baseline_advantages,
     pairwise_accuracy,
     scatter_slots,
@@ -64,6 +66,8 @@ class PairRLConfig(GRPOConfig):
                                                                         "None: rewards.pairwise.PAIRWISE_TEMPLATE."})
     epsilon_high: float | None = field(default=0.28, metadata={"help": "ε_h (clip-higher)."})
     scale_rewards: str = field(default="none", metadata={"help": "V1: no std normalisation of the group advantage."})
+    vllm_dtype: str | None = field(default=None, metadata={"help": "dtype of the colocated vLLM engine (None: "
+                                                                   "vLLM's auto, which downcasts float32)."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -71,8 +75,10 @@ class PairRLConfig(GRPOConfig):
             raise ValueError(f"V1-PairRL token-means each role (loss_type='dapo'); got {self.loss_type!r}")
         if self.beta != 0.0:
             raise ValueError(f"V1-PairRL trains without a KL term (beta=0); got beta={self.beta}")
-        if self.use_vllm:
-            raise ValueError("V1-PairRL generates with transformers for now; set use_vllm false")
+        if self.use_vllm and self.vllm_mode not in ("colocate", "server"):
+            raise ValueError(f"vllm_mode must be 'colocate' or 'server'; got {self.vllm_mode!r}")
+        if self.use_vllm and self.vllm_mode == "colocate":
+            self.generation_kwargs = colocated_sampling_kwargs(self.generation_kwargs)
         if self.pair_order not in PAIR_ORDERS:
             raise ValueError(f"pair_order must be one of {PAIR_ORDERS}; got {self.pair_order!r}")
         if self.pairs_per_problem < (2 if self.pair_order == "both" else 1):
@@ -100,6 +106,31 @@ class PairRLTrainer(AtomicCheckpointMixin, GRPOTrainer):
 
     _tag_names = ["trl", "v1-pairrl", "twinloop"]
     _name = "V1-PairRL"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        cfg = kwargs.get("args", args[2] if len(args) > 2 else None)
+        extra: dict[str, Any] = {}
+        if cfg is not None and cfg.use_vllm and cfg.vllm_mode == "colocate":  # as GPPOTrainer: CPU-safe colocate
+            single = os.environ.get("WORLD_SIZE", "1") == "1" and not torch.distributed.is_initialized()
+            if single and os.environ.get("MASTER_PORT", "29500") in ("29500", "auto", "0"):
+                from twinloop.infer.engine import free_port
+
+                os.environ["MASTER_PORT"] = str(free_port())
+            if cfg.vllm_dtype is not None:
+                extra["dtype"] = cfg.vllm_dtype
+            if not torch.cuda.is_available():
+                extra["enforce_eager"] = True
+        if extra:
+            from twinloop.train.vllm_sync import colocated_llm_kwargs
+
+            with colocated_llm_kwargs(**extra):
+                super().__init__(*args, **kwargs)
+        else:
+            super().__init__(*args, **kwargs)
+        if self.use_vllm and self.args.vllm_mode == "colocate" and self.accelerator.device.type == "cpu":
+            from twinloop.train.vllm_sync import patch_colocate_sync_for_cpu
+
+            patch_colocate_sync_for_cpu(self.vllm_generation)
 
     # ---- stage 1: TRL's generation and verifiable reward (captured for pairing) ---------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -149,7 +180,7 @@ class PairRLTrainer(AtomicCheckpointMixin, GRPOTrainer):
         chat = isinstance(prompts[0], list)
         prompt_ids, _, _ = self._tokenize_prompts([[{"role": "user", "content": t}] for t in texts] if chat else texts)
         with self._verify_generation_length():
-            completion_ids, _ = self._generate_single_turn(prompt_ids, None, {}, 1)
+            completion_ids, sampling_logps = self._generate_single_turn(prompt_ids, None, {}, 1)
         ratings = [parse_ratings(t) for t in self.processing_class.batch_decode(completion_ids,
                                                                                 skip_special_tokens=True)]
         # every rank needs every rating: the baseline is the mean over all verify prompts of the step
@@ -163,20 +194,24 @@ class PairRLTrainer(AtomicCheckpointMixin, GRPOTrainer):
         acc_pairs = pairwise_accuracy(all_ratings, pairs)
         if acc_pairs is not None:
             metrics["verify/pair_accuracy"].append(acc_pairs)
-        return self._verify_tensors(prompt_ids, completion_ids, advantages, weights)
+        return self._verify_tensors(prompt_ids, completion_ids, advantages, weights, sampling_logps)
 
     @contextmanager
     def _verify_generation_length(self):
         """Rating completions get their own token limit; everything else of the sampling setup is the rollout's."""
-        saved = self.generation_config.max_new_tokens
-        self.generation_config.max_new_tokens = self.args.verify_max_completion_length
+        limit = self.args.verify_max_completion_length
+        target = self.vllm_generation if self.use_vllm else self.generation_config
+        field_name = "max_completion_length" if self.use_vllm else "max_new_tokens"
+        saved = getattr(target, field_name)
+        setattr(target, field_name, limit)
         try:
             yield
         finally:
-            self.generation_config.max_new_tokens = saved
+            setattr(target, field_name, saved)
 
-    def _verify_tensors(self, prompt_ids: list[list[int]], completion_ids: list[list[int]],
-                        advantages: list[float], weights: list[float]) -> dict[str, torch.Tensor]:
+    def _verify_tensors(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], advantages: list[float],
+                        weights: list[float], sampling_logps: list[list[float | None]] | None = None
+                        ) -> dict[str, torch.Tensor]:
         from trl.trainer.utils import pad
 
         device, pad_id = self.accelerator.device, self._tokenizer.pad_token_id
@@ -202,16 +237,26 @@ class PairRLTrainer(AtomicCheckpointMixin, GRPOTrainer):
                 out["old_per_token_logps"], _, _ = self._get_per_token_logps_and_entropies(
                     self.model, ids, mask, out["completion_ids"].size(1),
                     batch_size=self.args.per_device_train_batch_size)
+        if sampling_logps is not None:
+            rows = [torch.tensor([float("nan") if x is None else x for x in lp] or [0.0]) for lp in sampling_logps]
+            out["sampling_per_token_logps"] = pad(rows, padding_value=0.0, padding_side="right").to(device)
+            if self.vllm_importance_sampling_correction:
+                out["importance_sampling_ratio"] = importance_ratio(
+                    out["old_per_token_logps"], out["sampling_per_token_logps"], out["completion_mask"],
+                    self.vllm_importance_sampling_mode, self.vllm_importance_sampling_clip_min,
+                    self.vllm_importance_sampling_clip_max)
         return out
 
     def _needs_old_logps(self) -> bool:
         """TRL's rule: π_old is stored when generation and optimizer steps are misaligned."""
-        return self.args.gradient_accumulation_steps % (self.args.steps_per_generation * self.num_iterations) != 0
+        misaligned = self.args.gradient_accumulation_steps % (self.args.steps_per_generation * self.num_iterations)
+        return misaligned != 0 or (self.use_vllm and self.vllm_importance_sampling_correction)
 
     def _merge(self, gen: dict[str, Any], verify: dict[str, torch.Tensor]) -> dict[str, Any]:
         """One batch of both roles' rows (prompts left-padded, completions right-padded to common widths)."""
         known = {"prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages", "num_items_in_batch",
-                 "old_per_token_logps", "pairrl_is_verify", "pairrl_verify_tokens"}
+                 "old_per_token_logps", "pairrl_is_verify", "pairrl_verify_tokens", "sampling_per_token_logps",
+                 "importance_sampling_ratio"}
         unknown = sorted(set(gen) - known)
         if unknown:
             raise RuntimeError(f"V1-PairRL cannot merge rollout fields {unknown} (tools, images and vLLM are not "
@@ -225,9 +270,12 @@ class PairRLTrainer(AtomicCheckpointMixin, GRPOTrainer):
         out["completion_ids"] = torch.cat([_pad_right(x["completion_ids"], c_width, pad_id) for x in (gen, verify)])
         out["completion_mask"] = torch.cat([_pad_right(x["completion_mask"], c_width, 0) for x in (gen, verify)])
         out["advantages"] = torch.cat([gen["advantages"], verify["advantages"]])
-        if gen.get("old_per_token_logps") is not None:
-            out["old_per_token_logps"] = torch.cat([_pad_right(x["old_per_token_logps"], c_width, 0.0)
-                                                    for x in (gen, verify)])
+        for key, fill in (("old_per_token_logps", 0.0), ("sampling_per_token_logps", 0.0),
+                          ("importance_sampling_ratio", 1.0)):
+            if gen.get(key) is not None:  # a (B, 1) sequence-level ratio keeps its width
+                width = c_width if gen[key].size(1) > 1 or verify[key].size(1) > 1 else 1
+                out[key] = torch.cat([_pad_right(x[key], width, fill) if x[key].size(1) < width else x[key]
+                                      for x in (gen, verify)])
         n_verify = verify["prompt_ids"].size(0)
         out["pairrl_is_verify"] = torch.cat([gen["pairrl_is_verify"], torch.ones(n_verify, device=gen[
             "pairrl_is_verify"].device)])
@@ -254,6 +302,8 @@ class PairRLTrainer(AtomicCheckpointMixin, GRPOTrainer):
         advantages = inputs["advantages"]
         per_token = policy_per_token_loss(logps, old, advantages, eps_low=self.epsilon_low,
                                           eps_high=self.epsilon_high, mode="ppo", dual_clip=None)
+        if "importance_sampling_ratio" in inputs:
+            per_token = per_token * inputs["importance_sampling_ratio"]
         mask = mask.to(logps.dtype)
         is_verify = inputs["pairrl_is_verify"]
         loss, gen_loss, verify_loss = combined_loss(

@@ -141,3 +141,24 @@ def combined_loss(per_token: torch.Tensor, mask: torch.Tensor, is_verify: torch.
     gen = token_mean(per_token, mask * (1 - role), gen_tokens)
     verify = token_mean(per_token, mask * role, verify_tokens)
     return gen + verify_coef * verify, gen, verify
+
+
+IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+def importance_ratio(old_logps: torch.Tensor, sampling_logps: torch.Tensor, mask: torch.Tensor, mode: str,
+                     clip_min: float | None, clip_max: float | None) -> torch.Tensor:
+    """TRL's vLLM importance-sampling correction π_trainer / π_vLLM for rows it did not build (the verify role):
+    per token (B, T) or per sequence (B, 1); ``*_truncate`` clamps into [clip_min, clip_max], ``*_mask`` zeroes
+    ratios outside it. Tokens without a vLLM logprob (NaN) get ratio 1."""
+    if mode not in IS_MODES:
+        raise ValueError(f"unknown importance sampling mode {mode!r}; choose from {IS_MODES}")
+    diff = torch.nan_to_num((old_logps - sampling_logps) * mask, nan=0.0)
+    if mode.startswith("sequence"):
+        diff = diff.sum(dim=-1, keepdim=True)
+    ratio = torch.exp(diff)
+    if mode.endswith("truncate"):
+        return torch.clamp(ratio, min=clip_min, max=clip_max)
+    lo = -math.inf if clip_min is None else clip_min
+    hi = math.inf if clip_max is None else clip_max
+    return ratio.masked_fill((ratio < lo) | (ratio > hi), 0.0)
