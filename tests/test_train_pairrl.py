@@ -142,6 +142,9 @@ def test_recipe_parses_and_main_runs(tmp_path):
     assert TRAINERS["pairrl"] == "twinloop.train.pairrl"
     assert script.reward_funcs == ["arith_outcome"] and script.task == "arith" and cfg.max_steps == 3
     assert cfg.num_generations == 4 and cfg.pairs_per_problem == 4 and cfg.verify_coef == 1.0
+    from twinloop.infer.eval_config import recipe_defaults
+
+    assert recipe_defaults(recipe)["reward"] == "arith_outcome"  # the eval section reads the same reward
     out = tmp_path / "run"
     rc = main(["--config", recipe, "--output_dir", str(out), "--max_steps", "1", "--train_size", "8",
                "--per_device_train_batch_size", "8", "--max_completion_length", "48",
