@@ -11,6 +11,8 @@ candidates are reused, unchanged, for the baselines:
   ``<rating>X</rating>``, 1-10); the best rating wins, ties and unparseable ratings (scored 0) go to the earliest;
 - majority vote over the extracted answers (ties to the earliest answer);
 - random selection, as its exact expectation (the share of correct candidates);
+- best-of-N with a learned ORM, when ``--orm SPEC`` names one (a reward bundle folder or any ``build_reward``
+  spec; ties and unscorable to the earliest);
 - pass@N (any candidate correct) as the ceiling.
 Per problem it reports policy tokens, judge tokens (prompt + generated) and verifier calls, and separately the
 verifier's pairwise accuracy: every mixed (correct, wrong) pair of the N = min(ns) candidates, judged once in a
@@ -58,6 +60,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=128, help="per candidate")
     ap.add_argument("--judge-max-tokens", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--orm", default=None, help="reward spec for the best-of-N baseline (e.g. an ORM bundle folder)")
     ap.add_argument("--out", default=None, help="JSON file for the numbers")
     args = ap.parse_args(argv)
 
@@ -76,6 +79,11 @@ def main(argv=None) -> int:
     gold = [canonical_answer(r["answer"]) for r in rows]
     problems = [Problem(prompt=r["prompt"], columns={"answer": r["answer"]}, id=r["id"]) for r in rows]
     engine = VLLMEngine(args.policy, dtype="float32", max_model_len=1024, seed=args.seed)
+    orm = None
+    if args.orm:
+        from twinloop.build import build_reward
+
+        orm = build_reward(args.orm, task="arith", engine=engine)
     judge_cfg = SamplingConfig(n=1, temperature=0.0, max_tokens=args.judge_max_tokens)
     report: dict = {"policy": args.policy, "problems": len(rows), "temperature": args.temperature,
                     "judge_temperature": 0.0, "rows": []}
@@ -119,6 +127,17 @@ def main(argv=None) -> int:
                                "policy_tokens": policy_tokens, "judge_tokens": judge_tokens / n_prob,
                                "verifier_calls": len(reqs) / n_prob,
                                "unparseable_frac": sum(r is None for r in ratings) / max(1, len(ratings))})
+        if orm is not None:
+            flat = [(r["prompt"], t, r["answer"]) for r, ts in zip(rows, texts) for t in ts]
+            scores = orm([p for p, _, _ in flat], [t for _, t, _ in flat], answer=[a for _, _, a in flat])
+            hits, k = 0, 0
+            for ts, ok in zip(texts, correct):
+                mine = [-1e30 if scores[k + j] is None else float(scores[k + j]) for j in range(len(ts))]
+                k += len(ts)
+                hits += bool(ts) and ok[earliest_best(mine)]
+            report["rows"].append({"method": f"best-of-N ({args.orm})", "N": n, "accuracy": hits / n_prob,
+                                   "policy_tokens": policy_tokens, "judge_tokens": 0.0,
+                                   "verifier_calls": len(flat) / n_prob})
         maj = sum(vote(a)[0] == g for a, g in zip(answers, gold)) / n_prob
         rand = sum(sum(ok) / len(ok) for ok in correct if ok) / n_prob
         ceiling = sum(any(ok) for ok in correct) / n_prob
@@ -143,11 +162,11 @@ def main(argv=None) -> int:
     engine.close()
 
     print(f"policy {args.policy}, {n_prob} test problems, T={args.temperature}, judge greedy")
-    print(f"{'method':<20}{'N':>3}{'B':>5}{'acc':>7}{'policy tok':>12}{'judge tok':>11}{'calls':>7}{'unparsed':>10}")
+    print(f"{'method':<28}{'N':>3}{'B':>5}{'acc':>7}{'policy tok':>12}{'judge tok':>11}{'calls':>7}{'unparsed':>10}")
     for r in report["rows"]:
         b = f"{r['B']:g}" if "B" in r else "-"
         unp = f"{r['unparseable_frac']:.2f}" if "unparseable_frac" in r else "-"
-        print(f"{r['method']:<20}{r['N']:>3}{b:>5}{r['accuracy']:>7.3f}{r['policy_tokens']:>12.1f}"
+        print(f"{r['method']:<28}{r['N']:>3}{b:>5}{r['accuracy']:>7.3f}{r['policy_tokens']:>12.1f}"
               f"{r['judge_tokens']:>11.1f}{r['verifier_calls']:>7.1f}{unp:>10}")
     pw = report["pairwise"]
     acc = "n/a" if pw["accuracy"] is None else f"{pw['accuracy']:.3f}"
