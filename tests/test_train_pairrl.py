@@ -130,6 +130,28 @@ def test_buffered_rollout_with_several_updates_per_generation(tmp_path, monkeypa
     assert logs[1]["clip_ratio/low_mean"] + logs[1]["clip_ratio/high_mean"] > 0
 
 
+def test_long_solutions_are_cut_to_fit_the_verify_prompt(tmp_path):
+    import twinloop.train.pairrl as pairrl
+    from datasets import Dataset
+
+    trainer = pairrl.PairRLTrainer(model=str(POLICY), reward_funcs=[_Alternating()],
+                                   args=_config(tmp_path, verify_max_prompt_length=600),
+                                   train_dataset=Dataset.from_list(_rows()),
+                                   processing_class=pairrl.load_tokenizer(str(POLICY)))
+    long = "12 + 30 = 42\n\n" * 60  # ~ 480 tokens
+    items = [("Compute 12 + 30 step by step.", "12 + 30 = 42", "Answer: \\boxed{42}"),
+             ("Compute 12 + 30 step by step.", long, long + "end"),
+             ("Compute 12 + 30 step by step.", "short", long),
+             ("What? " * 400, "a", "b")]  # the problem alone is over the limit
+    ids, weights = trainer._verify_prompt_ids(items, True, [1.0] * 4)
+    assert all(len(x) <= 600 for x in ids) and weights == [1.0, 1.0, 1.0, 0.0]
+    texts = [trainer.processing_class.decode(x) for x in ids]
+    assert pairrl.TRUNCATION_MARK not in texts[0] and texts[1].count(pairrl.TRUNCATION_MARK) == 2
+    assert "[Solution A]\nshort\n[End of Solution A]" in texts[2] and texts[2].count(pairrl.TRUNCATION_MARK) == 1
+    assert len(ids[1]) > 550  # the room left is used, not thrown away
+    assert trainer._metrics["train"]["verify/truncated_frac"] == [0.75]
+
+
 def test_recipe_parses_and_main_runs(tmp_path):
     """`python -m twinloop.train.pairrl --config recipes/arith/pairrl.yaml` in-process with the recipe's own
     verifiable reward (the tiny policy may or may not form pairs in 1 step; the run must complete either way)."""

@@ -133,3 +133,14 @@ def test_importance_ratio_modes():
     assert importance_ratio(old, sampled, mask, "sequence_truncate", 0.5, 1.2)[0].tolist() == pytest.approx([1.2])
     with pytest.raises(ValueError):
         importance_ratio(old, sampled, mask, "token", None, None)
+
+
+def test_split_budget_keeps_the_short_solution_whole():
+    from twinloop.train.pairrl_math import split_budget
+
+    assert split_budget(10, 20, 100) == (10, 20)
+    assert split_budget(10, 200, 100) == (10, 90)
+    assert split_budget(200, 10, 100) == (90, 10)
+    assert split_budget(200, 300, 100) == (50, 50)
+    assert split_budget(200, 300, 101) == (50, 51)
+    assert split_budget(5, 5, -3) == (0, 0)

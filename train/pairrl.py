@@ -45,8 +45,12 @@ from twinloop.train.pairrl_math import (
     mean_baseline_advantages,
     pairwise_accuracy,
     scatter_slots,
+    split_budget,
     verify_rewards,
 )
+
+TRUNCATION_MARK = "\n[truncated]"
+
 
 
 @dataclass
@@ -64,6 +68,9 @@ class PairRLConfig(GRPOConfig):
     verify_max_completion_length: int = field(default=64, metadata={"help": "token limit of a rating completion."})
     verify_template: str | None = field(default=None, metadata={"help": "rating prompt with {prompt}, {a}, {b}; "
                                                                         "None: rewards.pairwise.PAIRWISE_TEMPLATE."})
+    verify_max_prompt_length: int | None = field(default=None, metadata={
+        "help": "token limit of a verify prompt; longer solutions lose their tails (marked). None: the context "
+                "(vllm_max_model_length or the model's max positions) minus verify_max_completion_length."})
     epsilon_high: float | None = field(default=0.28, metadata={"help": "ε_h (clip-higher)."})
     scale_rewards: str = field(default="none", metadata={"help": "V1: no std normalisation of the group advantage."})
     vllm_dtype: str | None = field(default=None, metadata={"help": "dtype of the colocated vLLM engine (None: "
@@ -174,11 +181,8 @@ class PairRLTrainer(AtomicCheckpointMixin, GRPOTrainer):
         slots = scatter_slots(len(pairs), acc.num_processes, args.steps_per_generation)[acc.process_index]
         mine = [pairs[k if k is not None else 0] for k in slots]  # padding slots repeat pair 0, weight 0
         weights = [0.0 if k is None else 1.0 for k in slots]
-        template = args.verify_template or PAIRWISE_TEMPLATE
-        texts = [template.format(prompt=problems[p.a // group * group], a=solutions[p.a], b=solutions[p.b])
-                 for p in mine]
-        chat = isinstance(prompts[0], list)
-        prompt_ids, _, _ = self._tokenize_prompts([[{"role": "user", "content": t}] for t in texts] if chat else texts)
+        items = [(problems[p.a // group * group], solutions[p.a], solutions[p.b]) for p in mine]
+        prompt_ids, weights = self._verify_prompt_ids(items, isinstance(prompts[0], list), weights)
         with self._verify_generation_length():
             completion_ids, sampling_logps = self._generate_single_turn(prompt_ids, None, {}, 1)
         ratings = [parse_ratings(t) for t in self.processing_class.batch_decode(completion_ids,
@@ -195,6 +199,45 @@ class PairRLTrainer(AtomicCheckpointMixin, GRPOTrainer):
         if acc_pairs is not None:
             metrics["verify/pair_accuracy"].append(acc_pairs)
         return self._verify_tensors(prompt_ids, completion_ids, advantages, weights, sampling_logps)
+
+    def _verify_prompt_limit(self) -> int:
+        if self.args.verify_max_prompt_length is not None:
+            return self.args.verify_max_prompt_length
+        context = self.args.vllm_max_model_length if self.use_vllm else None
+        context = context or getattr(self.accelerator.unwrap_model(self.model).config, "max_position_embeddings", None)
+        return (context or 10**9) - self.args.verify_max_completion_length
+
+    def _verify_prompt_ids(self, items: list[tuple[str, str, str]], chat: bool, weights: list[float]
+                           ) -> tuple[list[list[int]], list[float]]:
+        """Token ids of the verify prompts. A prompt over the limit keeps the leading tokens of its solutions
+        (``split_budget``, marked); one still over it (a long problem) is kept out of the loss (weight 0)."""
+        template = self.args.verify_template or PAIRWISE_TEMPLATE
+
+        def tokenize(rows):
+            texts = [template.format(prompt=p, a=a, b=b) for p, a, b in rows]
+            return self._tokenize_prompts([[{"role": "user", "content": t}] for t in texts] if chat else texts)[0]
+
+        ids, limit, tok = tokenize(items), self._verify_prompt_limit(), self._tokenizer
+        over = [k for k, x in enumerate(ids) if len(x) > limit]
+        slack = 2 * len(tok(TRUNCATION_MARK, add_special_tokens=False)["input_ids"]) + 8  # marks, re-tokenising
+        for k in over:
+            p, a, b = items[k]
+            a_ids, b_ids = (tok(x, add_special_tokens=False)["input_ids"] for x in (a, b))
+            length = len(ids[k])
+            for attempt in range(1, 4):
+                room = len(a_ids) + len(b_ids) - (length - limit) - attempt * slack
+                keep_a, keep_b = split_budget(len(a_ids), len(b_ids), room)
+                items[k] = (p, *(x if n == len(x_ids) else tok.decode(x_ids[:n]) + TRUNCATION_MARK
+                                 for x, x_ids, n in ((a, a_ids, keep_a), (b, b_ids, keep_b))))
+                ids[k] = tokenize([items[k]])[0]
+                if len(ids[k]) <= limit:
+                    break
+        weights = [0.0 if len(x) > limit else w for x, w in zip(ids, weights)]
+        ids = [x[-limit:] for x in ids]  # still over (a long problem): generated from the tail, never trained on
+        counts = torch.tensor([[float(len(over)), float(len(items))]], device=self.accelerator.device)
+        over_all, total = self.accelerator.gather(counts).sum(dim=0).tolist()
+        self._metrics["train"]["verify/truncated_frac"].append(over_all / max(1.0, total))
+        return ids, weights
 
     @contextmanager
     def _verify_generation_length(self):

@@ -162,3 +162,17 @@ def importance_ratio(old_logps: torch.Tensor, sampling_logps: torch.Tensor, mask
     lo = -math.inf if clip_min is None else clip_min
     hi = math.inf if clip_max is None else clip_max
     return ratio.masked_fill((ratio < lo) | (ratio > hi), 0.0)
+
+
+def split_budget(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
+    """How many leading tokens of solutions A and B a verify prompt keeps when only ``budget`` fit: the shorter
+    one stays whole if it fits in half, the longer one gets the rest; otherwise both get half."""
+    budget = max(0, budget)
+    if len_a + len_b <= budget:
+        return len_a, len_b
+    half = budget // 2
+    if len_a <= half:
+        return len_a, budget - len_a
+    if len_b <= half:
+        return budget - len_b, len_b
+    return half, budget - half
