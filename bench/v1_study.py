@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--temperature", type=float, default=1.0, help="candidate sampling (V1: 1.0 for math)")
     ap.add_argument("--max-tokens", type=int, default=128, help="per candidate")
     ap.add_argument("--judge-max-tokens", type=int, default=64)
+    ap.add_argument("--both-orders", action="store_true", help="judge every pair as (A, B) and (B, A)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--orm", default=None, help="reward spec for the best-of-N baseline (e.g. an ORM bundle folder)")
     ap.add_argument("--out", default=None, help="JSON file for the numbers")
@@ -86,13 +87,14 @@ def main(argv=None) -> int:
         orm = build_reward(args.orm, task="arith", engine=engine)
     judge_cfg = SamplingConfig(n=1, temperature=0.0, max_tokens=args.judge_max_tokens)
     report: dict = {"policy": args.policy, "problems": len(rows), "temperature": args.temperature,
-                    "judge_temperature": 0.0, "rows": []}
+                    "judge_temperature": 0.0, "both_orders": args.both_orders, "rows": []}
     n_prob = len(rows)
     per_n_candidates = {}
     for n in ns:
         first = None
         for b in bs:
-            verifier = PairwiseVerifier(engine, temperature=0.0, max_tokens=args.judge_max_tokens)
+            verifier = PairwiseVerifier(engine, temperature=0.0, max_tokens=args.judge_max_tokens,
+                                        both_orders=args.both_orders)
             cfg = v1_tournament.TournamentConfig(temperature=args.temperature, max_tokens=args.max_tokens,
                                                  seed=args.seed, sampling_seed=args.seed,
                                                  comparisons_per_candidate=b)
@@ -155,9 +157,13 @@ def main(argv=None) -> int:
                     items.append((rows[pi]["prompt"][-1]["content"], ts[i], ts[j]))
                     pairs.append(VerifyPair(pi, i, j, int(ok[i]), int(ok[j])))
                     swap.append(rng.random() < 0.5)
-    verifier = PairwiseVerifier(engine, temperature=0.0, max_tokens=args.judge_max_tokens)
-    rated = [r[0] for r in verifier.rate_pairs(items, swap)] if items else []
-    report["pairwise"] = {"N": min(ns), "mixed_pairs": len(pairs), "accuracy": pairwise_accuracy(rated, pairs),
+    verifier = PairwiseVerifier(engine, temperature=0.0, max_tokens=args.judge_max_tokens,
+                                both_orders=args.both_orders)
+    # a pair judged in both orders counts once per presentation
+    rated = [r for row in verifier.rate_pairs(items, swap) for r in row] if items else []
+    shown = [p for p in pairs for _ in range(verifier.presentations)]
+    report["pairwise"] = {"N": min(ns), "mixed_pairs": len(pairs), "judgments": len(rated),
+                          "accuracy": pairwise_accuracy(rated, shown),
                           "unparseable_frac": sum(r is None for r in rated) / max(1, len(rated))}
     engine.close()
 
@@ -170,7 +176,8 @@ def main(argv=None) -> int:
               f"{r['judge_tokens']:>11.1f}{r['verifier_calls']:>7.1f}{unp:>10}")
     pw = report["pairwise"]
     acc = "n/a" if pw["accuracy"] is None else f"{pw['accuracy']:.3f}"
-    print(f"verifier pairwise accuracy (N={pw['N']}, {pw['mixed_pairs']} mixed pairs): {acc}, "
+    print(f"verifier pairwise accuracy (N={pw['N']}, {pw['mixed_pairs']} mixed pairs, {pw['judgments']} "
+          f"judgments): {acc}, "
           f"unparseable {pw['unparseable_frac']:.2f}")
     if args.out:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
