@@ -105,6 +105,34 @@ def test_one_update_trains_both_roles(tmp_path, monkeypatch):
     assert moved, "the verify role did not change the update"
 
 
+def test_generation_role_is_trl_grpo_exactly(tmp_path, monkeypatch):
+    """With λ = 0 the update is TRL's own GRPOTrainer (dapo token-mean, no std scaling, clip 0.2/0.28, no KL) on
+    the same seeded rollout, although the batch also holds the verify rows (wider padding, zero weight)."""
+    import twinloop.train.pairrl as pairrl
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    monkeypatch.setattr(pairrl, "parse_ratings", lambda text: (10, 1))
+    ours, (row,) = _one_step(tmp_path / "ours", max_steps=1, verify_coef=0.0, optim="sgd", learning_rate=1.0)
+    assert row["verify/prompts"] == 8.0
+    cfg = _config(tmp_path / "trl", max_steps=1, optim="sgd", learning_rate=1.0)  # Adam would amplify float noise
+    kw = {k: getattr(cfg, k) for k in ("use_cpu", "per_device_train_batch_size", "num_generations",
+                                       "max_completion_length", "max_steps", "learning_rate", "logging_steps",
+                                       "save_strategy", "seed", "disable_tqdm", "bf16", "epsilon", "epsilon_high",
+                                       "optim")}
+    trl_cfg = GRPOConfig(output_dir=str(tmp_path / "trl"), report_to="none", loss_type="dapo", scale_rewards="none",
+                         beta=0.0, **kw)
+    theirs = GRPOTrainer(model=str(POLICY), reward_funcs=[_Alternating()], args=trl_cfg,
+                         train_dataset=Dataset.from_list(_rows()), processing_class=pairrl.load_tokenizer(str(POLICY)))
+    theirs.train()
+    (trl_row,) = [r for r in theirs.state.log_history if "loss" in r]
+    assert row["reward"] == trl_row["reward"] and row["completions/mean_length"] == trl_row["completions/mean_length"]
+    assert row["grad_norm"] == pytest.approx(trl_row["grad_norm"], rel=1e-4)
+    # SGD at lr 1: the weights moved by the gradient itself; summation order differs (padding widths): 1e-5
+    for (n, p), (_, q) in zip(ours.model.named_parameters(), theirs.model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=n)
+
+
 def test_unparseable_ratings_give_the_verify_role_no_gradient(tmp_path):
     """The tiny policy writes no rating tags: every verify reward is 0, every advantage 0, and the update equals
     the generation-only one (λ = 0) within float noise."""
