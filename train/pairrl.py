@@ -188,10 +188,10 @@ class PairRLTrainer(AtomicCheckpointMixin, GRPOTrainer):
         ratings = [parse_ratings(t) for t in self.processing_class.batch_decode(completion_ids,
                                                                                 skip_special_tokens=True)]
         # every rank needs every rating: the baseline is the mean over all verify prompts of the step
-        rated = gather_object([(k, r) for k, r in zip(slots, ratings) if k is not None])
-        all_ratings = [r for _, r in sorted(rated, key=lambda x: x[0])]
+        rated = sorted(gather_object([(k, r, w) for k, r, w in zip(slots, ratings, weights) if k is not None]))
+        all_ratings = [r for _, r, _ in rated]
         all_rewards = verify_rewards(all_ratings, pairs, args.verify_band)
-        all_advantages = mean_baseline_advantages(all_rewards)
+        all_advantages = mean_baseline_advantages(all_rewards, [w for _, _, w in rated])  # cut-off prompts: out
         advantages = [all_advantages[k] if k is not None else 0.0 for k in slots]
         metrics["verify/reward_mean"].append(sum(all_rewards) / len(all_rewards))
         metrics["verify/unparseable_frac"].append(sum(r is None for r in all_ratings) / len(all_ratings))
