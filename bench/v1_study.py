@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=128, help="per candidate")
     ap.add_argument("--judge-max-tokens", type=int, default=64)
     ap.add_argument("--both-orders", action="store_true", help="judge every pair as (A, B) and (B, A)")
+    ap.add_argument("--judge-lora", default=None, help="peft adapter folder: the judge is this LoRA on the same "
+                                                        "engine (default: the policy's own weights)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--orm", default=None, help="reward spec for the best-of-N baseline (e.g. an ORM bundle folder)")
     ap.add_argument("--out", default=None, help="JSON file for the numbers")
@@ -79,7 +81,8 @@ def main(argv=None) -> int:
     rows = arith.load("test", n=args.problems)
     gold = [canonical_answer(r["answer"]) for r in rows]
     problems = [Problem(prompt=r["prompt"], columns={"answer": r["answer"]}, id=r["id"]) for r in rows]
-    engine = VLLMEngine(args.policy, dtype="float32", max_model_len=1024, seed=args.seed)
+    engine = VLLMEngine(args.policy, dtype="float32", max_model_len=1024, seed=args.seed,
+                        enable_lora=args.judge_lora is not None)
     orm = None
     if args.orm:
         from twinloop.build import build_reward
@@ -87,13 +90,14 @@ def main(argv=None) -> int:
         orm = build_reward(args.orm, task="arith", engine=engine)
     judge_cfg = SamplingConfig(n=1, temperature=0.0, max_tokens=args.judge_max_tokens)
     report: dict = {"policy": args.policy, "problems": len(rows), "temperature": args.temperature,
-                    "judge_temperature": 0.0, "both_orders": args.both_orders, "rows": []}
+                    "judge_temperature": 0.0, "both_orders": args.both_orders, "judge_lora": args.judge_lora,
+                    "rows": []}
     n_prob = len(rows)
     per_n_candidates = {}
     for n in ns:
         first = None
         for b in bs:
-            verifier = PairwiseVerifier(engine, temperature=0.0, max_tokens=args.judge_max_tokens,
+            verifier = PairwiseVerifier(engine, lora=args.judge_lora, temperature=0.0, max_tokens=args.judge_max_tokens,
                                         both_orders=args.both_orders)
             cfg = v1_tournament.TournamentConfig(temperature=args.temperature, max_tokens=args.max_tokens,
                                                  seed=args.seed, sampling_seed=args.seed,
@@ -116,7 +120,7 @@ def main(argv=None) -> int:
         policy_tokens = sum(r.usage.generated_tokens for r in res) / n_prob
         # pointwise self-verification on the same candidates
         reqs = [Request(messages=[{"role": "user", "content": POINTWISE_TEMPLATE.format(
-            prompt=r["prompt"][-1]["content"], a=t)}]) for r, ts in zip(rows, texts) for t in ts]
+            prompt=r["prompt"][-1]["content"], a=t)}], lora=args.judge_lora) for r, ts in zip(rows, texts) for t in ts]
         out = engine.generate(reqs, judge_cfg)
         ratings = [parse_rating(o.completions[0].text if o.completions else "") for o in out]
         judge_tokens = sum((o.usage.prompt_tokens or len(o.prompt_ids)) + o.usage.generated_tokens for o in out)
@@ -157,7 +161,7 @@ def main(argv=None) -> int:
                     items.append((rows[pi]["prompt"][-1]["content"], ts[i], ts[j]))
                     pairs.append(VerifyPair(pi, i, j, int(ok[i]), int(ok[j])))
                     swap.append(rng.random() < 0.5)
-    verifier = PairwiseVerifier(engine, temperature=0.0, max_tokens=args.judge_max_tokens,
+    verifier = PairwiseVerifier(engine, lora=args.judge_lora, temperature=0.0, max_tokens=args.judge_max_tokens,
                                 both_orders=args.both_orders)
     # a pair judged in both orders counts once per presentation
     rated = [r for row in verifier.rate_pairs(items, swap) for r in row] if items else []
