@@ -1,13 +1,17 @@
-"""qTTT against no TTT, LoRA-q and majority voting at matched compute, by context length (kv_retrieval).
+"""qTTT against no TTT, LoRA-q, majority voting and thinking tokens at matched compute, by context length.
 
-    python bench/qttt_study.py --model runs/qttt/kv-tiny --lengths 100,200,400,800 --n 40 \\
-        --out runs/qttt/study.jsonl          # one JSON line per item
-    python bench/qttt_study.py --summarize runs/qttt/study.jsonl --plot docs/figures/qttt-kv-tiny.png
+    python bench/qttt_study.py --model runs/qttt18/kv-tiny --lengths 60,120,240,480 --n 40 \\
+        --out runs/qttt18/study.jsonl          # one JSON line per item
+    python bench/qttt_study.py --summarize runs/qttt18/study.jsonl --plot docs/figures/qttt-kv-tiny.png
+    python bench/qttt_study.py --model SMOLLM2 --task ruler --task-args '{"name": "niah_single_1"}' \\
+        --lengths 1024,2048 --no-lora --no-majority --thinking --out runs/qttt18/ruler.jsonl
 
 Per item (same context, same frozen cache): greedy with no TTT; exact qTTT (N steps of span k, W_Q only);
 LoRA-q (the same loop on a q_proj LoRA, answered by vLLM re-prefilling under the adapter: the approximation);
-majority of B samples at temperature T with B·(answer tokens) ≈ 2·N·k, the TTT compute in tokens. Primary metric:
-the gold answer's mean NLL per token (it moves where exact match does not); then exact match of the first number.
+majority of B samples at temperature T with B·(answer tokens) ≈ 2·N·k, the TTT compute in tokens; thinking
+tokens (up to 2·N·k generated tokens before the answer prefix, ``thinking_answer``). Rows come from the task
+(kv_retrieval or ruler) and are scored by its own reward (exact match); the gold answer's mean NLL per token is
+recorded too (it moves where exact match does not).
 Wall time per item and method, and the frozen cache's size, are recorded. Peak memory of one item, plain against
 qTTT, in fresh processes: ``--memory plain`` / ``--memory qttt``. Not a test.
 """
@@ -23,16 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-MAX_NEW = 6  # " NNNN." and the stop token
-
-
-def split_prompt(tok, row) -> tuple[list[int], list[int], list[int]]:
-    """(context ids, tail ids, gold answer ids): the chat text cut where the question starts; the tail ends with
-    the assistant turn pre-filled with the row's answer prefix."""
-    full = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True) + row["answer_prefix"]
-    cut = full.rindex(row["question"])
-    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    return enc(full[:cut]), enc(full[cut:]), enc(f" {row['answer']}.")
+LENGTH_ARG = {"kv_retrieval": "context_words", "ruler": "max_seq_length"}  # what --lengths sets, per task
 
 
 def first_number(text: str) -> str | None:
@@ -40,51 +35,78 @@ def first_number(text: str) -> str | None:
     return m.group(0) if m else None
 
 
-def run_item(ctx, model, tok, row, args, engine, tmp: Path) -> dict:
+def thinking_answer(fwd, tok, cache, parts, row, budget: int, max_new: int) -> tuple[str, int]:
+    """The thinking-tokens baseline at a budget of ``budget`` tokens: the model writes up to ``budget`` tokens
+    after the question (the assistant turn opened, NOT pre-filled), then the answer prefix is appended and the
+    answer decoded greedily; all against the same frozen cache. Returns (answer text, thinking tokens used)."""
+    import torch
+    from twinloop.infer.qttt_answer import prompt_parts
+
+    prefix = row.get("answer_prefix") or ""
+    head = prompt_parts(tok, {**row, "answer_prefix": ""}).tail  # the assistant turn opened, nothing pre-filled
+    (thought,), used = fwd.generate(cache, torch.tensor(head), budget, [tok.eos_token_id])
+    bridge = tok(f"\n{prefix}" if prefix else "\n", add_special_tokens=False)["input_ids"]
+    (toks,), _ = fwd.generate(cache, torch.tensor(head + thought + bridge), max_new, [tok.eos_token_id])
+    return tok.decode(toks, skip_special_tokens=True), used
+
+
+def run_item(ctx, row, args, tmp: Path) -> dict:
     import torch
     from twinloop.infer.qttt import QTTTConfig, query_ttt, restored_queries, ttt_tokens
+    from twinloop.infer.qttt_answer import prompt_parts
     from twinloop.infer.qttt_lora import LoraQConfig, lora_q_ttt
 
-    fwd = ctx["fwd"]
-    c_ids, t_ids, a_ids = split_prompt(tok, row)
-    ids, tail, ans = torch.tensor(c_ids), torch.tensor(t_ids), torch.tensor(a_ids)
+    fwd, tok, model, engine, reward = ctx["fwd"], ctx["tok"], ctx["model"], ctx["engine"], ctx["reward"]
+    parts = prompt_parts(tok, row)
+    ids, tail, ans = torch.tensor(parts.context), torch.tensor(parts.tail), torch.tensor(parts.answer)
     stop = [tok.eos_token_id]
-    out = {"id": row["id"], "words": row["context_words"], "tokens": len(c_ids) + len(t_ids), "gold": row["answer"]}
+    columns = {k: [v] for k, v in row.items() if k not in ("prompt", "_length")}
+    out = {"id": row["id"], "length": row["_length"], "tokens": len(parts.context) + len(parts.tail),
+           "gold": row["answer"]}
+
+    def score(text: str) -> int:
+        return int(reward([row["prompt"]], [text], **columns)[0] == 1.0)
 
     def answer(name):
-        (toks,), _ = fwd.generate(cache, tail, MAX_NEW, stop)
-        out[f"{name}_em"] = int(first_number(tok.decode(toks)) == row["answer"])
+        (toks,), _ = fwd.generate(cache, tail, args.max_new, stop)
+        out[f"{name}_em"] = score(tok.decode(toks, skip_special_tokens=True))
         out[f"{name}_nll"] = round(fwd.answer_nll(cache, tail, ans), 4)
 
     t0 = time.perf_counter()
     cache, _ = fwd.prefill(ids)
     out["prefill_s"] = round(time.perf_counter() - t0, 4)
     out["cache_bytes"] = cache.nbytes()
-    t1 = time.perf_counter()
     answer("plain")
     out["plain_s"] = round(time.perf_counter() - t0, 4)
 
     for steps in args.steps:
         name = f"qttt{steps}"
+        budget = ttt_tokens(steps, min(args.span, len(parts.context) - 1))
         t1 = time.perf_counter()
         with restored_queries(fwd):
-            cfg = QTTTConfig(steps=steps, span=args.span, lr=args.lr, seed=args.seed)
-            losses = query_ttt(fwd, ids, cache, cfg)
+            losses = query_ttt(fwd, ids, cache, QTTTConfig(steps=steps, span=args.span, lr=args.lr, seed=args.seed))
             answer(name)
         out[f"{name}_s"] = round(out["prefill_s"] + time.perf_counter() - t1, 4)
         out[f"{name}_loss"] = [round(losses[0], 4), round(losses[-1], 4)] if losses else []
 
-        budget = ttt_tokens(steps, min(args.span, len(c_ids) - 1))
-        b = max(1, budget // MAX_NEW)
-        t1 = time.perf_counter()
-        gen = torch.Generator().manual_seed(args.seed)
-        samples, n_tok = fwd.generate(cache, tail, MAX_NEW, stop, n=b, temperature=args.temperature, generator=gen)
-        votes = [v for v in (first_number(tok.decode(s)) for s in samples) if v is not None]
-        top = collections.Counter(votes).most_common(1)
-        out[f"maj{steps}_em"] = int(bool(top) and top[0][0] == row["answer"])
-        out[f"maj{steps}_oracle"] = int(row["answer"] in votes)
-        out[f"maj{steps}_samples"], out[f"maj{steps}_tokens"] = b, n_tok
-        out[f"maj{steps}_s"] = round(out["prefill_s"] + time.perf_counter() - t1, 4)
+        if args.majority:  # B samples of max_new tokens = the TTT budget in tokens
+            b = max(1, budget // args.max_new)
+            t1 = time.perf_counter()
+            gen = torch.Generator().manual_seed(args.seed)
+            samples, n_tok = fwd.generate(cache, tail, args.max_new, stop, n=b, temperature=args.temperature,
+                                          generator=gen)
+            votes = [v for v in (first_number(tok.decode(s)) for s in samples) if v is not None]
+            top = collections.Counter(votes).most_common(1)
+            out[f"maj{steps}_em"] = score(top[0][0]) if top else 0
+            out[f"maj{steps}_oracle"] = int(any(score(v) for v in set(votes)))
+            out[f"maj{steps}_samples"], out[f"maj{steps}_tokens"] = b, n_tok
+            out[f"maj{steps}_s"] = round(out["prefill_s"] + time.perf_counter() - t1, 4)
+
+        if args.thinking:
+            t1 = time.perf_counter()
+            text, used = thinking_answer(fwd, tok, cache, parts, row, budget, args.max_new)
+            out[f"think{steps}_em"], out[f"think{steps}_tokens"] = score(text), used
+            out[f"think{steps}_s"] = round(out["prefill_s"] + time.perf_counter() - t1, 4)
 
         if engine is not None:
             from twinloop.contracts import Request, SamplingConfig
@@ -93,15 +115,28 @@ def run_item(ctx, model, tok, row, args, engine, tmp: Path) -> dict:
             lcfg = LoraQConfig(rank=args.lora_rank, alpha=2 * args.lora_rank,
                                ttt=QTTTConfig(steps=steps, span=args.span, lr=args.lora_lr, seed=args.seed))
             adapter, _ = lora_q_ttt(model, ids, tmp / f"{row['id']}-{steps}", lcfg, cache=cache)
-            prompt = c_ids + t_ids
+            prompt = parts.context + parts.tail
             res = engine.generate([Request(prompt_ids=prompt, lora=str(adapter))],
-                                  SamplingConfig(temperature=0.0, max_tokens=MAX_NEW))
-            text = res[0].completions[0].text
-            out[f"loraq{steps}_em"] = int(first_number(text) == row["answer"])
-            lps = engine.continuation_logprobs([prompt], [a_ids], lora=str(adapter))[0]
+                                  SamplingConfig(temperature=0.0, max_tokens=args.max_new))
+            out[f"loraq{steps}_em"] = score(res[0].completions[0].text)
+            lps = engine.continuation_logprobs([prompt], [parts.answer], lora=str(adapter))[0]
             out[f"loraq{steps}_nll"] = round(-sum(lps) / len(lps), 4)
             out[f"loraq{steps}_s"] = round(out["prefill_s"] + time.perf_counter() - t1, 4)
     return out
+
+
+def load_rows(args) -> list[list[dict]]:
+    """One row set per length, from the task's own generator (--task-args plus the length setting)."""
+    from twinloop.build import build_task
+
+    module = build_task(args.task).module
+    extra = json.loads(args.task_args)
+    if args.task == "kv_retrieval":
+        extra.setdefault("n_keys", args.keys)
+    if args.task == "ruler":
+        extra.setdefault("tokenizer", args.model)
+    return [module.load(split=args.split, n=args.n, seed=args.seed, **{**extra, LENGTH_ARG[args.task]: length})
+            for length in args.lengths]
 
 
 def run(args) -> int:
@@ -111,7 +146,7 @@ def run(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from twinloop.infer.qttt import QueryForward
 
-    from twinloop.tasks import kv_retrieval
+    from twinloop.build import build_task
 
     torch.set_num_threads(1)  # 1 thread beat 2 on the shared cores (STACK.md)
     tok = AutoTokenizer.from_pretrained(args.model)
@@ -124,13 +159,16 @@ def run(args) -> int:
 
         engine = VLLMEngine(args.model, dtype="float32", max_model_len=args.max_model_len, seed=args.seed,
                             enable_lora=True, max_lora_rank=max(8, args.lora_rank), max_loras=1)
-    ctx = {"fwd": QueryForward(model)}
+    ctx = {"fwd": QueryForward(model), "tok": tok, "model": model, "engine": engine,
+           "reward": build_task(args.task).reward()}
+    sets = load_rows(args)
     with open(args.out, "a") as f, tempfile.TemporaryDirectory() as tmp:
-        sets = [kv_retrieval.load("test", n=args.n, seed=args.seed, context_words=w, n_keys=args.keys)
-                for w in args.lengths]
+        for length, rows in zip(args.lengths, sets):
+            for row in rows:
+                row["_length"] = length
         for row in (rows[i] for i in range(args.n) for rows in sets):  # interleaved: a cut-short run covers all
-            r = run_item(ctx, model, tok, row, args, engine, Path(tmp))
-            r.update(keys=args.keys, span=args.span, lr=args.lr, lora_lr=args.lora_lr)
+            r = run_item(ctx, row, args, Path(tmp))
+            r.update(task=args.task, keys=args.keys, span=args.span, lr=args.lr, lora_lr=args.lora_lr)
             f.write(json.dumps(r) + "\n")
             f.flush()
             print(json.dumps({k: v for k, v in r.items() if not k.endswith("_loss")}), flush=True)
@@ -148,8 +186,7 @@ def memory_probe(args) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from twinloop.infer.qttt import QTTTConfig, QueryForward, query_ttt, restored_queries
-
-    from twinloop.tasks import kv_retrieval
+    from twinloop.infer.qttt_answer import prompt_parts
 
     def peak_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -159,19 +196,20 @@ def memory_probe(args) -> int:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    (row,) = kv_retrieval.load("test", n=1, seed=args.seed, context_words=args.lengths[-1], n_keys=args.keys)
-    c_ids, t_ids, _ = split_prompt(tok, row)
-    ids, tail = torch.tensor(c_ids), torch.tensor(t_ids)
+    args.lengths, args.n = args.lengths[-1:], 1
+    (row,), = load_rows(args)
+    parts = prompt_parts(tok, row)
+    ids, tail = torch.tensor(parts.context), torch.tensor(parts.tail)
     fwd = QueryForward(model)
-    out = {"mode": args.memory, "tokens": len(c_ids) + len(t_ids), "loaded_mib": round(peak_mib(), 1)}
+    out = {"mode": args.memory, "tokens": len(parts.context) + len(parts.tail), "loaded_mib": round(peak_mib(), 1)}
     cache, _ = fwd.prefill(ids)
     out.update(cache_mib=round(cache.nbytes() / 2**20, 2), prefill_peak_mib=round(peak_mib(), 1))
     if args.memory == "qttt":
         with restored_queries(fwd):
             query_ttt(fwd, ids, cache, QTTTConfig(steps=max(args.steps), span=args.span, lr=args.lr))
-            fwd.generate(cache, tail, MAX_NEW, [tok.eos_token_id])
+            fwd.generate(cache, tail, args.max_new, [tok.eos_token_id])
     else:
-        fwd.generate(cache, tail, MAX_NEW, [tok.eos_token_id])
+        fwd.generate(cache, tail, args.max_new, [tok.eos_token_id])
     out["final_peak_mib"] = round(peak_mib(), 1)
     print(json.dumps(out))
     return 0
@@ -184,45 +222,83 @@ def mean_se(xs: list[float]) -> tuple[float, float]:
     return m, (statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0)
 
 
-def summarize(path: str, plot: str | None) -> int:
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    if not rows:
-        raise SystemExit(f"{path}: no items to summarize")
-    by_words = collections.defaultdict(list)
-    for r in rows:
-        by_words[r["words"]].append(r)
-    methods = sorted({k[:-3] for r in rows for k in r if k.endswith("_em")},
-                     key=lambda m: (m.rstrip("0123456789"), int(re.sub(r"\D", "", m) or 0)))
+def method_records(paths: list[str]) -> dict[tuple, dict[str, dict]]:
+    """{(length, item id): {method label: {"em", "nll", "s"}}} over one or more study files. TTT methods are
+    labelled with their lr ("qttt8 lr=0.001"), so runs at several lrs sit side by side; a method already seen for
+    an item (plain, majority: the same in every run) is kept from the first file."""
+    out: dict[tuple, dict[str, dict]] = collections.defaultdict(dict)
+    for path in paths:
+        for line in open(path):
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            key = (r.get("length", r.get("words")), r["id"], r["tokens"])
+            for m in (k[:-3] for k in r if k.endswith("_em")):
+                lr = r.get("lora_lr") if m.startswith("loraq") else r.get("lr")
+                label = f"{m} lr={lr:g}" if m.startswith(("qttt", "loraq")) else m
+                out[key].setdefault(label, {"em": r[f"{m}_em"], "nll": r.get(f"{m}_nll"), "s": r.get(f"{m}_s"),
+                                               "tokens": r.get(f"{m}_tokens")})
+    return out
+
+
+def _order(label: str) -> tuple:
+    m = label.split()[0]
+    return ({"plain": 0, "qttt": 1, "loraq": 2, "maj": 3, "think": 4}.get(m.rstrip("0123456789"), 5),
+            int(re.sub(r"\D", "", m) or 0), label)
+
+
+def summarize(paths: list[str], plot: str | None) -> int:
+    items = method_records(paths)
+    if not items:
+        raise SystemExit(f"{paths}: no items to summarize")
+    lengths = sorted({k[0] for k in items})
+    methods = sorted({m for v in items.values() for m in v}, key=_order)
     table = {}
-    print(f"{'words':>6} {'tokens':>6} {'n':>4} " + " ".join(f"{m + ' EM':>14} {m + ' NLL':>14}" for m in methods))
-    for words in sorted(by_words):
-        rs = by_words[words]
-        line = [f"{words:>6} {statistics.fmean(r['tokens'] for r in rs):>6.0f} {len(rs):>4}"]
+    print("exact match, mean ± s.e. (n items); paired change against plain in brackets")
+    for length in lengths:
+        ks = [k for k in items if k[0] == length]
+        tokens = statistics.fmean(k[2] for k in ks)
         for m in methods:
-            em = mean_se([r[f"{m}_em"] for r in rs if f"{m}_em" in r])
-            nll = [r[f"{m}_nll"] for r in rs if f"{m}_nll" in r]
-            nl = mean_se(nll) if nll else (float("nan"), 0.0)
-            table[(words, m)] = (em, nl)
-            line.append(f"{em[0]:>8.3f}±{em[1]:.3f} {nl[0]:>8.3f}±{nl[1]:.3f}")
-        print(" ".join(line))
-    times = {m: statistics.fmean(r[f"{m}_s"] for r in rows if f"{m}_s" in r) for m in ["plain", *methods]
-             if any(f"{m}_s" in r for r in rows)}
-    print("mean wall seconds per item:", json.dumps({k: round(v, 3) for k, v in times.items()}))
-    big = max(by_words)
-    print(f"frozen cache at {big} words: {statistics.fmean(r['cache_bytes'] for r in by_words[big]) / 2**20:.2f} MiB")
+            em = [items[k][m]["em"] for k in ks if m in items[k]]
+            nll = [items[k][m]["nll"] for k in ks if m in items[k] and items[k][m]["nll"] is not None]
+            d_nll = [items[k][m]["nll"] - items[k]["plain"]["nll"] for k in ks
+                     if m in items[k] and items[k][m]["nll"] is not None and "plain" in items[k]]
+            d_em = [items[k][m]["em"] - items[k]["plain"]["em"] for k in ks if m in items[k] and "plain" in items[k]]
+            if not em:
+                table[(length, m)] = (None, None)
+                continue
+            table[(length, m)] = (mean_se(em), mean_se(nll) if nll else None)
+            e, se = mean_se(em)
+            text = f"{length:>6} {tokens:>6.0f} tok  {m:<18} n={len(em):<4} EM {e:.3f}±{se:.3f}"
+            if m != "plain":
+                text += f" [{mean_se(d_em)[0]:+.3f}±{mean_se(d_em)[1]:.3f}]"
+            if nll:
+                text += f"  gold NLL {mean_se(nll)[0]:.3f}±{mean_se(nll)[1]:.3f}"
+                if m != "plain" and d_nll:
+                    text += f" [{mean_se(d_nll)[0]:+.3f}±{mean_se(d_nll)[1]:.3f}]"
+            print(text)
+    times = {m: statistics.median(v[m]["s"] for v in items.values() if m in v and v[m]["s"] is not None)
+             for m in methods}
+    print("median wall seconds per item (prefill included; the first LoRA-q call also warms vLLM up):",
+          json.dumps({k: round(v, 3) for k, v in times.items()}))
+    spent = {m: statistics.fmean(v[m]["tokens"] for v in items.values() if m in v and v[m]["tokens"] is not None)
+             for m in methods if any(v.get(m, {}).get("tokens") is not None for v in items.values())}
+    print("mean generated tokens per item (majority: all samples; thinking: the thought):",
+          json.dumps({k: round(v, 1) for k, v in spent.items()}))
     if plot:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        xs = [statistics.fmean(r["tokens"] for r in by_words[w]) for w in sorted(by_words)]
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        xs = [statistics.fmean(k[2] for k in items if k[0] == length) for length in lengths]
         for m in methods:
             for ax, i in ((axes[0], 0), (axes[1], 1)):
-                ys = [table[(w, m)][i][0] for w in sorted(by_words)]
-                es = [table[(w, m)][i][1] for w in sorted(by_words)]
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
+                cells = [table[(length, m)][i] for length in lengths]
+                if any(c is None for c in cells):
+                    continue
+                ax.errorbar(xs, [c[0] for c in cells], yerr=[c[1] for c in cells], marker="o", capsize=3, label=m)
         axes[0].set(xscale="log", xlabel="prompt tokens", ylabel="exact match", title="accuracy (±1 s.e.)")
         axes[1].set(xscale="log", xlabel="prompt tokens", ylabel="gold answer NLL / token", title="gold NLL (±1 s.e.)")
         axes[0].legend(fontsize=7)
@@ -236,27 +312,37 @@ def summarize(path: str, plot: str | None) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="runs/qttt/kv-tiny")
-    ap.add_argument("--lengths", default="100,200,400,800", help="context lengths in words")
+    ap.add_argument("--task", default="kv_retrieval", choices=sorted(LENGTH_ARG))
+    ap.add_argument("--task-args", default="{}", help="JSON settings for the task's load() (e.g. RULER's name)")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--lengths", default="100,200,400,800",
+                    help="context lengths: words (kv_retrieval) or max_seq_length tokens (ruler)")
     ap.add_argument("--keys", type=int, default=16, help="keys per context (one asked, the rest distractors)")
     ap.add_argument("--n", type=int, default=40, help="items per length")
     ap.add_argument("--steps", default="2,8", help="N_TTT values; each is matched by a majority budget")
     ap.add_argument("--span", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lora-lr", type=float, default=1e-2)
+    ap.add_argument("--lora-lr", type=float, help="LoRA-q's lr (default: --lr, like for like)")
     ap.add_argument("--lora-rank", type=int, default=8)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--max-new", type=int, default=6, help="answer tokens (kv: ' NNNN.' and the stop token)")
+    ap.add_argument("--majority", action=argparse.BooleanOptionalAction, default=True,
+                    help="majority of (2·N·k)/max_new samples (answers compared by their first number)")
+    ap.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=False,
+                    help="thinking tokens: up to 2·N·k generated tokens before the answer prefix")
     ap.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True, help="run LoRA-q through vLLM")
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/qttt/study.jsonl")
-    ap.add_argument("--summarize", help="summarize this JSONL instead of running")
+    ap.add_argument("--summarize", help="summarize these JSONL files (comma-separated) instead of running")
     ap.add_argument("--plot", help="with --summarize: write a PNG here")
     ap.add_argument("--memory", choices=["plain", "qttt"], help="peak-RSS probe of one item at the last length")
     args = ap.parse_args(argv)
     if args.summarize:
-        return summarize(args.summarize, args.plot)
+        return summarize(args.summarize.split(","), args.plot)
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.steps = [int(x) for x in args.steps.split(",")]
+    args.lora_lr = args.lr if args.lora_lr is None else args.lora_lr
     if args.memory:
         return memory_probe(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

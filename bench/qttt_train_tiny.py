@@ -1,81 +1,167 @@
 """Train the tiny retrieval model the qTTT study adapts: SFT on short kv_retrieval contexts (minutes on 1 core).
 
-    python bench/qttt_train_tiny.py --out runs/qttt/kv-tiny [--steps 2500]
+    python bench/qttt_train_tiny.py --out runs/qttt/kv-tiny4 [--steps 2000]
 
-A Qwen2-style 0.56M-parameter decoder (2 layers, hidden 128, head_dim 32 so that vLLM's CPU attention and LoRA
-serve it) with its own BPE tokenizer learns, from scratch, "The code for KEY is NNNN." given contexts of
-``--min-words``..``--max-words`` words with 2..``--max-keys`` keys. Loss on every token (the context too: qTTT's own
-loss is next-token NLL on the context) plus the answer tokens' mean once more. Longer contexts at test time are where
-its attention dilutes. Writes train_stats.json beside the model.
+A Qwen2-style decoder (default 4 layers, hidden 128, head_dim 32 so that vLLM's CPU attention and LoRA serve it)
+with its own BPE tokenizer learns, from scratch, "The code for KEY is NNNN." given contexts of
+``--min-words``..``--max-words`` words with ``--min-keys``..``--max-keys`` keys. Each training context is followed
+by up to ``--questions`` question/answer turns about its keys (the first turn is exactly the test format): more
+retrieval signal per context token, the cheap part of the recipe. Loss on every token (qTTT's own loss is
+next-token NLL on the context) plus the code tokens' mean once more. Every ``--eval-every`` steps it prints the
+dev exact match at the training length (teacher-forced argmax of the code tokens after the pre-filled answer
+prefix, which is what greedy decoding returns). Writes train_stats.json beside the model. Longer contexts at
+test time are where its attention dilutes.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import random
+import re
 import time
 from pathlib import Path
 
 
-def training_rows(n: int, seed: int, min_words: int, max_words: int, max_keys: int) -> list[dict]:
+def turn_text(key: str, first: bool) -> str:
+    """A follow-up user turn asking for ``key`` (the first question lives in the prompt itself)."""
+    return "" if first else f"<|im_end|>\n<|im_start|>user\nQuestion: What is the code for {key}?<|im_end|>\n" \
+                            f"<|im_start|>assistant\nThe code for {key} is"
+
+
+def encode_item(tok, rng: random.Random, words: int, keys: int, questions: int) -> tuple[list[int], list[int]]:
+    """(ids, code mask): chat prefix pre-filled with the answer prefix, " NNNN.", then further question turns.
+    The code " NNNN" is encoded apart from its prefix exactly as the study encodes the gold answer."""
     from twinloop.tasks.kv_retrieval import make_item
 
-    rng = random.Random(f"qttt-train/{seed}")
-    rows = []
-    for _ in range(n):
-        item = make_item(rng, rng.randint(min_words, max_words), rng.randint(2, max_keys))
-        item["prompt"] = [{"role": "user", "content": item["context"] + item["question"]}]
-        item["solution"] = f"{item['answer_prefix']} {item['answer']}."
-        rows.append(item)
-    return rows
+    item = make_item(rng, words, keys)
+    codes = dict(re.findall(r"The code for (\w+) is (\d+)\.", item["context"]))
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt = tok.apply_chat_template([{"role": "user", "content": item["context"] + item["question"]}],
+                                     tokenize=False, add_generation_prompt=True) + item["answer_prefix"]
+    ids = enc(prompt)
+    mask = [0] * len(ids)
+    asked = [item["key"]] + rng.sample([k for k in codes if k != item["key"]],
+                                       min(questions - 1, len(codes) - 1))
+    for i, key in enumerate(asked):
+        head = enc(turn_text(key, i == 0))
+        code = enc(f" {codes[key]}")
+        ids += head + code + enc(".")
+        mask += [0] * len(head) + [1] * len(code) + [0]
+    ids.append(tok.eos_token_id)
+    mask.append(0)
+    return ids, mask
+
+
+def add_word_tokens(tok) -> None:
+    """Every key (" violin") and every code (" 1000".." 9999") becomes ONE token. With a 512-BPE they split into
+    up to 5 characters each, and a tiny model has to chain single-digit copies; one token per key and code turns
+    retrieval into one match-and-copy, which tied embeddings make easy even for codes seen a few times."""
+    from tokenizers import AddedToken
+
+    from twinloop.tasks.kv_retrieval import KEYS
+
+    words = [f" {k}" for k in KEYS] + [f" {c}" for c in range(1000, 10000)]
+    tok.add_tokens([AddedToken(w, normalized=False) for w in words])
+
+
+def batch_tensors(examples, pad_id: int):
+    import torch
+
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(examples), width), dtype=torch.long)
+    code = torch.zeros((len(examples), width), dtype=torch.bool)
+    for i, (ids, mask) in enumerate(examples):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        attn[i, :len(ids)] = 1
+        code[i, :len(ids)] = torch.tensor(mask, dtype=torch.bool)
+    return input_ids, attn, code
+
+
+def first_code_em(model, examples, pad_id: int) -> float:
+    """Fraction of items whose FIRST answer's code tokens are all the argmax (teacher forced = greedy)."""
+    import torch
+
+    hits = 0
+    with torch.no_grad():
+        for start in range(0, len(examples), 16):
+            part = examples[start:start + 16]
+            input_ids, attn, code = batch_tensors(part, pad_id)
+            pred = model(input_ids=input_ids, attention_mask=attn).logits.argmax(-1)
+            for i, (ids, mask) in enumerate(part):
+                first = mask.index(1)
+                end = first
+                while end < len(mask) and mask[end]:
+                    end += 1
+                hits += int(all(pred[i, j - 1].item() == ids[j] for j in range(first, end)))
+    return hits / len(examples)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="runs/qttt/kv-tiny")
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--out", default="runs/qttt/kv-tiny4")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--min-words", type=int, default=20)
-    ap.add_argument("--max-words", type=int, default=120)
+    ap.add_argument("--max-words", type=int, default=100)
+    ap.add_argument("--min-keys", type=int, default=2)
     ap.add_argument("--max-keys", type=int, default=8)
-    ap.add_argument("--max-positions", type=int, default=4096)
+    ap.add_argument("--questions", type=int, default=4, help="question turns per training context")
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-n", type=int, default=64)
+    ap.add_argument("--stop-at-em", type=float, default=1.01, help="stop once dev EM reaches this (default: never)")
+    ap.add_argument("--max-positions", type=int, default=8192)
+    ap.add_argument("--lm-frac", type=float, default=0.25, help="share of positions with the LM loss")
+    ap.add_argument("--word-tokens", action=argparse.BooleanOptionalAction, default=True,
+                    help="one token per key and per code (add_word_tokens)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (slower than fp32 on CPUs without AMX)")
     args = ap.parse_args(argv)
 
     import torch
     from transformers import Qwen2ForCausalLM
 
+    from twinloop.tasks.kv_retrieval import make_item
     from twinloop.tiny import tiny_config, train_tokenizer
-    from twinloop.tinyworld import collate, cosine_lr, encode_rows, length_bucketed_batches
+    from twinloop.tinyworld import cosine_lr
 
     t0 = time.time()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    rows = training_rows(args.steps * args.batch_size, args.seed, args.min_words, args.max_words, args.max_keys)
-    tok = train_tokenizer((r["prompt"][0]["content"] + "\n" + r["solution"] for r in rows[:3000]), vocab_size=512,
-                          model_max_length=args.max_positions)
-    examples = encode_rows(tok, rows)  # (ids, prompt length): the answer is what follows the prompt
-    batches = length_bucketed_batches(examples, args.batch_size, 32, random.Random(args.seed))
+    rng = random.Random(f"qttt-train/{args.seed}")
+    corpus = []
+    for _ in range(2000):
+        item = make_item(rng, rng.randint(args.min_words, args.max_words), rng.randint(args.min_keys, args.max_keys))
+        corpus.append(item["context"] + item["question"] + "\n" + item["answer_prefix"] + f" {item['answer']}.")
+    tok = train_tokenizer(corpus, vocab_size=512, model_max_length=args.max_positions)
+    if args.word_tokens:
+        add_word_tokens(tok)
     cfg = tiny_config(tok, hidden=args.hidden, layers=args.layers, heads=args.hidden // 32, kv_heads=args.hidden // 64,
                       intermediate=4 * args.hidden, max_positions=args.max_positions)
     model = Qwen2ForCausalLM(cfg).float()
     optim = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    model.train()
-    log = []
+    dev_rng = random.Random(f"qttt-dev/{args.seed}")  # the study's test rows come from kv_retrieval's own seeds
+    dev = [encode_item(tok, dev_rng, args.max_words, args.max_keys, 1) for _ in range(args.eval_n)]
+    log, evals = [], []
     for step in range(args.steps):
-        input_ids, mask, labels = collate(batches[step % len(batches)], tok.pad_token_id)
+        words = rng.randint(args.min_words, args.max_words)  # one length per batch: little padding
+        examples = [encode_item(tok, rng, max(1, words + rng.randint(-5, 5)),
+                                rng.randint(args.min_keys, args.max_keys), args.questions)
+                    for _ in range(args.batch_size)]
+        input_ids, attn, code = batch_tensors(examples, tok.pad_token_id)
         for group in optim.param_groups:
-            group["lr"] = cosine_lr(step, args.steps, args.lr, 50)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
-        # every token (the context too) plus the answer tokens once more, so retrieval is not drowned by filler
-        every = torch.where(mask[:, 1:].bool(), input_ids[:, 1:], -100)
-        loss = (torch.nn.functional.cross_entropy(logits.transpose(1, 2), every)
-                + torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:]))
+            group["lr"] = cosine_lr(step, args.steps, args.lr, 100)
+        model.train()
+        hidden = model.model(input_ids=input_ids, attention_mask=attn).last_hidden_state[:, :-1]
+        targets, is_code = input_ids[:, 1:], code[:, 1:]
+        # the LM loss on a random --lm-frac of the positions (a 9.6K-token head on every position dominated the
+        # step), the code loss on every code position
+        sampled = attn[:, 1:].bool() & (torch.rand(targets.shape) < args.lm_frac)
+        ce = torch.nn.functional.cross_entropy
+        loss = (ce(model.lm_head(hidden[sampled]).float(), targets[sampled])
+                + ce(model.lm_head(hidden[is_code]).float(), targets[is_code]))
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -83,6 +169,13 @@ def main(argv=None) -> int:
         if step % 50 == 0 or step == args.steps - 1:
             log.append((step, round(loss.item(), 4)))
             print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
+        if (step + 1) % args.eval_every == 0 or step == args.steps - 1:
+            model.eval()
+            em = first_code_em(model, dev, tok.pad_token_id)
+            evals.append((step + 1, em))
+            print(f"step {step + 1} dev EM at {args.max_words} words / {args.max_keys} keys: {em:.3f}", flush=True)
+            if em >= args.stop_at_em:
+                break
     model.eval()
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -91,7 +184,7 @@ def main(argv=None) -> int:
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     stats = {"params": sum(p.numel() for p in model.parameters()), "seconds": round(time.time() - t0, 1),
-             "loss_log": log, "args": vars(args)}
+             "dev_em": evals, "loss_log": log, "args": vars(args)}
     (out / "train_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     print(json.dumps({k: v for k, v in stats.items() if k != "loss_log"}))
     return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 from twinloop.infer.paired import paired
 
 NO_REWARD = {"greedy", "majority"}
+STEP_LEVEL = ("beam_search", "particle_filter", "astar")
 
 
 def load(folders: list[str]) -> dict[tuple[str, int], list[dict]]:
@@ -67,9 +68,9 @@ def plot(rows: list[dict], path: Path) -> None:
         pts.sort(key=lambda s: s["total_tokens"])
         reward = label.split(" [")[1] if " [" in label else ""
         style = ("--" if "arith_process" in reward else "-." if reward.startswith("recompute(")
-                 else ":" if reward.startswith("operands") else "-")
-        ax.plot([p["total_tokens"] for p in pts], [p["accuracy"] for p in pts], style, marker="o", label=label,
-                color=colors[label.split(" [")[0]])
+                 else ":" if reward.startswith("operands") else (0, (1, 1)) if "/" in reward else "-")
+        ax.plot([p["total_tokens"] for p in pts], [p["accuracy"] for p in pts], linestyle=style,
+                marker="s" if "/" in reward else "o", label=label, color=colors[label.split(" [")[0]])
         for p in pts:
             ax.annotate(str(p["N"]), (p["total_tokens"], p["accuracy"]), fontsize=7, textcoords="offset points",
                         xytext=(3, 3))
@@ -77,7 +78,8 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_xlabel("total model tokens per problem (policy generated + verifier)")
     ax.set_ylabel("accuracy (200 test problems)")
     ax.set_title("tiny arithmetic policy, no-oracle verifiers\nsolid: recompute+operands, dash-dot: recompute, "
-                 "dotted: operands, dashed: exact checker (oracle)", fontsize=9)
+                 "dotted: operands,\ndashed: exact checker (oracle), squares on fine dots: a learned RM",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
@@ -102,6 +104,29 @@ def sign_tests(groups: dict[tuple[str, int], list[dict]], budgets: tuple[int, ..
     return out
 
 
+def step_vs_best_of_n(groups: dict[tuple[str, int], list[dict]]) -> list[str]:
+    """Each step-level search row against its own reward's best-of-N: at the same N, and at equal or more
+    total tokens (the cheapest best-of-N row that spends at least as many)."""
+    totals = {key: sum(r["generated_tokens"] + r["rm_tokens"] for r in rows) / len(rows)
+              for key, rows in groups.items()}
+    out = []
+    for (label, n), rows in sorted(groups.items()):
+        if not label.startswith(STEP_LEVEL):
+            continue
+        bon = "best_of_n [" + label.split(" [", 1)[1]
+        refs = [((bon, n), f"best_of_n@{n}")]
+        richer = sorted((totals[k], k) for k in groups if k[0] == bon and totals[k] >= totals[(label, n)])
+        if richer:
+            refs.append((richer[0][1], f"best_of_n@{richer[0][1][1]} ({richer[0][0]:.0f} >= {totals[(label, n)]:.0f} "
+                                       "total tokens)"))
+        for key, name in refs:
+            if key in groups:
+                t = paired(rows, groups[key])
+                out.append(f"- {label}@{n} vs its {name}: +{t['wins']} / -{t['losses']} on {t['problems']} problems, "
+                           f"sign test p = {t['p']:.3g}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folders", nargs="+")
@@ -111,7 +136,8 @@ def main() -> None:
     rows = summary(groups)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = table(rows) + "\n\nPaired sign tests (test split):\n" + "\n".join(sign_tests(groups)) + "\n"
+    text = (table(rows) + "\n\nPaired sign tests (test split):\n" + "\n".join(sign_tests(groups))
+            + "\n\nStep-level search against its own best-of-N:\n" + "\n".join(step_vs_best_of_n(groups)) + "\n")
     out.with_suffix(".md").write_text(text)
     out.with_suffix(".jsonl").write_text("".join(json.dumps(s) + "\n" for s in rows))
     plot(rows, out.with_suffix(".png"))

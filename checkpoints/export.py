@@ -363,13 +363,25 @@ def _require_safetensors(folder: Path, lora: bool) -> None:
                                 "reward exports from safetensors only")
 
 
+CLASSIFY_METHODS = {"sequence_classification": "classify", "token_classification": "token_classify"}
+
+
+def serves_classifier(engine: Any, head: str) -> bool:
+    """Whether ``engine`` can score a classifier bundle with this head: it has the pooling call (``classify`` /
+    ``token_classify``) and is not a generate-runner vLLM engine (a policy's engine has the method but refuses).
+    """
+    return hasattr(engine, CLASSIFY_METHODS.get(head, "")) and getattr(engine, "runner", "pooling") == "pooling"
+
+
 def load_reward(folder: str | os.PathLike, *, engine: Any = None, backend: str = "transformers",
                 dtype: str = "float32", base_model: str | None = None, trust_remote_code: bool = False,
                 check_manifest: bool = True, engine_kwargs: dict[str, Any] | None = None, **overrides: Any):
     """The Reward object an export folder describes, built with its recorded settings (``overrides`` win).
 
-    Classifier kinds read the weights through transformers (``backend="transformers"``) or a vLLM pooling
-    engine (``backend="vllm"``); generative kinds run on ``engine`` when given (a LoRA export then runs as
+    Classifier kinds run on ``engine`` only when it pools (``serves_classifier``: a pooling vLLM engine or a
+    served classifier); otherwise, e.g. given a policy's generate engine, they read their own weights through
+    transformers (``backend="transformers"``) or a vLLM pooling engine (``backend="vllm"``) built here.
+    Generative kinds run on ``engine`` when given (a LoRA export then runs as
     an adapter on that engine, which must serve its base model), else on an HFEngine or VLLMEngine built
     here. Weights load from safetensors only; ``trust_remote_code`` stays off unless asked. With
     ``check_manifest`` every file is checked against manifest.json first.
@@ -398,7 +410,7 @@ def load_reward(folder: str | os.PathLike, *, engine: Any = None, backend: str =
     common = dict(dtype=_torch_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code)
     engine_kwargs = dict(engine_kwargs or {})
     if head != "causal_lm":
-        if engine is not None:
+        if engine is not None and serves_classifier(engine, head):
             return _from_bundle(construct_reward(cls, kwargs, engine=engine), folder, overrides)
         if backend == "vllm":
             if lora:

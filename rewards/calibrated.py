@@ -96,12 +96,14 @@ def transform_oracles(kind: str, t: float, beta: float, n: int, grid: int = 2000
 def beta_for_kl(kind: str, t: float, kl_budget: float, n: int = 1, iters: int = 60, grid: int = 4000) -> float:
     """β at which the aligned policy's KL equals ``kl_budget`` (bisection in log β; KL falls as β grows).
 
-    Only Φ/β matters, so β is searched over 1e-6 … 1e6 times the spread of Φ on [0, 1].
+    Only Φ/β matters, so β is searched over 1e-200 … 1e6 times the spread of Φ on [0, 1]: the worst-of-N
+    transform at large t needs β far below its spread (about 1e-6 of it at t = 34 for KL 0.5, which an earlier
+    bracket of 1e-6 cut off, so the budget was silently missed).
     """
     if kl_budget <= 0:
         raise ValueError(f"KL budget must be > 0, got {kl_budget}")
     spread = _phi_spread(kind, t)
-    log_lo, log_hi = math.log(1e-6 * spread), math.log(1e6 * spread)
+    log_lo, log_hi = math.log(1e-200 * spread), math.log(1e6 * spread)
     for _ in range(iters):
         mid = 0.5 * (log_lo + log_hi)
         if transform_oracles(kind, t, math.exp(mid), n, grid)["kl"] > kl_budget:
@@ -125,13 +127,34 @@ def best_t(n: int, procedure: str = "bon", beta: float | None = None, kl_budget:
     - ``kl_budget``: per t, the RL coefficient β_RL is solved so that KL = budget; maximise W at that KL;
     - ``beta``: maximise the InfAlign objective W - β·KL; per t the RL coefficient β_RL applied to Φ_t(C) is
       picked from a log grid (only Φ/β_RL shapes the policy, so β_RL is not β).
-    ``ts`` is the search grid (default 0.25 … 30). Returns ``{"t", "rl_beta", "kl", "win_rate", "objective"}``.
+    ``ts`` is the search grid. By default it is 0.25 … 30 in steps of 0.25, extended by the same steps (up to
+    ``DEFAULT_T_MAX``) while the best t sits on its top edge: large N at a loose budget wants t beyond 30 (best-of-8
+    at KL 0.5 peaks near 35). An explicit ``ts`` is searched as given. Returns
+    ``{"t", "rl_beta", "kl", "win_rate", "objective"}``.
     """
     if procedure not in ("bon", "won"):
         raise ValueError(f"procedure must be 'bon' or 'won', got {procedure!r}")
     if (beta is None) == (kl_budget is None):
         raise ValueError("give exactly one of beta or kl_budget")
-    ts = list(np.linspace(0.25, 30.0, 120)) if ts is None else list(ts)
+    if ts is not None:
+        return _best_over(list(ts), n, procedure, beta, kl_budget, grid)
+    low, high = 0.25, 30.0
+    best = _best_over(list(np.arange(low, high + 1e-9, T_STEP)), n, procedure, beta, kl_budget, grid)
+    while best["t"] >= high - 1e-9 and high < DEFAULT_T_MAX:
+        low, high = high + T_STEP, min(2 * high, DEFAULT_T_MAX)
+        wider = _best_over(list(np.arange(low, high + 1e-9, T_STEP)), n, procedure, beta, kl_budget, grid)
+        if wider["objective"] <= best["objective"]:
+            break
+        best = wider
+    return best
+
+
+T_STEP = 0.25  # spacing of best_t's default grid of t
+DEFAULT_T_MAX = 240.0  # the default grid's widest reach (e^240 is still finite in float64)
+
+
+def _best_over(ts: list[float], n: int, procedure: str, beta: float | None, kl_budget: float | None,
+               grid: int) -> dict[str, float]:
     key = "w_bon" if procedure == "bon" else "w_won"
     best: dict[str, float] | None = None
     for t in ts:
@@ -208,6 +231,16 @@ def prompt_key(prompt: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+SEEDING = "per-prompt: sha256(seed, prompt hash), plus the samples already drawn"  # in the cache key's fields
+
+
+def prompt_seed(seed: int, key: str) -> int:
+    """The sampling seed of one prompt's reference requests: derived from the run's seed and the prompt's hash, so
+    prompts draw from their own random streams (one shared seed would make every prompt reuse the same stream)."""
+    digest = hashlib.sha256(f"{int(seed)}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 2  # < 2**30: room for top-ups within a 32-bit seed
+
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 FULL_HASH_BYTES = 256 << 20  # weight files up to this size are hashed whole; larger ones by size + head + tail
 
@@ -257,7 +290,7 @@ def sampling_key(model: str, temperature: float, top_p: float, max_tokens: int, 
     the list up)."""
     fields = {"model": model_identity(model), "lora": None if lora is None else model_identity(lora),
               "temperature": float(temperature), "top_p": float(top_p), "max_tokens": int(max_tokens),
-              "stop": sorted(stop) if stop else None, "seed": seed}
+              "stop": sorted(stop) if stop else None, "seed": seed, "seeding": None if seed is None else SEEDING}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest(), fields
 
 
@@ -268,7 +301,8 @@ class ReferenceSamples:
     stop, seed) in ``cache_dir``, holding those fields and the samples by prompt hash, so a cache made with another
     model or other sampling is never reused. A prompt already cached with at least m samples costs nothing; a
     shortfall is topped up and saved (atomically). ``model_id`` names the model when the engine does not
-    (``engine_model_id``). With ``seed``, each prompt's request is seeded with it.
+    (``engine_model_id``). With ``seed``, each prompt's requests get their own seed, derived from it and the
+    prompt (``prompt_seed``).
     """
 
     def __init__(self, engine: Any, cache_dir: str | Path, m: int = 100, temperature: float = 1.0,
@@ -304,7 +338,8 @@ class ReferenceSamples:
         for k, p in missing.items():
             have = len(self.cache.get(k, []))
             req = Request(text=p, lora=self.lora) if isinstance(p, str) else Request(messages=list(p), lora=self.lora)
-            seed = None if self.seed is None else self.seed + have  # a top-up must not redraw the same samples
+            # a top-up is shifted by the samples already drawn, so it does not redraw them
+            seed = None if self.seed is None else prompt_seed(self.seed, k) + have
             res = self.engine.generate([req], SamplingConfig(n=self.m - have, temperature=self.temperature,
                                                              top_p=self.top_p, max_tokens=self.max_tokens,
                                                              stop=self.stop, seed=seed))[0]

@@ -138,6 +138,26 @@ def test_twinloop_ttt_command(tiny_model_dir, tmp_path, capsys):
     assert "JSON object" in capsys.readouterr().err
 
 
+def test_twinloop_ttt_recipe_then_flags(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from twinloop.cli import main
+
+    recipe = tmp_path / "ttt.yaml"
+    out = tmp_path / "ttt.jsonl"
+    recipe.write_text(f"model: {tiny_model_dir}\ntask: kv_retrieval\ntask_args: {{context_words: 40, n_keys: 2}}\n"
+                      f"n: 3\nsteps: [0, 1]\nspan: 8\nlr: 1.0e-2\nmax_new_tokens: 2\nout: {out}\n")
+    assert main(["ttt", "--recipe", str(recipe), "--n", "1"]) == 0  # the flag wins over the recipe's n: 3
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["steps"], len(r["ttt_losses"])) for r in lines] == [(0, 0), (1, 1)]
+    assert "N_TTT=1" in capsys.readouterr().out
+    recipe.write_text(f"model: {tiny_model_dir}\nsteps: [0]\nlearning_rate: 1.0\n")
+    assert main(["ttt", "--recipe", str(recipe)]) == 2
+    assert "unknown setting 'learning_rate'" in capsys.readouterr().err
+    assert main(["ttt", "--task", "kv_retrieval"]) == 2
+    assert "no model" in capsys.readouterr().err
+
+
 def test_prompt_parts_cut_where_the_question_starts(tiny_model_dir):
     from transformers import AutoTokenizer
     from twinloop.infer.qttt_answer import prompt_parts
@@ -153,3 +173,16 @@ def test_prompt_parts_cut_where_the_question_starts(tiny_model_dir):
     assert tok.decode(parts.answer) == " " + row["answer"]
     with pytest.raises(ValueError, match="'question'"):
         prompt_parts(tok, {"prompt": row["prompt"]})
+
+
+def test_shipped_ttt_recipes_hold_only_known_settings():
+    import argparse
+    from pathlib import Path
+
+    from twinloop.ttt_cli import DEFAULTS, resolve
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes" / "ttt").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        args = resolve(argparse.Namespace(recipe=str(path), **{k: None for k in DEFAULTS}))
+        assert args.model and [int(s) for s in args.steps.split(",")] and isinstance(args.lr, float)

@@ -14,6 +14,7 @@ from twinloop.rewards.calibrated import (
     bon_transform,
     calibrate,
     prompt_key,
+    prompt_seed,
     sampling_key,
     transform,
     transform_for_decoding,
@@ -71,6 +72,9 @@ def test_sharp_transform_stays_a_probability():
 def test_beta_for_kl_hits_the_budget():
     b = beta_for_kl("won", 6.0, 0.3, n=4)
     assert transform_oracles("won", 6.0, b, 4, grid=4000)["kl"] == pytest.approx(0.3, rel=1e-6)
+    for t in (40.0, 60.0):  # worst-of-N at large t needs β < 1e-6 of Φ's spread
+        b = beta_for_kl("won", t, 0.5, n=8)
+        assert transform_oracles("won", t, b, 8, grid=4000)["kl"] == pytest.approx(0.5, rel=1e-6)
 
 
 def test_t_chooser_beats_the_calibrated_baseline_at_equal_kl():
@@ -135,6 +139,49 @@ def test_reference_samples_cached_on_disk(tmp_path):
         ReferenceSamples(eng, tmp_path, m=0, model_id="some/model")
     with pytest.raises(ValueError, match="model_id"):
         ReferenceSamples(eng, tmp_path, m=4)  # this engine does not name its model
+
+
+class SeedRecordingEngine(CountingEngine):
+    """Records the seed of every request it samples."""
+
+    def __init__(self):
+        super().__init__()
+        self.seeds = []
+
+    def generate(self, requests, sampling):
+        self.seeds.append(sampling.seed)
+        return super().generate(requests, sampling)
+
+
+def test_each_prompt_draws_its_references_with_its_own_seed(tmp_path):
+    eng = SeedRecordingEngine()
+    refs = ReferenceSamples(eng, tmp_path / "a", m=4, model_id="some/model", seed=7)
+    refs.get(["x", "y"])
+    want = [prompt_seed(7, prompt_key("x")), prompt_seed(7, prompt_key("y"))]
+    assert eng.seeds == want and want[0] != want[1]  # not one stream shared by all prompts
+    assert prompt_seed(8, prompt_key("x")) != want[0]  # the run's seed enters
+    again = SeedRecordingEngine()
+    ReferenceSamples(again, tmp_path / "b", m=4, model_id="some/model", seed=7).get(["y", "x"])
+    assert again.seeds == want[::-1]  # a prompt's seed does not depend on its neighbours or their order
+    more = SeedRecordingEngine()
+    ReferenceSamples(more, tmp_path / "a", m=6, model_id="some/model", seed=7).get(["x"])
+    assert more.seeds == [want[0] + 4]  # a top-up starts past the samples already drawn
+    unseeded = SeedRecordingEngine()
+    plain = ReferenceSamples(unseeded, tmp_path / "a", m=4, model_id="some/model")
+    plain.get(["x"])
+    assert unseeded.seeds == [None] and plain.path != refs.path
+    assert refs.fields["seed"] == 7 and refs.fields["seeding"].startswith("per-prompt")  # the scheme is in the key
+
+
+def test_best_t_default_grid_widens_past_its_edge():
+    from twinloop.rewards.calibrated import t_curve
+
+    bon8 = best_t(8, "bon", kl_budget=0.5)
+    assert 30.0 < bon8["t"] < 60.0  # the old grid stopped at 30, which is not the optimum for best-of-8
+    around = {r["t"]: r["win_rate"] for r in t_curve(8, "bon", 0.5, [30.0, bon8["t"] - 0.25, bon8["t"] + 0.25])}
+    assert bon8["win_rate"] > around[30.0] and all(bon8["win_rate"] >= w - 1e-12 for w in around.values())
+    assert best_t(4, "bon", kl_budget=0.5)["t"] == pytest.approx(12.75)  # interior optima are unchanged
+    assert best_t(8, "bon", kl_budget=0.5, ts=[10.0, 30.0])["t"] == 30.0  # an explicit grid is searched as given
 
 
 def _model_folder(path, weights=b"w" * 64, config='{"hidden_size": 8}'):

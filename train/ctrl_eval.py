@@ -39,9 +39,14 @@ def procedure_win_rate(policy: Sequence[float], reference: Sequence[float], n: i
         raise ValueError(f"procedure must be one of {PROCEDURES}, got {procedure!r}")
     if not len(policy) or not len(reference):
         raise ValueError("win rates need at least one policy and one reference reward")
-    n = 1 if procedure == "plain" else n
     support = np.unique(np.concatenate([np.asarray(policy, float), np.asarray(reference, float)]))
-    p, q = _pmf(policy, support), _pmf(reference, support)
+    return law_win_rate(_pmf(policy, support), _pmf(reference, support), n, procedure)
+
+
+def law_win_rate(p: np.ndarray, q: np.ndarray, n: int, procedure: str) -> float:
+    """P(T(π) ≻ T(π_ref)) + ½·P(tie) for two reward laws given as pmfs ``p`` (policy) and ``q`` (reference) on
+    one sorted support of distinct reward values."""
+    n = 1 if procedure == "plain" else n
 
     def law(pmf: np.ndarray) -> np.ndarray:  # pmf of the kept draw, on the support
         if procedure == "won":

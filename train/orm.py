@@ -4,7 +4,10 @@
     twinloop train orm --config RECIPE.yaml      (TrlParser: YAML values, command-line flags override)
 
 Pairs: chosen = a verified-correct sample, rejected = a verified-wrong sample of the same prompt
-(``twinloop.train.rm_data``). The model is the policy with a fresh ``num_labels=1`` head. The export is an HF
+(``twinloop.train.rm_data``). With ``--hard_negatives K``, up to K more pairs per prompt whose rejected side is a
+correct sample with one step's result changed (it differs from the chosen one in that step); held-out pair
+accuracy is reported on the natural pairs and on the hard ones separately.
+The model is the policy with a fresh ``num_labels=1`` head. The export is an HF
 sequence-classification folder plus ``twinloop_reward.json``; ``ScalarRM.from_pretrained(folder)`` (or
 ``ScalarRM(engine=VLLMEngine(folder, runner="pooling"))``) scores with it, in training and in search.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from trl import RewardConfig, RewardTrainer
@@ -21,6 +24,7 @@ from twinloop.train.checkpointing import AtomicCheckpointMixin
 from twinloop.train.common import load_tokenizer
 from twinloop.train.rm_data import (
     PolicySampleArguments,
+    hard_negative_pairs,
     preference_pairs,
     run_rm_trainer,
     sample_completions,
@@ -37,6 +41,8 @@ class ORMScriptArguments(PolicySampleArguments):
     eval_problems: int = 64
     samples_per_problem: int = 8
     max_pairs_per_prompt: int = 4
+    hard_negatives: int = field(default=0, metadata={"help": "per prompt: pairs whose rejected side is a correct "
+                                                             "sample with one step's result changed."})
 
 
 @dataclass
@@ -58,7 +64,12 @@ def build_pairs(script: ORMScriptArguments, split: str, n: int, engine: Any, ver
     rows = build_task(script.task).load(split, n=n)
     comps = sample_completions(engine, rows, script.samples_per_problem, script.sample_temperature,
                                script.sample_max_tokens, seed=seed)
-    return preference_pairs(rows, comps, score_completions(verifier, rows, comps), script.max_pairs_per_prompt, seed)
+    scores = score_completions(verifier, rows, comps)
+    pairs = preference_pairs(rows, comps, scores, script.max_pairs_per_prompt, seed)
+    if script.hard_negatives:
+        pairs += [{**p, "hard": True} for p in hard_negative_pairs(rows, comps, scores, script.hard_negatives,
+                                                                   seed=seed)]
+    return pairs
 
 
 def pair_accuracy(rm: Any, pairs: Sequence[dict[str, Any]]) -> float:
@@ -84,12 +95,16 @@ def train_orm(script: ORMScriptArguments, cfg: ORMConfig, train_pairs: Sequence[
     tok = load_tokenizer(script.policy_dir)
     model = AutoModelForSequenceClassification.from_pretrained(script.policy_dir, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
-    trainer = ORMTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(list(train_pairs)),
+    rows = [{k: v for k, v in p.items() if k != "hard"} for p in train_pairs]
+    trainer = ORMTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows),
                          processing_class=tok, callbacks=callbacks)
     trainer.train()
     export = script.export_dir or os.path.join(cfg.output_dir, "rm")
     trainer.save_model(export)
-    metrics = {"train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs)}
+    natural = [p for p in eval_pairs if not p.get("hard")]
+    hard = [p for p in eval_pairs if p.get("hard")]
+    metrics = {"train_pairs": len(train_pairs), "train_hard_pairs": sum(bool(p.get("hard")) for p in train_pairs),
+               "eval_pairs": len(natural), "eval_hard_pairs": len(hard)}
     if trainer.args.should_save:
         tok.save_pretrained(export)
         reloaded = AutoModelForSequenceClassification.from_pretrained(export, num_labels=1).eval()
@@ -97,7 +112,9 @@ def train_orm(script: ORMScriptArguments, cfg: ORMConfig, train_pairs: Sequence[
         write_reward_bundle(export, rm, "orm", "ORM", script.policy_dir,
                             {"global_step": trainer.state.global_step, "learning_rate": cfg.learning_rate,
                              "train_pairs": len(train_pairs)})
-        metrics["eval_pair_accuracy"] = pair_accuracy(rm, eval_pairs)
+        metrics["eval_pair_accuracy"] = pair_accuracy(rm, natural)
+        if hard:
+            metrics["eval_hard_pair_accuracy"] = pair_accuracy(rm, hard)
         metrics["train_pair_accuracy"] = pair_accuracy(rm, list(train_pairs)[:256])
     return export, metrics
 

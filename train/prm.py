@@ -3,7 +3,10 @@
     python -m twinloop.train.prm --policy_dir checkpoints/tiny-arith-policy --output_dir runs/prm-tiny-arith
     twinloop train prm --config RECIPE.yaml      (TrlParser: YAML values, command-line flags override)
 
-Labels come from ``twinloop.train.rm_data.mc_step_labels``. The model is the policy with a fresh 2-label
+Labels come from ``twinloop.train.rm_data.mc_step_labels``. With ``--hard_negatives true`` every training
+sample labelled good in all steps also appears with one step's result changed, labelled bad from that step on
+(``rm_data.one_step_negatives``: it differs from a good sample in one step); held-out data stay as sampled.
+The model is the policy with a fresh 2-label
 token-classification head, trained (HF Trainer, cross-entropy) only at the step-tag position after each step;
 the inputs are built by ``rewards.process.build_step_inputs``, the same function ``TokenClassifierPRM`` reads
 with, so training and scoring see identical ids. The export is an HF token-classification folder plus
@@ -24,6 +27,7 @@ from twinloop.train.common import load_tokenizer
 from twinloop.train.rm_data import (
     PolicySampleArguments,
     mc_step_labels,
+    one_step_negatives,
     run_rm_trainer,
     sample_completions,
     write_reward_bundle,
@@ -43,6 +47,8 @@ class PRMScriptArguments(PolicySampleArguments):
     delimiter: str = "\n\n"
     aggregation: str = field(default="min", metadata={"help": "how the exported PRM reduces step scores."})
     max_length: int = 512
+    hard_negatives: bool = field(default=False, metadata={"help": "add one-step-changed copies of all-good "
+                                                                  "training samples, labelled bad from there."})
 
 
 @dataclass
@@ -112,7 +118,8 @@ def train_prm(script: PRMScriptArguments, cfg: PRMConfig, train_examples: Sequen
     trainer.train()
     export = script.export_dir or os.path.join(cfg.output_dir, "prm")
     trainer.save_model(export)
-    metrics: dict[str, float] = {"train_examples": len(train_examples), "eval_examples": len(eval_examples)}
+    metrics: dict[str, float] = {"train_examples": len(train_examples), "eval_examples": len(eval_examples),
+                                 "train_hard_negatives": sum(bool(e.get("negative")) for e in train_examples)}
     if trainer.args.should_save:
         tok.padding_side = "left"
         tok.save_pretrained(export)
@@ -137,6 +144,8 @@ def build_examples(script: PRMScriptArguments, split: str, n: int, engine: Any, 
                                script.sample_max_tokens, seed=seed)
     examples = mc_step_labels(engine, verifier, rows, comps, script.rollouts, script.threshold, script.delimiter,
                               script.sample_temperature, script.sample_max_tokens, seed=seed)
+    if script.hard_negatives and split == "train":
+        examples += one_step_negatives(examples, seed)
     return with_exact_labels(script.task, examples)
 
 

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-_TRAILING_NUMBER = re.compile(r"(-?\d+)\s*$")
-DELTAS = (-10, -2, -1, 1, 2, 10)
+from twinloop.train.rm_data import DELTAS, one_step_negatives, perturb_step  # noqa: F401  (re-exported)
 
 
 def prefix_labels(step_scores: Sequence[float], threshold: float = 0.5) -> list[int]:
@@ -32,34 +29,6 @@ def prefix_labels(step_scores: Sequence[float], threshold: float = 0.5) -> list[
     for s in step_scores:
         ok = ok and s >= threshold
         out.append(int(ok))
-    return out
-
-
-def perturb_step(step: str, delta: int) -> str | None:
-    """The equation step with its final value changed by ``delta`` (``17 + 25 = 42`` -> ``17 + 25 = 43``);
-    None for a step that is not ``... = number``."""
-    if "=" not in step or "\\boxed" in step:
-        return None
-    m = _TRAILING_NUMBER.search(step)
-    if m is None:
-        return None
-    return step[: m.start()] + str(int(m.group(1)) + delta)
-
-
-def one_step_negatives(examples: Sequence[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
-    """For each fully good example, a copy with one equation step's result perturbed, labelled 0 from there."""
-    rng = random.Random(seed)
-    out = []
-    for e in examples:
-        if not all(e["labels"]):
-            continue
-        slots = [k for k, s in enumerate(e["steps"]) if perturb_step(s, 1) is not None]
-        if not slots:
-            continue
-        k = rng.choice(slots)
-        steps = list(e["steps"])
-        steps[k] = perturb_step(steps[k], rng.choice(DELTAS))
-        out.append({**e, "steps": steps, "labels": [1] * k + [0] * (len(steps) - k), "negative": True})
     return out
 
 

@@ -11,6 +11,7 @@ All sampling goes through an Engine (``VLLMEngine`` or ``HFEngine``); the verifi
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,8 @@ from twinloop.rewards.process import encode_prompt, split_steps, text_ids
 
 CORRECT = 1.0  # a verifiable reward this high is "verified correct"; ≤ WRONG is "verified wrong"
 WRONG = 0.0
-
+_TRAILING_NUMBER = re.compile(r"(-?\d+)\s*$")
+DELTAS = (-10, -2, -1, 1, 2, 10)  # how a hard negative's step result is changed [check]
 
 
 @dataclass
@@ -77,6 +79,63 @@ def preference_pairs(rows: Sequence[dict[str, Any]], completions: Sequence[Seque
             pairs.append({"prompt": list(row["prompt"]),
                           "chosen": [{"role": "assistant", "content": good[i % len(good)]}],
                           "rejected": [{"role": "assistant", "content": bad[(i // len(good)) % len(bad)]}]})
+    return pairs
+
+
+def perturb_step(step: str, delta: int) -> str | None:
+    """The equation step with its final value changed by ``delta`` (``17 + 25 = 42`` -> ``17 + 25 = 43``);
+    None for a step that is not ``... = number`` (the answer step included)."""
+    if "=" not in step or "\\boxed" in step:
+        return None
+    m = _TRAILING_NUMBER.search(step)
+    if m is None:
+        return None
+    return step[: m.start()] + str(int(m.group(1)) + delta)
+
+
+def one_step_negative(steps: Sequence[str], rng: random.Random) -> tuple[list[str], int] | None:
+    """A hard negative: ``steps`` with one equation step's result changed by a random ``DELTAS`` entry, and that
+    step's index; None when no step is an equation."""
+    slots = [k for k, s in enumerate(steps) if perturb_step(s, 1) is not None]
+    if not slots:
+        return None
+    k = rng.choice(slots)
+    out = list(steps)
+    out[k] = perturb_step(out[k], rng.choice(DELTAS))
+    return out, k
+
+
+def one_step_negatives(examples: Sequence[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """For each step-labelled example good in every step, a copy with one equation step's result changed,
+    labelled 0 from that step on (``negative: True``); the sources are untouched."""
+    rng = random.Random(seed)
+    out = []
+    for e in examples:
+        if not all(e["labels"]):
+            continue
+        made = one_step_negative(e["steps"], rng)
+        if made is not None:
+            steps, k = made
+            out.append({**e, "steps": steps, "labels": [1] * k + [0] * (len(steps) - k), "negative": True})
+    return out
+
+
+def hard_negative_pairs(rows: Sequence[dict[str, Any]], completions: Sequence[Sequence[str]],
+                        scores: Sequence[Sequence[float | None]], per_prompt: int, delimiter: str = "\n\n",
+                        seed: int = 0) -> list[dict[str, Any]]:
+    """Preference pairs whose rejected side is a verified-correct sample with one step's result changed (so the
+    two differ in that one step), up to ``per_prompt`` per prompt, in ``preference_pairs``' format."""
+    rng = random.Random(seed)
+    pairs = []
+    for row, comps, sc in zip(rows, completions, scores):
+        good = sorted({c for c, s in zip(comps, sc) if s is not None and s >= CORRECT})
+        rng.shuffle(good)
+        for text in good[:per_prompt]:
+            made = one_step_negative(split_steps(text, delimiter), rng)
+            if made is None:
+                continue
+            pairs.append({"prompt": list(row["prompt"]), "chosen": [{"role": "assistant", "content": text}],
+                          "rejected": [{"role": "assistant", "content": delimiter.join(made[0])}]})
     return pairs
 
 

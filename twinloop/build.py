@@ -110,12 +110,12 @@ def build_reward(spec: str | None, *, task: str | None = None, engine: Any = Non
         return build_task(task).reward()
     kwargs = dict(parsed.kwargs)
     if parsed.bundle is not None:
-        from twinloop.checkpoints.export import load_reward, read_spec
+        from twinloop.checkpoints.export import load_reward
 
         # a judge LM (a LoRA on the policy, say) runs on the given engine; a classifier RM loads its own weights
-        judge = read_spec(parsed.bundle)["model"]["head"] == "causal_lm"
-        return load_reward(parsed.bundle, engine=engine if judge else None, trust_remote_code=trust_remote_code,
-                           **engine_options, **kwargs)
+        # unless the engine pools (load_reward decides, so every entry point gets the same rule)
+        return load_reward(parsed.bundle, engine=engine, trust_remote_code=trust_remote_code, **engine_options,
+                           **kwargs)
     cls = import_class(parsed.class_path, trust_remote_code)
     params = inspect.signature(cls).parameters
     for key in getattr(cls, "reward_args", ()):

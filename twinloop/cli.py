@@ -32,6 +32,7 @@ TRAINERS: dict[str, str] = {
     "prm": "twinloop.train.prm",
     "selfeval": "twinloop.train.selfeval",
     "ctrl": "twinloop.train.ctrl",
+    "spct": "twinloop.train.spct",
     "pairrl": "twinloop.train.pairrl",
 }
 

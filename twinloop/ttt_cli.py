@@ -2,6 +2,10 @@
 
     twinloop ttt --model runs/qttt/kv-tiny --task kv_retrieval --task-args '{"context_words": 400, "n_keys": 8}' \\
         --n 20 --steps 0,2,8 --lr 1e-3 --span 64 [--out ttt.jsonl]
+    twinloop ttt --recipe recipes/ttt/kv-tiny.yaml [--n 5 ...]
+
+Settings: defaults < ``--recipe`` (a flat YAML mapping of these settings, names with underscores; ``task_args``
+a mapping, ``steps`` a list) < flags.
 
 One transformers model on CPU; for every row and every N_TTT in ``--steps`` (0 = no TTT) the task's own reward
 scores the greedy answer, and the gold answer's NLL is recorded. Prints one line per N_TTT: mean reward, mean
@@ -14,26 +18,53 @@ import argparse
 import json
 import statistics
 
+DEFAULTS = {"model": None, "task": "kv_retrieval", "task_args": "{}", "split": "test", "n": 20, "seed": 0,
+            "steps": "0,8", "span": 128, "lr": 1e-5, "max_new_tokens": 32, "out": None}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a transformers causal-LM folder (Llama/Qwen2-style)")
-    parser.add_argument("--task", default="kv_retrieval", help="a task spec whose rows keep context and question "
-                        "apart: kv_retrieval or ruler")
-    parser.add_argument("--task-args", default="{}", help="JSON settings for the task's load(), e.g. context length")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--n", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", default="0,8", help="N_TTT values, comma-separated (0: no TTT)")
-    parser.add_argument("--span", type=int, default=128, help="k, tokens per TTT span [check]")
-    parser.add_argument("--lr", type=float, default=1e-5, help="[check] the paper's range is 1e-6..1e-5")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--recipe", help="a YAML mapping of the settings below (flags win over it)")
+    parser.add_argument("--model", help="a transformers causal-LM folder (Llama/Qwen2-style)")
+    parser.add_argument("--task", help="a task spec whose rows keep context and question apart: kv_retrieval "
+                        "(default) or ruler")
+    parser.add_argument("--task-args", help="JSON settings for the task's load(), e.g. context length")
+    parser.add_argument("--split", help="default test")
+    parser.add_argument("--n", type=int, help="rows (default 20)")
+    parser.add_argument("--seed", type=int, help="default 0")
+    parser.add_argument("--steps", help="N_TTT values, comma-separated (0: no TTT; default 0,8)")
+    parser.add_argument("--span", type=int, help="k, tokens per TTT span (default 128 [check])")
+    parser.add_argument("--lr", type=float, help="default 1e-5 [check]: the paper's range is 1e-6..1e-5")
+    parser.add_argument("--max-new-tokens", type=int, help="default 32")
     parser.add_argument("--out", help="write one JSON line per row and N_TTT here")
 
 
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Defaults < recipe < flags (a flag left unset is None)."""
+    from twinloop.recipe import read
+
+    recipe = read(args.recipe) if args.recipe else {}
+    recipe = {k.replace("-", "_"): v for k, v in recipe.items()}
+    unknown = sorted(set(recipe) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"recipe {args.recipe}: unknown setting {unknown[0]!r}; known: {', '.join(DEFAULTS)}")
+    if isinstance(recipe.get("task_args"), dict):
+        recipe["task_args"] = json.dumps(recipe["task_args"])
+    if isinstance(recipe.get("steps"), list):
+        recipe["steps"] = ",".join(str(s) for s in recipe["steps"])
+    out = argparse.Namespace(**{k: recipe.get(k, v) for k, v in DEFAULTS.items()})
+    for key in DEFAULTS:
+        if getattr(args, key, None) is not None:
+            setattr(out, key, getattr(args, key))
+    if not out.model:
+        raise ValueError("no model: pass --model or name `model` in the recipe")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
+    args = resolve(args)
     try:
         task_args = json.loads(args.task_args)
-        steps = [int(s) for s in args.steps.split(",")]
+        steps = [int(s) for s in str(args.steps).split(",")]
     except ValueError as e:
         raise ValueError(f"--task-args must be a JSON object and --steps integers: {e}") from None
     if not isinstance(task_args, dict) or min(steps) < 0:

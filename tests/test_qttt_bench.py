@@ -1,0 +1,128 @@
+"""The qTTT study's own logic (bench/qttt_study.py, bench/qttt_train_tiny.py) on the random tiny model: the
+training format is the test format, the thinking baseline's budget and prompt, and the study end to end."""
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import qttt_study  # noqa: E402
+import qttt_train_tiny  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_training_first_turn_is_the_study_format(tok):
+    """The first answer of a training sequence is tokenized exactly as the study cuts a test row (context, tail,
+    gold), and the code mask covers exactly the asked keys' codes."""
+    from twinloop.infer.qttt_answer import prompt_parts
+
+    from twinloop.tasks.kv_retrieval import make_item
+
+    ids, mask = qttt_train_tiny.encode_item(tok, random.Random(5), 50, 4, questions=3)
+    item = make_item(random.Random(5), 50, 4)
+    row = {**item, "prompt": [{"role": "user", "content": item["context"] + item["question"]}]}
+    parts = prompt_parts(tok, row)
+    first = parts.context + parts.tail + parts.answer
+    assert ids[:len(first)] == first
+    assert mask[:len(first)] == [0] * len(parts.context + parts.tail) + [1] * len(parts.answer)
+    masked = [[t for t, m in zip(ids, mask) if m]]
+    codes = tok.decode(masked[0]).split()
+    assert len(codes) == 3 and codes[0] == item["answer"]
+    assert all(f"is {c}." in item["context"] for c in codes)  # every answer is a code of this context
+
+
+def test_word_tokens_make_keys_and_codes_one_token_each(tiny_model_dir):
+    from transformers import AutoTokenizer
+    from twinloop.infer.qttt_answer import prompt_parts
+
+    from twinloop.tasks.kv_retrieval import make_item
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)  # a fresh copy: the fixture's stays as built
+    qttt_train_tiny.add_word_tokens(tok)
+    ids = tok("The code for violin is 4821.", add_special_tokens=False)["input_ids"]
+    assert [tok.decode([i]) for i in ids][-4:] == [" violin", " is", " 4821", "."]
+    assert tok.decode(ids) == "The code for violin is 4821."
+    item = make_item(random.Random(3), 40, 3)
+    row = {**item, "prompt": [{"role": "user", "content": item["context"] + item["question"]}]}
+    parts = prompt_parts(tok, row)
+    assert len(parts.answer) == 1 and tok.decode(parts.answer) == " " + item["answer"]
+    ids, mask = qttt_train_tiny.encode_item(tok, random.Random(3), 40, 3, questions=1)
+    assert ids[:-2] == parts.context + parts.tail + parts.answer and sum(mask) == 1
+
+
+def test_thinking_gets_the_budget_then_the_answer_prefix(tiny_model_dir, tok):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from twinloop.infer.qttt import QueryForward
+    from twinloop.infer.qttt_answer import prompt_parts
+
+    from twinloop.tasks.kv_retrieval import load
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    fwd = QueryForward(model)
+    calls = []
+    real = fwd.generate
+
+    def spy(cache, tail, max_new, stop, **kw):
+        calls.append((tok.decode(tail.tolist()), max_new))
+        return real(cache, tail, max_new, [-1], **kw)  # no stop token: the thinking uses its whole budget
+
+    fwd.generate = spy
+    (row,) = load("test", n=1, context_words=40, n_keys=3)
+    parts = prompt_parts(tok, row)
+    cache, _ = fwd.prefill(torch.tensor(parts.context))
+    text, used = qttt_study.thinking_answer(fwd, tok, cache, parts, row, budget=7, max_new=3)
+    assert used == 7 and isinstance(text, str)
+    (think_tail, budget), (answer_tail, n_answer) = calls
+    assert budget == 7 and n_answer == 3
+    assert think_tail.endswith("<|im_start|>assistant\n") and row["answer_prefix"] not in think_tail
+    assert answer_tail.startswith(think_tail) and answer_tail.endswith("\n" + row["answer_prefix"])
+
+
+def test_study_end_to_end_without_vllm(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "study.jsonl"
+    assert qttt_study.main(["--model", str(tiny_model_dir), "--lengths", "40,80", "--keys", "3", "--n", "2",
+                            "--steps", "2", "--span", "16", "--lr", "1e-2", "--no-lora", "--thinking",
+                            "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["length"] for r in rows] == [40, 80, 40, 80]  # interleaved across lengths
+    for r in rows:
+        assert r["maj2_samples"] == 2 * 2 * 16 // 6 and r["think2_tokens"] <= 2 * 2 * 16
+        assert {r["plain_em"], r["qttt2_em"], r["maj2_em"], r["think2_em"]} <= {0, 1}
+        assert r["qttt2_nll"] != pytest.approx(r["plain_nll"], abs=1e-6)  # TTT moved the answer
+    capsys.readouterr()
+    plot = tmp_path / "study.png"
+    assert qttt_study.main(["--summarize", str(out), "--plot", str(plot)]) == 0
+    table = capsys.readouterr().out
+    assert "qttt2" in table and "think2" in table and plot.stat().st_size > 1000
+
+
+def test_summary_labels_ttt_runs_by_lr_and_pairs_against_plain(tmp_path, capsys):
+    def row(i, lr, qttt_em, with_maj):
+        r = {"id": f"kv-{i}", "length": 60, "tokens": 200, "plain_em": 0, "plain_nll": 2.0, "plain_s": 0.1,
+             "qttt2_em": qttt_em, "qttt2_nll": 1.5, "qttt2_s": 0.2, "lr": lr, "lora_lr": lr}
+        if with_maj:
+            r.update(maj2_em=1, maj2_s=0.3, maj2_tokens=126)
+        return json.dumps(r)
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("\n".join(row(i, 1e-3, 1, True) for i in range(4)) + "\n")
+    b.write_text("\n".join(row(i, 1e-2, i % 2, False) for i in range(4)) + "\n")
+    items = qttt_study.method_records([str(a), str(b)])
+    assert set(items[(60, "kv-0", 200)]) == {"plain", "qttt2 lr=0.001", "qttt2 lr=0.01", "maj2"}
+    assert qttt_study.main(["--summarize", f"{a},{b}"]) == 0
+    out = capsys.readouterr().out
+    assert "qttt2 lr=0.001     n=4    EM 1.000±0.000 [+1.000±0.000]  gold NLL 1.500±0.000 [-0.500±0.000]" in out
+    assert "qttt2 lr=0.01      n=4    EM 0.500±0.289 [+0.500±0.289]" in out  # s.e. of (1, 0, 1, 0)
+    assert '"maj2": 126.0' in out
