@@ -33,6 +33,7 @@ TRAINERS: dict[str, str] = {
     "selfeval": "twinloop.train.selfeval",
     "ctrl": "twinloop.train.ctrl",
     "spct": "twinloop.train.spct",
+    "pairrl": "twinloop.train.pairrl",
 }
 
 

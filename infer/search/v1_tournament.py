@@ -58,19 +58,34 @@ def coverage_pairs(n: int, rng: random.Random) -> list[Pair]:
 
 
 def deficit_pairs(n: int, degree: Sequence[int], seen: set[Pair], mu: Sequence[float], d_min: int) -> list[Pair]:
-    """One round: each candidate below ``d_min`` comparisons (lowest index first) is paired with the
-    unseen peer closest in μ that is still free this round."""
+    """One round: each candidate below ``d_min`` comparisons (fewest first, then lowest index) is paired with
+    the unseen peer closest in μ that is still free this round, a peer itself below ``d_min`` first. Two
+    candidates left over (their only free peer already seen) swap into a pair of the round. So B = 1, exactly
+    N comparisons, brings every candidate to d_min = 2 instead of spending comparisons on covered peers."""
+    def unseen(i: int, j: int) -> bool:
+        return i != j and (min(i, j), max(i, j)) not in seen
+
     busy: set[int] = set()
-    out = []
-    for i in range(n):
+    out: list[Pair] = []
+    for i in sorted(range(n), key=lambda i: (degree[i], i)):
         if degree[i] >= d_min or i in busy:
             continue
-        peers = [j for j in range(n) if j != i and j not in busy and (min(i, j), max(i, j)) not in seen]
+        peers = [j for j in range(n) if j not in busy and unseen(i, j)]
         if not peers:
             continue
-        j = min(peers, key=lambda j: (abs(mu[i] - mu[j]), j))
+        j = min(peers, key=lambda j: (degree[j] >= d_min, abs(mu[i] - mu[j]), j))
         out.append((min(i, j), max(i, j)))
         busy |= {i, j}
+    left = [i for i in range(n) if degree[i] < d_min and i not in busy]
+    while len(left) >= 2:
+        u, v = left[0], left[1]
+        swap = next(((k, a, b) for k, (x, y) in enumerate(out) for a, b in ((x, y), (y, x))
+                     if unseen(u, a) and unseen(v, b)), None)
+        if swap is None:
+            break
+        k, a, b = swap
+        out[k:k + 1] = [(min(u, a), max(u, a)), (min(v, b), max(v, b))]
+        left = left[2:]
     return out
 
 
