@@ -3,7 +3,8 @@ launch lines, and the colocated vLLM engine's shutdown. ``train/<method>.py`` fi
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -194,3 +195,36 @@ def shutdown_colocated_vllm(trainer: Any) -> None:
         from twinloop.infer.vllm_engine import VLLMEngine
 
         VLLMEngine.attach(llm).shutdown_engine_core()
+
+
+@contextmanager
+def cpu_safe_colocate(cfg: Any) -> Iterator[None]:
+    """Wrap a GRPOTrainer subclass's `super().__init__` so that colocated vLLM starts on CPU: a free MASTER_PORT for
+    a single process (parallel runs must not share TRL's default 29500), the configured dtype, and eager mode
+    (torch.compile's warm-up costs far more than it saves here)."""
+    extra: dict[str, Any] = {}
+    if cfg is not None and cfg.use_vllm and cfg.vllm_mode == "colocate":
+        single = os.environ.get("WORLD_SIZE", "1") == "1" and not torch.distributed.is_initialized()
+        if single and os.environ.get("MASTER_PORT", "29500") in ("29500", "auto", "0"):
+            from twinloop.infer.engine import free_port
+
+            os.environ["MASTER_PORT"] = str(free_port())
+        if cfg.vllm_dtype is not None:
+            extra["dtype"] = cfg.vllm_dtype
+        if not torch.cuda.is_available():
+            extra["enforce_eager"] = True
+    if not extra:
+        yield
+        return
+    from twinloop.train.vllm_sync import colocated_llm_kwargs
+
+    with colocated_llm_kwargs(**extra):
+        yield
+
+
+def finish_cpu_colocate(trainer: Any) -> None:
+    """After the trainer is built: route colocated vLLM's weight sync through the Engine on CPU (train/vllm_sync)."""
+    if trainer.use_vllm and trainer.args.vllm_mode == "colocate" and trainer.accelerator.device.type == "cpu":
+        from twinloop.train.vllm_sync import patch_colocate_sync_for_cpu
+
+        patch_colocate_sync_for_cpu(trainer.vllm_generation)

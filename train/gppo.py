@@ -28,6 +28,8 @@ from twinloop.train.common import (  # noqa: F401  (re-exported for recipes and 
     arrow_safe,
     config_path,
     cpu_overrides,
+    cpu_safe_colocate,
+    finish_cpu_colocate,
     launch_command,
     load_tokenizer,
     parse_config,
@@ -97,29 +99,9 @@ class GPPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
     _name = "GPPO"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        cfg = kwargs.get("args", args[2] if len(args) > 2 else None)
-        extra: dict[str, Any] = {}
-        if cfg is not None and cfg.use_vllm and cfg.vllm_mode == "colocate":
-            single = os.environ.get("WORLD_SIZE", "1") == "1" and not torch.distributed.is_initialized()
-            if single and os.environ.get("MASTER_PORT", "29500") in ("29500", "auto", "0"):
-                from twinloop.infer.engine import free_port
-
-                os.environ["MASTER_PORT"] = str(free_port())  # parallel runs must not share TRL's default 29500
-            if cfg.vllm_dtype is not None:
-                extra["dtype"] = cfg.vllm_dtype
-            if not torch.cuda.is_available():
-                extra["enforce_eager"] = True  # CPU: torch.compile warm-up costs far more than it saves here
-        if extra:
-            from twinloop.train.vllm_sync import colocated_llm_kwargs
-
-            with colocated_llm_kwargs(**extra):
-                super().__init__(*args, **kwargs)
-        else:
+        with cpu_safe_colocate(kwargs.get("args", args[2] if len(args) > 2 else None)):
             super().__init__(*args, **kwargs)
-        if self.use_vllm and self.args.vllm_mode == "colocate" and self.accelerator.device.type == "cpu":
-            from twinloop.train.vllm_sync import patch_colocate_sync_for_cpu
-
-            patch_colocate_sync_for_cpu(self.vllm_generation)
+        finish_cpu_colocate(self)
 
     # ---- rewards -> keep / positive masks ------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):

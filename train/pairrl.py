@@ -32,7 +32,13 @@ from trl import GRPOConfig, GRPOTrainer
 from twinloop.rewards.base import checked, message_text
 from twinloop.rewards.pairwise import BAND, PAIRWISE_TEMPLATE, parse_ratings
 from twinloop.train.checkpointing import AtomicCheckpointMixin
-from twinloop.train.common import cpu_overrides, load_tokenizer, with_flat_recipe
+from twinloop.train.common import (
+    cpu_overrides,
+    cpu_safe_colocate,
+    finish_cpu_colocate,
+    load_tokenizer,
+    with_flat_recipe,
+)
 from twinloop.train.gppo import GPPOScriptArguments, build_dataset, build_rewards, colocated_sampling_kwargs, teardown
 from twinloop.train.losses import clip_stats, policy_per_token_loss
 from twinloop.train.pairrl_math import (
@@ -115,29 +121,9 @@ class PairRLTrainer(AtomicCheckpointMixin, GRPOTrainer):
     _name = "V1-PairRL"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        cfg = kwargs.get("args", args[2] if len(args) > 2 else None)
-        extra: dict[str, Any] = {}
-        if cfg is not None and cfg.use_vllm and cfg.vllm_mode == "colocate":  # as GPPOTrainer: CPU-safe colocate
-            single = os.environ.get("WORLD_SIZE", "1") == "1" and not torch.distributed.is_initialized()
-            if single and os.environ.get("MASTER_PORT", "29500") in ("29500", "auto", "0"):
-                from twinloop.infer.engine import free_port
-
-                os.environ["MASTER_PORT"] = str(free_port())
-            if cfg.vllm_dtype is not None:
-                extra["dtype"] = cfg.vllm_dtype
-            if not torch.cuda.is_available():
-                extra["enforce_eager"] = True
-        if extra:
-            from twinloop.train.vllm_sync import colocated_llm_kwargs
-
-            with colocated_llm_kwargs(**extra):
-                super().__init__(*args, **kwargs)
-        else:
+        with cpu_safe_colocate(kwargs.get("args", args[2] if len(args) > 2 else None)):
             super().__init__(*args, **kwargs)
-        if self.use_vllm and self.args.vllm_mode == "colocate" and self.accelerator.device.type == "cpu":
-            from twinloop.train.vllm_sync import patch_colocate_sync_for_cpu
-
-            patch_colocate_sync_for_cpu(self.vllm_generation)
+        finish_cpu_colocate(self)
 
     # ---- stage 1: TRL's generation and verifiable reward (captured for pairing) ---------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
