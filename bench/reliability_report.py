@@ -104,7 +104,7 @@ def server_rows(backend: str, out: Path) -> list[tuple[str, str, str, str]]:
     c = r["concurrency"]
     rows.append((f"server faults ({backend}): {c['clients']} concurrent clients", str(c["completions"]),
                  f"{c['mixed']} mixed up, {len(c['errors'])} errors",
-                 f"{c['requests']} requests, n=2; {c['drift']} differ from the prompt's lone greedy text"))
+                 f"{c['requests']} requests; {c['drift']} differ from the prompt's lone greedy text"))
     return rows
 
 

@@ -6,7 +6,7 @@ lost (missing or doubled JSONL rows) and the one-line error it gave.
 - hang: the only server is SIGSTOPped mid-run; the run must stop within (retries + 1) x (5 s connect +
   --server_timeout) plus backoff, naming the server; after SIGCONT a rerun finishes only the rest;
 - kill the only one: the run stops naming the server; a rerun on a freshly started server finishes the rest;
-- concurrency: 4 client threads x 12 prompts (n=2) at once; each completion must equal what the same prompt
+- concurrency: 4 client threads x 24 prompts at once; each completion must equal what the same prompt
   gets alone (greedy) and carry its own request id.
 
 ``--backend fake`` uses tests/fake_openai_server.py processes (seconds); ``--backend vllm`` real vLLM servers
@@ -109,14 +109,14 @@ def _tally(out: Path, n: int) -> dict[str, int]:
     return {"rows": len(keys), "missing": n - len(set(keys)), "doubled": len(keys) - len(set(keys))}
 
 
-def concurrency(url: str, clients: int = 4, prompts: int = 12) -> dict[str, Any]:
+def concurrency(url: str, clients: int = 4, prompts: int = 24) -> dict[str, Any]:
     from twinloop.infer.openai_engine import OpenAIEngine
     from twinloop.train.common import load_tokenizer
 
     from twinloop.contracts import Request, SamplingConfig
 
     tok = load_tokenizer(str(POLICY))
-    sampling = SamplingConfig(n=2, max_tokens=16, temperature=0.0)
+    sampling = SamplingConfig(n=1, max_tokens=16, temperature=0.0)  # vLLM refuses n > 1 when greedy
     reqs = {c: [Request(messages=[{"role": "user", "content": f"What is {c + 3} + {i * 7}?"}])
                 for i in range(prompts)] for c in range(clients)}
     alone = OpenAIEngine(url, tok)
@@ -146,6 +146,10 @@ def concurrency(url: str, clients: int = 4, prompts: int = 12) -> dict[str, Any]
             "drift": drift, "errors": errors, "distinct_references": len({t for v in reference.values() for t in v})}
 
 
+def _save(out: Path, report: dict[str, Any]) -> None:
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+
+
 def run(backend: str, out: Path, n: int = 24) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     servers: list[Server] = []
@@ -155,6 +159,7 @@ def run(backend: str, out: Path, n: int = 24) -> dict[str, Any]:
         servers += [a, b]
         r = _eval(out / "kill-one-of-two", f"{a.url},{b.url}", n, lambda: a.signal(signal.SIGKILL))
         report["kill_one_of_two"] = {**r, **_tally(out / "kill-one-of-two", n)}
+        _save(out, report)  # finished scenarios stay on disk if a later one fails
 
         r = _eval(out / "hang", b.url, n, lambda: b.signal(signal.SIGSTOP))
         b.signal(signal.SIGCONT)
@@ -162,6 +167,7 @@ def run(backend: str, out: Path, n: int = 24) -> dict[str, Any]:
         again = _eval(out / "hang", b.url, n)
         report["hang"] = {**r, "rows_kept": len(kept), "kept_intact": _rows(out / "hang")[:len(kept)] == kept,
                           "rerun_rc": again["rc"], "bound_s": BOUND_S, **_tally(out / "hang", n)}
+        _save(out, report)  # finished scenarios stay on disk if a later one fails
 
         r = _eval(out / "kill-only", b.url, n, lambda: b.signal(signal.SIGKILL))
         kept = _rows(out / "kill-only")
@@ -171,7 +177,9 @@ def run(backend: str, out: Path, n: int = 24) -> dict[str, Any]:
         report["kill_only_then_new_server"] = {**r, "rows_kept": len(kept), "rerun_rc": again["rc"],
                                                "kept_intact": _rows(out / "kill-only")[:len(kept)] == kept,
                                                **_tally(out / "kill-only", n)}
+        _save(out, report)
         report["concurrency"] = concurrency(c.url)
+        _save(out, report)
     finally:
         for s in servers:
             s.close()
@@ -185,7 +193,6 @@ def main() -> None:
     parser.add_argument("--n-problems", type=int, default=24)
     args = parser.parse_args()
     report = run(args.backend, Path(args.out), args.n_problems)
-    (Path(args.out) / "report.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
 
 
