@@ -184,6 +184,31 @@ def test_main_runs_a_recipe_end_to_end(tiny_dir, tmp_path):
     assert (out / "model.safetensors").is_file()
 
 
+def test_an_in_process_run_leaves_a_process_group_it_did_not_create(tiny_dir, tmp_path):
+    """An in-process vLLM engine (or a caller) may already hold the process group: teardown used to destroy it
+    (accelerate's end_training and destroy_process_group), which broke every later vLLM engine in the process
+    ("not initialized in the world group map")."""
+    import torch.distributed as dist
+    from twinloop.infer.engine import free_port
+    from twinloop.train.gppo import main
+
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        rc = main(["--config", str(REPO / "recipes/arith/process.yaml"), "--model_name_or_path", tiny_dir,
+                   "--output_dir", str(tmp_path / "run"), "--max_steps", "1", "--train_size", "8",
+                   "--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "4",
+                   "--save_strategy", "no", "--disable_tqdm", "true"])
+        assert rc == 0
+        assert dist.is_initialized()
+        group = dist.group.WORLD
+        assert dist.get_world_size(group) == 1  # the same, still usable group
+        dist.barrier(group)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_task_family_rows_are_arrow_safe_and_the_task_reward_is_the_tasks_own():
     from fractions import Fraction
 

@@ -88,6 +88,14 @@ class AtomicCheckpointMixin:
     _staging_save = False
     _card_method = "GPPO"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        import torch.distributed as dist
+
+        # A process group that existed before this trainer (an in-process vLLM engine's, a caller's) is not the
+        # trainer's to destroy at teardown: destroying it breaks that engine and every later one in the process.
+        self.process_group_preexisted = dist.is_available() and dist.is_initialized()
+        super().__init__(*args, **kwargs)
+
     def _get_output_dir(self, trial):
         run_dir = super()._get_output_dir(trial)
         return os.path.join(run_dir, STAGING_DIR) if self._staging_save else run_dir

@@ -291,6 +291,10 @@ def teardown(trainer: GPPOTrainer) -> None:
     if engine is not None and hasattr(engine, "destroy"):
         engine.destroy()
     shutdown_colocated_vllm(trainer)
+    if getattr(trainer, "process_group_preexisted", False):  # not ours: end the trackers, keep the group
+        for tracker in trainer.accelerator.trackers:
+            tracker.finish()
+        return
     trainer.accelerator.end_training()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
