@@ -92,16 +92,20 @@ def colocated_sampling_kwargs(given: dict[str, Any] | None) -> dict[str, Any]:
     return kwargs
 
 
-class GPPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
-    """GRPOTrainer whose policy loss is GPPO's; everything else is TRL's."""
-
-    _tag_names = ["trl", "gppo", "twinloop"]
-    _name = "GPPO"
+class ColocatedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
+    """TRL's GRPOTrainer with atomic checkpoints and a colocated vLLM engine that starts and syncs on CPU."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         with cpu_safe_colocate(kwargs.get("args", args[2] if len(args) > 2 else None)):
             super().__init__(*args, **kwargs)
         finish_cpu_colocate(self)
+
+
+class GPPOTrainer(ColocatedGRPOTrainer):
+    """GRPOTrainer whose policy loss is GPPO's; everything else is TRL's."""
+
+    _tag_names = ["trl", "gppo", "twinloop"]
+    _name = "GPPO"
 
     # ---- rewards -> keep / positive masks ------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):

@@ -28,18 +28,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOConfig
 from twinloop.rewards.base import checked, message_text
 from twinloop.rewards.pairwise import BAND, PAIRWISE_TEMPLATE, parse_ratings
-from twinloop.train.checkpointing import AtomicCheckpointMixin
 from twinloop.train.common import (
     cpu_overrides,
-    cpu_safe_colocate,
-    finish_cpu_colocate,
     load_tokenizer,
     with_flat_recipe,
 )
-from twinloop.train.gppo import GPPOScriptArguments, build_dataset, build_rewards, colocated_sampling_kwargs, teardown
+from twinloop.train.gppo import (
+    ColocatedGRPOTrainer,
+    GPPOScriptArguments,
+    build_dataset,
+    build_rewards,
+    colocated_sampling_kwargs,
+    teardown,
+)
 from twinloop.train.losses import clip_stats, policy_per_token_loss
 from twinloop.train.pairrl_math import (
     PAIR_ORDERS,
@@ -114,16 +118,11 @@ def _pad_right(rows: torch.Tensor, width: int, value: float) -> torch.Tensor:
     return torch.nn.functional.pad(rows, (0, width - rows.size(1)), value=value)
 
 
-class PairRLTrainer(AtomicCheckpointMixin, GRPOTrainer):
+class PairRLTrainer(ColocatedGRPOTrainer):
     """GRPOTrainer whose rollout adds the verify role and whose loss is J = J_gen + λ·J_verify."""
 
     _tag_names = ["trl", "v1-pairrl", "twinloop"]
     _name = "V1-PairRL"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        with cpu_safe_colocate(kwargs.get("args", args[2] if len(args) > 2 else None)):
-            super().__init__(*args, **kwargs)
-        finish_cpu_colocate(self)
 
     # ---- stage 1: TRL's generation and verifiable reward (captured for pairing) ---------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
