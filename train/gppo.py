@@ -100,6 +100,13 @@ class ColocatedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             super().__init__(*args, **kwargs)
         finish_cpu_colocate(self)
 
+    def _token_normalizer(self, count: torch.Tensor, mode: str) -> torch.Tensor:
+        """The global token count of one optimizer micro-step, as TRL's "dapo" normalizer."""
+        normalizer = count.clamp(min=1.0) / self.accelerator.num_processes
+        if mode == "train":
+            normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        return normalizer
+
 
 class GPPOTrainer(ColocatedGRPOTrainer):
     """GRPOTrainer whose policy loss is GPPO's; everything else is TRL's."""
@@ -141,13 +148,6 @@ class GPPOTrainer(ColocatedGRPOTrainer):
         return out
 
     # ---- loss ----------------------------------------------------------------------------------------------
-    def _token_normalizer(self, count: torch.Tensor, mode: str) -> torch.Tensor:
-        """The global token count of one optimizer micro-step, as TRL's "dapo" normalizer."""
-        normalizer = count.clamp(min=1.0) / self.accelerator.num_processes
-        if mode == "train":
-            normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
-        return normalizer
-
     def _compute_loss(self, model, inputs):
         args = self.args
         mode = "train" if self.model.training else "eval"

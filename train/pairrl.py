@@ -311,13 +311,6 @@ class PairRLTrainer(ColocatedGRPOTrainer):
         return out
 
     # ---- loss ------------------------------------------------------------------------------------------------------
-    def _token_normalizer(self, count: torch.Tensor, mode: str) -> torch.Tensor:
-        """The global token count of one optimizer micro-step, as TRL's "dapo" normalizer."""
-        normalizer = count.clamp(min=1.0) / self.accelerator.num_processes
-        if mode == "train":
-            normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
-        return normalizer
-
     def _compute_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"
         completion_ids, mask = inputs["completion_ids"], inputs["completion_mask"]
