@@ -428,6 +428,8 @@ def load_reward(folder: str | os.PathLike, *, engine: Any = None, backend: str =
             model = _auto(head).from_pretrained(folder, **common)
         return _from_bundle(construct_reward(cls, kwargs, model=model.eval(), tokenizer=tokenizer), folder, overrides)
     adapter = str(folder) if lora else None
+    if engine is not None and not lora and _serves_other_model(engine, folder):
+        engine = None  # a separate judge model (full weights) never runs on, say, the policy's engine
     if engine is None:
         weights_dir = base if lora else folder
         if backend == "vllm":
@@ -447,6 +449,16 @@ def load_reward(folder: str | os.PathLike, *, engine: Any = None, backend: str =
         kwargs["meta_rm"] = load_reward(folder / meta, backend=backend, dtype=dtype, check_manifest=False,
                                         trust_remote_code=trust_remote_code)
     return _from_bundle(construct_reward(cls, kwargs, engine=engine, lora=adapter), folder, overrides)
+
+
+def _serves_other_model(engine: Any, folder: Path) -> bool:
+    """True when ``engine`` visibly serves a local model folder other than ``folder`` (vLLM: its model path;
+    transformers: the model's ``name_or_path``); an engine that does not say (a served one) is trusted."""
+    model = getattr(engine, "model", None)
+    path = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
+    if not path or not Path(path).is_dir():
+        return False
+    return Path(path).resolve() != folder.resolve()
 
 
 def _from_bundle(reward: Any, folder: Path, overrides: dict[str, Any]) -> Any:

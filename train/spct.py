@@ -23,17 +23,18 @@ Phases (``--phase all`` runs them in order; each reads the previous one's output
 6. ``export``: the GRM bundle (``grm`` kind, LoRA weights) carrying its meta RM, written where the recipe's
    ``reward`` spec points (``grm:FOLDER``), so ``twinloop eval`` with ``grm_vote``/``grm_meta_vote`` reads it.
 
-**The GRM is a LoRA on the tiny policy**, not a separate model: one engine (vLLM multi-LoRA, or transformers)
-serves the policy and its judge, so best-of-N judged by the GRM counts policy plus judge tokens on one engine;
-the frozen base keeps the policy's own arithmetic, which the judge needs to check a step; and the adapter
-exports as the ``lora`` weights kind the bundle format already reads. Every judge sample goes through the
-Engine (``Request(lora=adapter)``), as for every model judge. The meta RM is a separate full fine-tune of a copy
-of the policy (a classifier head; it must read the judgment, so it cannot share the judge's LM head).
-
-At tiny scale the judge's context is the limit: the fixed GRM template alone is ~550 of the policy's 1024
-positions (its byte-level vocabulary spells English letter by letter), so an item is built only when its prompt
-plus its template judgment fit ``max_length`` (a multi item drops responses down to 2 first; counted in the
-report). The meta RM trainer is ``twinloop.train.spct_meta``; held-out measurement ``twinloop.train.spct_eval``.
+**The GRM** (``judge``): ``'separate'`` (the default) is a separate tiny model, a copy of the policy whose
+tokenizer reads the GRM template's fixed text and the judgment's phrases as single tokens
+(``twinloop.train.spct_judge``), fully fine-tuned and served by its own engine; ``'lora'`` is a LoRA on the
+policy, sampled through the policy's engine with ``Request(lora=adapter)``. Why separate: the policy's byte-level
+vocabulary spells English letter by letter, so the fixed template alone is ~550 of its 1024 positions, a
+best-of-8 GRM prompt (~1230 tokens) does not fit at all, and a LoRA warm-up on ~900-token sequences did not learn
+the three-line format (0% parseable after one epoch); with the phrase tokens the best-of-8 prompt is ~410
+tokens and a judgment ~130. Either way every judge sample goes through an Engine, as for every model judge, and
+an item is built only when its prompt plus its template judgment fit ``max_length`` (a multi item drops
+responses down to 2 first; counted in the report). The meta RM is a separate full fine-tune with a classifier
+head on the judge's base (it must read the judgment, so it cannot share the judge's LM head). The meta RM
+trainer is ``twinloop.train.spct_meta``; held-out measurement ``twinloop.train.spct_eval``.
 """
 from __future__ import annotations
 
@@ -87,7 +88,10 @@ class SPCTConfig:
     sample_temperature: float = 0.7  # as the verifier probe (STACK.md); 1.0 gives few correct samples
     sample_max_tokens: int = 128
     max_responses: int = 4
-    # the LoRA judge
+    # the judge: 'separate' (a copy of the policy with phrase tokens, full fine-tune) or 'lora' (on the policy)
+    judge: str = "separate"
+    hard_negatives: float = field(default=0.0, metadata={
+        "help": "share of train multi items given a one-step hard negative of their best response (STACK.md)."})
     lora_r: int = 16
     lora_alpha: int = 32
     judge_max_tokens: int = 256
@@ -118,6 +122,8 @@ class SPCTConfig:
     def __post_init__(self) -> None:
         if self.phase != "all" and self.phase not in PHASES:
             raise ValueError(f"phase must be 'all' or one of {PHASES}, got {self.phase!r}")
+        if self.judge not in ("separate", "lora"):
+            raise ValueError(f"judge must be 'separate' or 'lora', got {self.judge!r}")
         if self.engine not in ("vllm", "hf"):
             raise ValueError(f"engine must be 'vllm' or 'hf', got {self.engine!r}")
         if self.max_responses < 2 or self.n_rft < 1 or self.rl_generations < 2:
@@ -132,14 +138,20 @@ class Paths:
         self.root, self.data = root, root / "data"
         self.sft, self.rft, self.rl = root / "sft", root / "rft", root / "rl"
         self.meta, self.meta_export = root / "meta", root / "meta_export"
+        self.judge0 = root / "judge0"  # the separate judge before training: the policy with phrase tokens
         self.bundle = Path(bundle_dir(cfg.reward_funcs, root))
 
     def adapter(self) -> str | None:
-        """The latest trained judge adapter (RL, else RFT, else SFT), or None."""
+        """The latest trained judge (RL, else RFT, else SFT; a LoRA adapter or a full model), or None."""
         for p in (self.rl, self.rft, self.sft):
-            if (p / "adapter_config.json").is_file():
+            if is_judge(p):
                 return str(p)
         return None
+
+
+def is_judge(folder: str | Path | None) -> bool:
+    """A trained judge folder: a LoRA adapter or a full model."""
+    return folder is not None and any(Path(folder, f).is_file() for f in ("adapter_config.json", "config.json"))
 
 
 def bundle_dir(reward_funcs: Sequence[str], root: Path) -> str:
@@ -197,6 +209,33 @@ def make_engine(cfg: SPCTConfig) -> Any:
     return engine
 
 
+def judge_engine(cfg: SPCTConfig, judge: str | None, policy_engine: Any = None) -> tuple[Any, str | None]:
+    """(engine, lora) that samples ``judge``: the policy's engine with the adapter, or the separate model's own
+    engine (``judge`` None with a LoRA judge: the bare policy)."""
+    if cfg.judge == "lora" or judge is None:
+        return (policy_engine if policy_engine is not None else make_engine(cfg)), judge
+    if cfg.engine == "hf":
+        from twinloop.infer.hf_engine import HFEngine
+        from twinloop.train.common import load_tokenizer
+
+        return HFEngine(judge, tokenizer=load_tokenizer(judge), dtype="float32"), None
+    from twinloop.infer.vllm_engine import VLLMEngine
+
+    return VLLMEngine(judge, dtype="float32", max_model_len=cfg.max_length, seed=cfg.seed), None
+
+
+def judge_tokenizer(cfg: SPCTConfig, paths: Paths, policy_tok: Any) -> Any:
+    """The tokenizer the judge reads with (the separate judge's, built here when missing)."""
+    if cfg.judge == "lora":
+        return policy_tok
+    from twinloop.train.common import load_tokenizer
+    from twinloop.train.spct_judge import build_judge_model
+
+    if is_main_process() and not (paths.judge0 / "config.json").is_file():
+        build_judge_model(cfg.policy_dir, paths.judge0)
+    return load_tokenizer(str(paths.judge0))
+
+
 def token_fits(tok: Any, max_length: int, margin: int = 8):
     """``fits(item)``: the item's GRM prompt (chat template) plus its template judgment fit the judge context."""
     def fits(item: Item) -> bool:
@@ -232,7 +271,8 @@ def run_data(cfg: SPCTConfig, engine: Any, paths: Paths) -> dict[str, Any]:
     results = engine.generate([Request(messages=list(r["prompt"])) for r in rows],
                               SamplingConfig(n=cfg.samples_per_query, temperature=cfg.sample_temperature,
                                              max_tokens=cfg.sample_max_tokens, seed=cfg.seed))
-    fits, rng = token_fits(engine.tokenizer, cfg.max_length), random.Random(cfg.seed)
+    fits = token_fits(judge_tokenizer(cfg, paths, engine.tokenizer), cfg.max_length)
+    rng = random.Random(cfg.seed)
     items, missing = [], 0
     for row, res in zip(rows, results):
         got = items_for_query(row["prompt"][-1]["content"], row["expression"], [c.text for c in res.completions],
@@ -240,12 +280,39 @@ def run_data(cfg: SPCTConfig, engine: Any, paths: Paths) -> dict[str, Any]:
         missing += 2 - len(got)  # a query gives a multi and a single item unless one did not fit or had no pair
         items += got
     train, test = split_by_query(items, cfg.test_share, cfg.seed)
+    hard = add_hard_negatives(train, cfg.hard_negatives, fits, random.Random(cfg.seed + 5))
     report = {**split_report(train, test), "queries_sampled": len(rows), "items_not_built": missing,
-              "samples_per_query": cfg.samples_per_query}
+              "samples_per_query": cfg.samples_per_query, "train_hard_negatives": hard}
     save_items(paths.data / "train.jsonl", train)
     save_items(paths.data / "test.jsonl", test)
     write_json(paths.data / "report.json", report)
     return report
+
+
+def add_hard_negatives(items: list[Item], share: float, fits: Any, rng: random.Random) -> int:
+    """In place: a ``share`` of the multi items get one non-best response replaced by a one-step change of the
+    best response (kept only when it scores strictly below the best and still fits); returns how many."""
+    from twinloop.train.spct_data import truth_reward
+    from twinloop.train.spct_judge import one_step_negative
+
+    done = 0
+    for i, it in enumerate(items):
+        if it.binary or rng.random() >= share:
+            continue
+        neg = one_step_negative(it.responses[it.best], rng)
+        if neg is None or neg in it.responses:
+            continue
+        r = truth_reward(it.expression, neg)
+        if r >= it.rewards[it.best]:
+            continue
+        slot = rng.choice([k for k in range(len(it.responses)) if k != it.best])
+        new = Item(**{**it.to_json(), "responses": list(it.responses), "rewards": list(it.rewards),
+                      "meta": {**it.meta, "hard_negative": slot}})
+        new.responses[slot], new.rewards[slot] = neg, r
+        if fits(new):
+            items[i] = new
+            done += 1
+    return done
 
 
 def train_sft(cfg: SPCTConfig, rows: Sequence[dict[str, Any]], out: Path, start_adapter: str | None,
@@ -260,17 +327,23 @@ def train_sft(cfg: SPCTConfig, rows: Sequence[dict[str, Any]], out: Path, start_
 
     if not rows:
         raise ValueError(f"no SFT rows for {out.name}: nothing to train on")
-    tok = load_tokenizer(cfg.policy_dir)
-    model = AutoModelForCausalLM.from_pretrained(cfg.policy_dir, dtype=torch.float32)
     peft_config = None
-    if start_adapter:
+    if cfg.judge == "separate":  # full fine-tune of the judge model (judge0 at the warm-up)
+        start = start_adapter or str(Path(cfg.output_dir) / "judge0")
+        tok = load_tokenizer(start)
+        model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
+    elif start_adapter:
+        tok = load_tokenizer(cfg.policy_dir)
+        model = AutoModelForCausalLM.from_pretrained(cfg.policy_dir, dtype=torch.float32)
         model = PeftModel.from_pretrained(model, start_adapter, is_trainable=True)
     else:
+        tok = load_tokenizer(cfg.policy_dir)
+        model = AutoModelForCausalLM.from_pretrained(cfg.policy_dir, dtype=torch.float32)
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                                  target_modules="all-linear", task_type="CAUSAL_LM")
     args = SFTConfig(output_dir=str(out), num_train_epochs=epochs, learning_rate=learning_rate,
                      per_device_train_batch_size=cfg.sft_batch_size, max_length=cfg.max_length,
-                     completion_only_loss=True, lr_scheduler_type="cosine", logging_steps=5,
+                     completion_only_loss=True, lr_scheduler_type="cosine", logging_steps=10,
                      save_strategy="no", report_to="none", seed=cfg.seed, bf16=False,
                      use_cpu=not torch.cuda.is_available())
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(list(rows)), processing_class=tok,
@@ -286,14 +359,15 @@ def run_rft(cfg: SPCTConfig, engine: Any, items: Sequence[Item], start_adapter: 
     """Phase 1: sample, filter (``rft_select``), SFT on the kept judgments; writes ``rft/report.json``."""
     rng = random.Random(cfg.seed + 1)
     shows = [shown(it, rng) for it in items]  # one presentation per item, shared by its non-hinted and hinted tries
-    nonhinted = sample_judges(engine, start_adapter, [p for _, p, _ in shows], cfg.n_rft, cfg.rft_temperature,
+    lora = start_adapter if cfg.judge == "lora" else None
+    nonhinted = sample_judges(engine, lora, [p for _, p, _ in shows], cfg.n_rft, cfg.rft_temperature,
                               cfg.judge_max_tokens, cfg.seed)
     flags = [[_correct(text, order, it) for text in texts] for texts, (order, _, _), it in zip(nonhinted, shows, items)]
     easy = [rft_select(f, None).too_easy for f in flags]
     hint_idx = [i for i, it in enumerate(items) if not easy[i] and not it.binary]  # a hint says nothing for n = 1
     hinted_prompts = [format_grm_prompt(items[i].query, [items[i].responses[k] for k in shows[i][0]],
                                         hint=shows[i][0].index(items[i].best) + 1) for i in hint_idx]
-    hinted = dict(zip(hint_idx, (t[0] for t in sample_judges(engine, start_adapter, hinted_prompts, 1,
+    hinted = dict(zip(hint_idx, (t[0] for t in sample_judges(engine, lora, hinted_prompts, 1,
                                                              cfg.rft_temperature, cfg.judge_max_tokens, cfg.seed + 7))))
     rows, choices = [], []
     for i, (it, (order, prompt, _)) in enumerate(zip(items, shows)):
@@ -342,7 +416,8 @@ def run_rl(cfg: SPCTConfig, engine: Any, items: Sequence[Item], start_adapter: s
     from twinloop.train.gppo import GPPOConfig, GPPOTrainer
 
     rows = rl_rows(items, cfg.seed + 2)
-    texts = sample_judges(engine, start_adapter, [r["prompt"][0]["content"] for r in rows], cfg.rl_generations,
+    lora = start_adapter if cfg.judge == "lora" else None
+    texts = sample_judges(engine, lora, [r["prompt"][0]["content"] for r in rows], cfg.rl_generations,
                           cfg.rl_temperature, cfg.judge_max_tokens, cfg.seed + 3)
     reward = SPCTTrainingReward()
     flags = [[s > 0 for s in reward([r["prompt"]] * len(ts), ts, rewards=[r["rewards"]] * len(ts))]
@@ -353,16 +428,21 @@ def run_rl(cfg: SPCTConfig, engine: Any, items: Sequence[Item], start_adapter: s
     write_json(out / "report.json", report)
     if not kept:
         raise ValueError("phase 2 has no items left: the starting GRM gets every item right in every sample")
-    tok = load_tokenizer(cfg.policy_dir)
-    base = AutoModelForCausalLM.from_pretrained(cfg.policy_dir, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, start_adapter, is_trainable=True)
+    if cfg.judge == "separate":  # full fine-tune; TRL loads the KL reference from the same folder
+        tok = load_tokenizer(start_adapter)
+        model = start_adapter
+    else:
+        tok = load_tokenizer(cfg.policy_dir)
+        base = AutoModelForCausalLM.from_pretrained(cfg.policy_dir, dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, start_adapter, is_trainable=True)
     args = GPPOConfig(output_dir=str(out), beta=cfg.rl_beta, num_generations=cfg.rl_generations,
                       max_completion_length=cfg.judge_max_tokens, temperature=cfg.rl_temperature,
                       per_device_train_batch_size=cfg.rl_generations * cfg.rl_prompts_per_step,
                       learning_rate=cfg.rl_learning_rate, max_steps=cfg.rl_max_steps, loss_type="dapo",
                       clip_mode=cfg.rl_clip_mode, positive_loss_coeff=0.0, logging_steps=1, report_to="none",
                       **({"dual_clip_c": None, "filter_zero_std_groups": False} if cfg.rl_clip_mode == "ppo" else {}),
-                      save_strategy="no", seed=cfg.seed, bf16=False, use_cpu=not torch.cuda.is_available())
+                      save_strategy="no", seed=cfg.seed, bf16=False, use_cpu=not torch.cuda.is_available(),
+                      **({"model_init_kwargs": {"dtype": torch.float32}} if isinstance(model, str) else {}))
     trainer = GPPOTrainer(model=model, reward_funcs=[reward], args=args,
                           train_dataset=Dataset.from_list(kept), processing_class=tok)
     trainer.train()
@@ -383,7 +463,8 @@ def run_export(cfg: SPCTConfig, engine: Any, paths: Paths) -> Path:
     adapter = paths.adapter()
     if adapter is None:
         raise FileNotFoundError(f"no trained GRM adapter under {paths.root}: run the sft phase first")
-    grm = GenerativeReward(engine, lora=adapter, k=cfg.voting_k, temperature=cfg.voting_temperature,
+    grm = GenerativeReward(engine, lora=adapter if cfg.judge == "lora" else None, k=cfg.voting_k,
+                           temperature=cfg.voting_temperature,
                            max_tokens=cfg.judge_max_tokens, mode="group", seed=cfg.seed)
     meta = paths.meta_export if (paths.meta_export / "twinloop_reward.json").is_file() else None
     return export(adapter, paths.bundle, "grm", reward=grm, meta_rm=meta, base_model=cfg.policy_dir,
@@ -394,7 +475,9 @@ def run_phases(cfg: SPCTConfig) -> dict[str, Any]:
     """Run ``cfg.phase`` (or every phase in order); returns each phase's report."""
     paths = Paths(cfg)
     phases = PHASES if cfg.phase == "all" else (cfg.phase,)
-    engine = make_engine(cfg) if set(phases) - {"sft"} else None  # the SFT warm-up samples nothing
+    lora = cfg.judge == "lora"
+    # a LoRA judge shares the policy's engine; a separate judge gets an engine per phase on the model it samples
+    engine = make_engine(cfg) if lora and set(phases) - {"sft"} or "data" in phases else None
     done: dict[str, Any] = {}
     try:
         for phase in phases:
@@ -403,15 +486,23 @@ def run_phases(cfg: SPCTConfig) -> dict[str, Any]:
                 done[phase] = run_data(cfg, engine, paths)
                 done[phase]["seconds"] = round(time.perf_counter() - start, 1)
                 print(f"[spct] data: {json.dumps(done[phase])}", flush=True)
+                if not lora:
+                    _close(engine)
+                    engine = None
                 continue
             train = load_items(paths.data / "train.jsonl")
+            if not lora and phase in ("rft", "rl", "meta"):
+                sampled = {"rft": paths.sft, "rl": paths.rft if is_judge(paths.rft) else paths.sft,
+                           "meta": paths.adapter()}[phase]
+                _close(engine)
+                engine = judge_engine(cfg, _need(sampled))[0]
             if phase == "sft":
                 train_sft(cfg, sft_rows(train, cfg.seed), paths.sft, None, cfg.sft_epochs, cfg.sft_learning_rate)
                 done[phase] = {"rows": len(train)}
             elif phase == "rft":
                 done[phase] = run_rft(cfg, engine, train, _need(paths.sft), paths.rft)
             elif phase == "rl":
-                first = str(paths.rft) if (paths.rft / "adapter_config.json").is_file() else _need(paths.sft)
+                first = str(paths.rft) if is_judge(paths.rft) else _need(paths.sft)
                 done[phase] = run_rl(cfg, engine, train, first, paths.rl)
             elif phase == "meta":
                 from twinloop.train.spct_meta import run_meta
@@ -422,14 +513,18 @@ def run_phases(cfg: SPCTConfig) -> dict[str, Any]:
             done[phase]["seconds"] = round(time.perf_counter() - start, 1)
             print(f"[spct] {phase}: {json.dumps(done[phase])}", flush=True)
     finally:
-        if engine is not None and hasattr(engine, "close"):
-            engine.close()
+        _close(engine)
     return done
 
 
+def _close(engine: Any) -> None:
+    if engine is not None and hasattr(engine, "close"):
+        engine.close()
+
+
 def _need(adapter: str | Path | None) -> str:
-    if adapter is None or not Path(adapter, "adapter_config.json").is_file():
-        raise FileNotFoundError(f"GRM adapter {adapter} not found: run the earlier phase first")
+    if not is_judge(adapter):
+        raise FileNotFoundError(f"GRM judge {adapter} not found: run the earlier phase first")
     return str(adapter)
 
 

@@ -3,7 +3,8 @@ meta-RM-guided voting when a meta RM is given) on the multi-response test items,
 
     python -m twinloop.train.spct_eval --output_dir runs/spct-tiny-arith --stage sft --ks 1,4 --n_items 40
 
-``--stage none`` judges with the bare policy (the starting model). Selection accuracy counts an item right when
+``--stage none`` judges with the starting model: the separate judge before training (the policy with phrase
+tokens), or the bare policy for a LoRA judge. Selection accuracy counts an item right when
 the voted response is its unique best; an item with no valid judgment counts wrong. Writes
 ``OUTPUT_DIR/eval/STAGE.json``.
 """
@@ -14,7 +15,6 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from twinloop.rewards.generative import meta_guided_vote, vote
@@ -64,7 +64,11 @@ def evaluate(engine: Any, adapter: str | None, items: Sequence[Item], ks: Sequen
         "judge_tokens": {"input": grm.usage.input_tokens, "output": grm.usage.output_tokens},
     }
     for k in ks:
-        out[f"voting@{k}"] = _acc(selection_accuracy(multi, judged, k))
+        hits = selection_accuracy(multi, judged, k)
+        out[f"voting@{k}"] = _acc(hits)
+        out[f"voting@{k}_by_n"] = {n: _acc([h for h, it in zip(hits, multi) if len(it.responses) == n])["mean"]
+                                   for n in sorted({len(it.responses) for it in multi})}
+    out["random_by_n"] = {n: 1.0 / n for n in sorted({len(it.responses) for it in multi})}
     if meta_rm is not None:
         prompts = [format_grm_prompt(it.query, [it.responses[i] for i in j.order]) for it, j in flat]
         raw = meta_rm(prompts, [j.text for _, j in flat])
@@ -75,7 +79,7 @@ def evaluate(engine: Any, adapter: str | None, items: Sequence[Item], ks: Sequen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from twinloop.train.spct import Paths, SPCTConfig, load_items, make_engine, write_json
+    from twinloop.train.spct import Paths, SPCTConfig, is_judge, judge_engine, load_items, write_json
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output_dir", required=True)
@@ -86,26 +90,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--policy_dir", default="checkpoints/tiny-arith-policy")
     ap.add_argument("--max_tokens", type=int, default=256)
     ap.add_argument("--meta", action="store_true", help="also meta-guided voting with OUTPUT_DIR/meta_export")
+    ap.add_argument("--judge", default="separate", choices=["separate", "lora"])
+    ap.add_argument("--temperature", type=float, default=0.5)
+    ap.add_argument("--max_length", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    cfg = SPCTConfig(output_dir=args.output_dir, engine=args.engine, policy_dir=args.policy_dir, seed=args.seed)
+    cfg = SPCTConfig(output_dir=args.output_dir, engine=args.engine, policy_dir=args.policy_dir, seed=args.seed,
+                     judge=args.judge, max_length=args.max_length)
     paths = Paths(cfg)
-    adapter = None if args.stage == "none" else str(getattr(paths, args.stage))
-    if adapter is not None and not Path(adapter, "adapter_config.json").is_file():
-        raise FileNotFoundError(f"no adapter at {adapter}")
+    if args.stage == "none":
+        judge = None if args.judge == "lora" else str(paths.judge0)
+    else:
+        judge = str(getattr(paths, args.stage))
+    if judge is not None and not is_judge(judge):
+        raise FileNotFoundError(f"no trained judge at {judge}")
     items = [it for it in load_items(paths.data / "test.jsonl") if not it.binary][:args.n_items]
     meta_rm = None
     if args.meta:
         from twinloop.checkpoints.export import load_reward
 
         meta_rm = load_reward(paths.meta_export)
-    engine = make_engine(cfg)
+    engine, adapter = judge_engine(cfg, judge)
     try:
-        report = evaluate(engine, adapter, items, [int(k) for k in args.ks.split(",")], max_tokens=args.max_tokens,
-                          seed=args.seed, meta_rm=meta_rm)
+        report = evaluate(engine, adapter, items, [int(k) for k in args.ks.split(",")], args.temperature,
+                          max_tokens=args.max_tokens, seed=args.seed, meta_rm=meta_rm)
     finally:
         if hasattr(engine, "close"):
             engine.close()
+    report["judge"] = judge
     write_json(paths.root / "eval" / f"{args.stage}.json", report)
     print(json.dumps(report, indent=1))
     return 0

@@ -1,4 +1,5 @@
-"""SPCT meta RM: a scalar classifier (a copy of the policy with a one-logit head) trained with BCE on (GRM prompt,
+"""SPCT meta RM: a scalar classifier (a copy of the judge's base, the policy with phrase tokens for a separate
+judge, with a one-logit head) trained with BCE on (GRM prompt,
 judgment) -> Eq. 10 correctness, over judgments sampled from the trained GRM, and exported as the ``meta`` kind
 that a GRM bundle carries (``twinloop.train.spct`` runs it as its ``meta`` phase)."""
 from __future__ import annotations
@@ -16,7 +17,8 @@ def run_meta(cfg: SPCTConfig, engine: Any, items: Sequence[Item], adapter: str, 
     from twinloop.rewards.generative import GenerativeReward
 
     multi = [it for it in items if not it.binary]
-    grm = GenerativeReward(engine, lora=adapter, k=cfg.meta_k, temperature=cfg.voting_temperature,
+    grm = GenerativeReward(engine, lora=adapter if cfg.judge == "lora" else None, k=cfg.meta_k,
+                           temperature=cfg.voting_temperature,
                            max_tokens=cfg.judge_max_tokens, mode="group", seed=cfg.seed)
     judged = grm.judge_many([(it.query, it.responses) for it in multi], k=cfg.meta_k)
     rows = [r for it, js in zip(multi, judged) for r in meta_rows(it, js)]
@@ -40,8 +42,9 @@ def train_meta(cfg: SPCTConfig, rows: Sequence[dict[str, Any]], out: Path) -> st
     from twinloop.train.common import load_tokenizer
     from twinloop.train.rm_data import write_reward_bundle
 
-    tok = load_tokenizer(cfg.policy_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(cfg.policy_dir, num_labels=1, dtype=torch.float32)
+    base = cfg.policy_dir if cfg.judge == "lora" else str(Path(cfg.output_dir) / "judge0")  # reads prompts short
+    tok = load_tokenizer(base)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
     model.config.problem_type = "multi_label_classification"
     feats = [{"input_ids": rm_input_ids(tok, r["prompt"], r["completion"])[-cfg.max_length:], "labels": [r["label"]]}
@@ -56,7 +59,7 @@ def train_meta(cfg: SPCTConfig, rows: Sequence[dict[str, Any]], out: Path) -> st
     trainer.save_model(str(out))
     tok.save_pretrained(str(out))
     rm = ScalarRM(model=model.eval(), tokenizer=tok, sigmoid=True, max_length=cfg.max_length)
-    write_reward_bundle(str(out), rm, "meta", "SPCT meta RM", cfg.policy_dir,
+    write_reward_bundle(str(out), rm, "meta", "SPCT meta RM", base,
                         {"global_step": trainer.state.global_step, "learning_rate": cfg.meta_learning_rate,
                          "examples": len(rows)})
     write_json(out / "train_log.json", trainer.state.log_history)
