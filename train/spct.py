@@ -220,8 +220,11 @@ def judge_engine(cfg: SPCTConfig, judge: str | None, policy_engine: Any = None) 
 
         return HFEngine(judge, tokenizer=load_tokenizer(judge), dtype="float32"), None
     from twinloop.infer.vllm_engine import VLLMEngine
+    from twinloop.train.common import load_tokenizer
 
-    return VLLMEngine(judge, dtype="float32", max_model_len=cfg.max_length, seed=cfg.seed), None
+    engine = VLLMEngine(judge, dtype="float32", max_model_len=cfg.max_length, seed=cfg.seed)
+    engine.tokenizer = load_tokenizer(judge)  # as make_engine: the folder's own BPE
+    return engine, None
 
 
 def judge_tokenizer(cfg: SPCTConfig, paths: Paths, policy_tok: Any) -> Any:

@@ -6,7 +6,7 @@ meta-RM-guided voting when a meta RM is given) on the multi-response test items,
 ``--stage none`` judges with the starting model: the separate judge before training (the policy with phrase
 tokens), or the bare policy for a LoRA judge. Selection accuracy counts an item right when
 the voted response is its unique best; an item with no valid judgment counts wrong. Writes
-``OUTPUT_DIR/eval/STAGE.json``.
+``OUTPUT_DIR/eval/STAGE.json`` (``STAGE-meta.json`` with ``--meta``).
 """
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(engine, "close"):
             engine.close()
     report["judge"] = judge
-    write_json(paths.root / "eval" / f"{args.stage}.json", report)
+    write_json(paths.root / "eval" / f"{args.stage}{'-meta' if args.meta else ''}.json", report)
     print(json.dumps(report, indent=1))
     return 0
 
