@@ -179,3 +179,24 @@ def test_phase2_under_accelerate_launch_with_2_processes(smoke_run):
     log = json.loads((out / "rl" / "train_log.json").read_text())
     assert [r["step"] for r in log if "loss" in r] == [1]
     assert json.loads((out / "rl" / "report.json").read_text())["steps"] == 1
+
+
+def test_lora_judge_warm_up_and_export(tmp_path):
+    """``judge: lora`` keeps the judge a LoRA on the policy: the warm-up writes an adapter and the bundle is a
+    ``lora`` export that loads on the policy's engine."""
+    from twinloop.checkpoints.export import load_reward, read_spec
+    from twinloop.infer.hf_engine import HFEngine
+    from twinloop.train.common import load_tokenizer
+
+    bundle = tmp_path / "bundle"
+    cfg = spct.SPCTConfig(output_dir=str(tmp_path / "run"), reward_funcs=[f"grm:{bundle}"], engine="hf",
+                          judge="lora", policy_dir=POLICY, train_queries=2, samples_per_query=3, test_share=0.0,
+                          sft_epochs=1, sft_batch_size=4, judge_max_tokens=8)
+    for phase in ("data", "sft", "export"):
+        spct.run_phases(spct.SPCTConfig(**{**cfg.__dict__, "phase": phase}))
+    paths = spct.Paths(cfg)
+    assert (paths.sft / "adapter_config.json").is_file() and not paths.judge0.exists()
+    assert read_spec(bundle)["model"]["weights"] == "lora"
+    engine = HFEngine(POLICY, tokenizer=load_tokenizer(POLICY), dtype="float32")
+    loaded = load_reward(bundle, engine=engine, max_tokens=8)
+    assert loaded.engine is engine and loaded.lora == str(bundle)
