@@ -57,8 +57,8 @@ class WarmupArguments:
     pointwise_per_problem: int = 2
     high: int = 10
     low: int = 1
-    epochs: float = 1.0
-    learning_rate: float = 2e-4
+    epochs: float = 3.0
+    learning_rate: float = 5e-4
     batch_size: int = 16
     max_length: int = 1024
     seed: int = 0
