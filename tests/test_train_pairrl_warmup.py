@@ -111,5 +111,8 @@ def test_recipes_parse():
 
     (args,) = parse_config((WarmupArguments,), ["--config", str(REPO / "recipes/arith/pairrl-warmup.yaml")])
     assert args.output_dir == "runs/pairrl-warmup" and args.high == 10 and args.low == 1
+    from twinloop.cli import TRAINERS
+
+    assert TRAINERS["pairrl-warmup"] == "twinloop.train.pairrl_warmup"
     script, cfg = parse(["--config", str(REPO / "recipes/arith/pairrl-warm.yaml"), "--verify_coef", "0"])
     assert script.model_name_or_path == args.output_dir and cfg.verify_coef == 0.0 and script.task == "arith"
