@@ -30,13 +30,9 @@ import sys
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-POINTWISE_TEMPLATE = (
-    "You are given a problem and a candidate solution. Check the solution carefully and rate how likely it is to "
-    "be correct, from 1 (certainly wrong) to 10 (certainly correct).\n\n"
-    "[Problem]\n{prompt}\n\n"
-    "[Solution]\n{a}\n[End of Solution]\n\n"
-    "After your reasoning, end with exactly: <rating>X</rating>"
-)
+# the pointwise prompt the PairRL warm-up also trains on (one text for both)
+from twinloop.train.pairrl_warmup import POINTWISE_TEMPLATE  # noqa: E402
+
 _RATING = re.compile(r"<rating>\s*(\d{1,3})\s*</rating>")
 
 

@@ -121,14 +121,17 @@ def score(reward: Any, rows: Sequence[dict[str, Any]], samples: Sequence[Sequenc
 
 def evaluate(policies: Sequence[str], reference: str, task: str = "arith", reward_spec: str | None = None,
              split: str = "test", n_problems: int = 64, k: int = 32, temperature: float = 1.0,
-             max_tokens: int = 96, budgets: Sequence[int] = (4, 8), seed: int = 0) -> dict[str, Any]:
+             max_tokens: int = 96, budgets: Sequence[int] = (4, 8), seed: int = 0,
+             task_seed: int | None = None) -> dict[str, Any]:
+    """Win rates and KL of each policy against ``reference`` on the first ``n_problems`` of ``split`` (a train
+    split drawn with ``task_seed`` is the one a trainer with that ``task_seed`` saw)."""
     from twinloop.infer.hf_engine import HFEngine
     from twinloop.train.common import load_tokenizer
 
     from twinloop.build import build_reward
     from twinloop.tasks import build_task
 
-    rows = build_task(task).load(split, n=n_problems, seed=None)
+    rows = build_task(task).load(split, n=n_problems, seed=task_seed)
     prompts = [r["prompt"] for r in rows]
     reward = build_reward(reward_spec or "task", task=task)
     ref_engine = HFEngine(reference, tokenizer=load_tokenizer(reference))
@@ -165,13 +168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max_tokens", type=int, default=96)
     parser.add_argument("--budgets", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task_seed", type=int, default=None, help="seed of a train split (the trainer's)")
     parser.add_argument("--out", required=True, help="JSON file")
     a = parser.parse_args(argv)
     for p in [*a.policy, a.reference]:
         if not Path(p).is_dir():
             raise SystemExit(f"ctrl_eval: error: model folder {p} not found")
     res = evaluate(a.policy, a.reference, a.task, a.reward, a.split, a.n_problems, a.k, a.temperature,
-                   a.max_tokens, a.budgets, a.seed)
+                   a.max_tokens, a.budgets, a.seed, a.task_seed)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res))
     for policy, r in res["policies"].items():

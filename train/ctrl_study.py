@@ -49,12 +49,12 @@ def method_flags(method: str) -> list[str]:
     return flags + (["--ctrl_t", match.group(3)] if match.group(3) else [])
 
 
-def train(method: str, out: Path, extra: list[str], log: Path) -> tuple[Path, bool]:
+def train(method: str, out: Path, extra: list[str], log: Path, recipe: str = RECIPE) -> tuple[Path, bool]:
     """(the run folder, whether it was trained now): a rerun reuses finished trainings."""
     run = out / method
     if (run / "model.safetensors").is_file():
         return run, False
-    argv = [sys.executable, "-m", "twinloop.train.ctrl", "--config", RECIPE, "--output_dir", str(run),
+    argv = [sys.executable, "-m", "twinloop.train.ctrl", "--config", recipe, "--output_dir", str(run),
             "--disable_tqdm", "true", *method_flags(method), *extra]
     with open(log, "a") as f:
         subprocess.run(argv, check=True, stdout=f, stderr=subprocess.STDOUT,
@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                              "against t with the analytical t (t_sweep.png); evaluate it on --split dev")
     parser.add_argument("--sweep_n", type=int, default=4)
     parser.add_argument("--split", default="test", help="evaluation split (dev is the validation split)")
+    parser.add_argument("--recipe", default=RECIPE, help="co-design recipe: trains every method and names the "
+                        "base reward the win rates are judged by (recipes/arith/ctrl-orm.yaml: the learned ORM)")
     parser.add_argument("--reference", default="checkpoints/tiny-arith-policy")
     parser.add_argument("--n_problems", type=int, default=64)
     parser.add_argument("--k", type=int, default=32)
@@ -251,11 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     methods = (args.methods if args.methods is not None else [] if args.t_sweep else
                ["raw", "calibrated", "ctrl-bon4"])
     methods = methods + [f"ctrl-bon{args.sweep_n}-t{t:g}" for t in args.t_sweep]
-    trained = {m: train(m, out, extra, out / "train.log") for m in methods}
+    trained = {m: train(m, out, extra, out / "train.log", args.recipe) for m in methods}
     runs = {m: run for m, (run, _) in trained.items()}
     fresh = {m for m, (_, new) in trained.items() if new}
     policies = {m: [(("final" if s < 0 else str(s)), p) for s, p in checkpoints(r)] for m, r in runs.items()}
-    reward_spec = "arith_process(aggregation='mean')"
+    from twinloop.recipe import read
+
+    reward_spec = read(args.recipe)["reward"]
     from twinloop.build import build_reward
 
     settings = {"reference": args.reference, "task": "arith", "split": args.split,

@@ -94,9 +94,9 @@ def tie_aware_curve(scores: Sequence[Sequence[float]], ts: Sequence[float], kl_b
 
 # ---------------------------------------------------------------------------------------------- the run
 def reference_scores(reference: str, split: str, n_problems: int, m: int, max_tokens: int, cache_dir: str,
-                     seed: int) -> list[list[float]]:
-    """m reference samples per prompt of the split (cached by ``ReferenceSamples``), scored with the recipe's
-    base reward (None counts 0.0, as in ``ctrl_eval.score``)."""
+                     seed: int, reward_spec: str = "arith_process(aggregation='mean')") -> list[list[float]]:
+    """m reference samples per prompt of the split (cached by ``ReferenceSamples``), scored with the base reward
+    ``reward_spec`` (None counts 0.0, as in ``ctrl_eval.score``)."""
     from twinloop.infer.hf_engine import HFEngine
     from twinloop.rewards.calibrated import ReferenceSamples
     from twinloop.train.common import load_tokenizer
@@ -109,7 +109,7 @@ def reference_scores(reference: str, split: str, n_problems: int, m: int, max_to
     refs = ReferenceSamples(engine, cache_dir, m=m, temperature=1.0, max_tokens=max_tokens,
                             model_id=str(Path(reference).resolve()), seed=seed)
     samples = refs.get([r["prompt"] for r in rows])
-    reward = build_reward("arith_process(aggregation='mean')", task="arith")
+    reward = build_reward(reward_spec, task="arith")
     out = []
     for row, texts in zip(rows, samples):
         cols = {k: [v] * len(texts) for k, v in row.items() if k != "prompt"}
@@ -155,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="dev", help="dev is the validation split")
     parser.add_argument("--n_problems", type=int, default=64)
     parser.add_argument("--m", type=int, default=16, help="reference samples per prompt (the recipe's reference_m)")
+    parser.add_argument("--reward", default="arith_process(aggregation='mean')",
+                        help="base reward spec, e.g. runs/rm/orm/rm(sigmoid=True) (the learned ORM)")
     parser.add_argument("--calibrate_m", type=int, default=None,
                         help="Ĉ against the first this many references only (the trainer's m); the law uses all m")
     parser.add_argument("--max_tokens", type=int, default=96)
@@ -168,14 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"ctrl_ties: error: model folder {a.reference} not found")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    scores = reference_scores(a.reference, a.split, a.n_problems, a.m, a.max_tokens, a.cache_dir, a.seed)
+    scores = reference_scores(a.reference, a.split, a.n_problems, a.m, a.max_tokens, a.cache_dir, a.seed, a.reward)
     curves = {f"bon@{n}": tie_aware_curve(scores, a.ts, a.kl_budget, n, calibrate_m=a.calibrate_m)
               for n in a.budgets}
     grid = list(np.geomspace(min(a.ts), max(a.ts), 60))
     analytical = {f"bon@{n}": t_curve(n, "bon", a.kl_budget, grid) for n in a.budgets}
     distinct = [len(set(s)) for s in scores]
     top_c = [float(reference_law(s)[2][-1]) for s in scores]
-    result = {"split": a.split, "n_problems": len(scores), "m": a.m, "calibrate_m": a.calibrate_m,
+    result = {"reward": a.reward, "split": a.split, "n_problems": len(scores), "m": a.m, "calibrate_m": a.calibrate_m,
               "kl_budget": a.kl_budget,
               "distinct_values_per_prompt": float(np.mean(distinct)), "c_hat_of_best_outcome": float(np.mean(top_c)),
               "curves": {k: {"points": [{x: v for x, v in p.items() if x != "per_prompt"} for p in c["points"]],

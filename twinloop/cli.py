@@ -34,6 +34,7 @@ TRAINERS: dict[str, str] = {
     "ctrl": "twinloop.train.ctrl",
     "spct": "twinloop.train.spct",
     "pairrl": "twinloop.train.pairrl",
+    "pairrl-warmup": "twinloop.train.pairrl_warmup",
 }
 
 
