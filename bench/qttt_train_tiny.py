@@ -52,16 +52,27 @@ def encode_item(tok, rng: random.Random, words: int, keys: int, questions: int) 
     return ids, mask
 
 
-def add_word_tokens(tok) -> None:
-    """Every key (" violin") and every code (" 1000".." 9999") becomes ONE token. With a 512-BPE they split into
-    up to 5 characters each, and a tiny model has to chain single-digit copies; one token per key and code turns
-    retrieval into one match-and-copy, which tied embeddings make easy even for codes seen a few times."""
+def add_word_tokens(tok, pair_codes: bool = False) -> None:
+    """Every key (" violin") becomes ONE token, and every code either one token (" 1000".." 9999") or, with
+    ``pair_codes``, two (" 12" + "34": 190 tokens instead of 9,000). With a 512-BPE a key splits into up to 5
+    characters and a tiny model has to chain single-digit copies. Whole-code tokens make the head 9.6K wide, which
+    dominated the step and left the code loss at ln|V| (session 2); pairs keep the vocabulary small and the copy
+    two tokens long."""
     from tokenizers import AddedToken
 
     from twinloop.tasks.kv_retrieval import KEYS
 
-    words = [f" {k}" for k in KEYS] + [f" {c}" for c in range(1000, 10000)]
-    tok.add_tokens([AddedToken(w, normalized=False) for w in words])
+    codes = ([f" {c}" for c in range(10, 100)] + [f"{c:02d}" for c in range(100)] if pair_codes
+             else [f" {c}" for c in range(1000, 10000)])
+    tok.add_tokens([AddedToken(w, normalized=False) for w in [f" {k}" for k in KEYS] + codes])
+
+
+def curriculum(step: int, ramp_steps: int, low: int, high: int) -> int:
+    """The largest setting (keys or words) drawn at ``step``: grows linearly from ``low`` to ``high`` over
+    ``ramp_steps`` steps (0: ``high`` from the start), so the copy is learnt on one or two keys first."""
+    if ramp_steps <= 0 or step >= ramp_steps:
+        return high
+    return low + (high - low) * step // ramp_steps
 
 
 def batch_tensors(examples, pad_id: int):
@@ -117,6 +128,12 @@ def main(argv=None) -> int:
     ap.add_argument("--lm-frac", type=float, default=0.25, help="share of positions with the LM loss")
     ap.add_argument("--word-tokens", action=argparse.BooleanOptionalAction, default=True,
                     help="one token per key and per code (add_word_tokens)")
+    ap.add_argument("--pair-codes", action="store_true", help="with --word-tokens: a code is two 2-digit tokens")
+    ap.add_argument("--ramp", type=float, default=0.0,
+                    help="share of the steps over which the largest keys/words grow from the minimum (curriculum)")
+    ap.add_argument("--lm-start", type=int, default=0, help="no LM loss before this step (answer tokens only)")
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--init", help="continue training this saved model (with its tokenizer) instead of a new one")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -135,33 +152,44 @@ def main(argv=None) -> int:
     for _ in range(2000):
         item = make_item(rng, rng.randint(args.min_words, args.max_words), rng.randint(args.min_keys, args.max_keys))
         corpus.append(item["context"] + item["question"] + "\n" + item["answer_prefix"] + f" {item['answer']}.")
-    tok = train_tokenizer(corpus, vocab_size=512, model_max_length=args.max_positions)
-    if args.word_tokens:
-        add_word_tokens(tok)
-    cfg = tiny_config(tok, hidden=args.hidden, layers=args.layers, heads=args.hidden // 32, kv_heads=args.hidden // 64,
-                      intermediate=4 * args.hidden, max_positions=args.max_positions)
-    model = Qwen2ForCausalLM(cfg).float()
+    if args.init:  # continue a saved model (its tokenizer too): a long run split into lane-sized commands
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.init)
+        model = Qwen2ForCausalLM.from_pretrained(args.init, dtype=torch.float32)
+    else:
+        tok = train_tokenizer(corpus, vocab_size=512, model_max_length=args.max_positions)
+        if args.word_tokens:
+            add_word_tokens(tok, args.pair_codes)
+        cfg = tiny_config(tok, hidden=args.hidden, layers=args.layers, heads=args.hidden // 32,
+                          kv_heads=args.hidden // 64, intermediate=4 * args.hidden, max_positions=args.max_positions)
+        model = Qwen2ForCausalLM(cfg).float()
     optim = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     dev_rng = random.Random(f"qttt-dev/{args.seed}")  # the study's test rows come from kv_retrieval's own seeds
     dev = [encode_item(tok, dev_rng, args.max_words, args.max_keys, 1) for _ in range(args.eval_n)]
     log, evals = [], []
     for step in range(args.steps):
-        words = rng.randint(args.min_words, args.max_words)  # one length per batch: little padding
+        ramp = int(args.ramp * args.steps)
+        top_words = curriculum(step, ramp, args.min_words, args.max_words)
+        top_keys = curriculum(step, ramp, args.min_keys, args.max_keys)
+        words = rng.randint(args.min_words, top_words)  # one length per batch: little padding
         examples = [encode_item(tok, rng, max(1, words + rng.randint(-5, 5)),
-                                rng.randint(args.min_keys, args.max_keys), args.questions)
+                                rng.randint(args.min_keys, top_keys), args.questions)
                     for _ in range(args.batch_size)]
         input_ids, attn, code = batch_tensors(examples, tok.pad_token_id)
         for group in optim.param_groups:
-            group["lr"] = cosine_lr(step, args.steps, args.lr, 100)
+            group["lr"] = cosine_lr(step, args.steps, args.lr, args.warmup)
         model.train()
         hidden = model.model(input_ids=input_ids, attention_mask=attn).last_hidden_state[:, :-1]
         targets, is_code = input_ids[:, 1:], code[:, 1:]
         # the LM loss on a random --lm-frac of the positions (a 9.6K-token head on every position dominated the
         # step), the code loss on every code position
-        sampled = attn[:, 1:].bool() & (torch.rand(targets.shape) < args.lm_frac)
+        lm_frac = args.lm_frac if step >= args.lm_start else 0.0
+        sampled = attn[:, 1:].bool() & (torch.rand(targets.shape) < lm_frac)
         ce = torch.nn.functional.cross_entropy
-        loss = (ce(model.lm_head(hidden[sampled]).float(), targets[sampled])
-                + ce(model.lm_head(hidden[is_code]).float(), targets[is_code]))
+        loss = ce(model.lm_head(hidden[is_code]).float(), targets[is_code])
+        if sampled.any():
+            loss = loss + ce(model.lm_head(hidden[sampled]).float(), targets[sampled])
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

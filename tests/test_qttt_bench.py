@@ -61,6 +61,32 @@ def test_word_tokens_make_keys_and_codes_one_token_each(tiny_model_dir):
     assert ids[:-2] == parts.context + parts.tail + parts.answer and sum(mask) == 1
 
 
+def test_pair_codes_make_a_code_two_tokens_and_keep_the_format(tiny_model_dir):
+    from transformers import AutoTokenizer
+    from twinloop.infer.qttt_answer import prompt_parts
+
+    from twinloop.tasks.kv_retrieval import make_item
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    before = len(tok)
+    qttt_train_tiny.add_word_tokens(tok, pair_codes=True)
+    assert len(tok) - before <= 50 + 90 + 100  # keys + " 10".." 99" + "00".."99", not 9,000 whole codes
+    ids = tok("The code for violin is 4807.", add_special_tokens=False)["input_ids"]
+    assert [tok.decode([i]) for i in ids][-5:] == [" violin", " is", " 48", "07", "."]
+    item = make_item(random.Random(4), 40, 3)
+    row = {**item, "prompt": [{"role": "user", "content": item["context"] + item["question"]}]}
+    parts = prompt_parts(tok, row)
+    assert len(parts.answer) == 2 and tok.decode(parts.answer) == " " + item["answer"]
+    ids, mask = qttt_train_tiny.encode_item(tok, random.Random(4), 40, 3, questions=1)
+    assert ids[:-2] == parts.context + parts.tail + parts.answer and sum(mask) == 2
+
+
+def test_curriculum_grows_from_low_to_high():
+    grow = [qttt_train_tiny.curriculum(step, 100, 1, 6) for step in (0, 25, 50, 99, 100, 5000)]
+    assert grow == [1, 2, 3, 5, 6, 6]
+    assert qttt_train_tiny.curriculum(0, 0, 1, 6) == 6  # no ramp: the full range from the start
+
+
 def test_thinking_gets_the_budget_then_the_answer_prefix(tiny_model_dir, tok):
     import torch
     from transformers import AutoModelForCausalLM
