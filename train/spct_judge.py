@@ -12,7 +12,6 @@ The copy keeps the policy's weights (its arithmetic) and is fully fine-tuned; it
 from __future__ import annotations
 
 import random
-import re
 import string
 from pathlib import Path
 
@@ -72,18 +71,12 @@ def build_judge_model(policy_dir: str, out: str | Path) -> Path:
     return out
 
 
-_STEP = re.compile(r"^(.*=\s*)(-?\d+)(\s*)$")
-
-
 def one_step_negative(text: str, rng: random.Random) -> str | None:
     """A hard negative (STACK.md): ``text`` with the result of one equation step changed by a small amount and the
-    rest left as it was, so only reading that step tells it from the original; None without an equation step."""
-    lines = text.split("\n")
-    steps = [i for i, line in enumerate(lines) if "\\boxed" not in line and _STEP.match(line)]
-    if not steps:
-        return None
-    i = rng.choice(steps)
-    head, value, tail = _STEP.match(lines[i]).groups()
-    delta = rng.choice([-10, -2, -1, 1, 2, 10])
-    lines[i] = f"{head}{int(value) + delta}{tail}"
-    return "\n".join(lines)
+    rest left as it was, so only reading that step tells it from the original; None without an equation step.
+    The text form of ``rm_data.one_step_negative`` (steps split on the process rewards' delimiter)."""
+    from twinloop.rewards.process import STEP_DELIMITER
+    from twinloop.train.rm_data import one_step_negative as negative_steps
+
+    made = negative_steps(text.split(STEP_DELIMITER), rng)
+    return None if made is None else STEP_DELIMITER.join(made[0])
