@@ -1,16 +1,20 @@
 """Train the tiny retrieval model the qTTT study adapts: SFT on short kv_retrieval contexts (minutes on 1 core).
 
-    python bench/qttt_train_tiny.py --out runs/qttt/kv-tiny4 [--steps 2000]
+    python bench/qttt_train_tiny.py --out checkpoints/tiny-kv-retrieval --layers 2 --lr 3e-3 --seed 2 \
+        --induction-steps 3000 --steps 6000 --stop-at-em 0.95 --pair-codes --lm-frac 0.1 \
+        --min-words 1 --max-words 60 --min-keys 1 --max-keys 6 --questions 4      # the shipped model, ~5 min
 
-A Qwen2-style decoder (default 4 layers, hidden 128, head_dim 32 so that vLLM's CPU attention and LoRA serve it)
-with its own BPE tokenizer learns, from scratch, "The code for KEY is NNNN." given contexts of
-``--min-words``..``--max-words`` words with ``--min-keys``..``--max-keys`` keys. Each training context is followed
-by up to ``--questions`` question/answer turns about its keys (the first turn is exactly the test format): more
-retrieval signal per context token, the cheap part of the recipe. Loss on every token (qTTT's own loss is
-next-token NLL on the context) plus the code tokens' mean once more. Every ``--eval-every`` steps it prints the
-dev exact match at the training length (teacher-forced argmax of the code tokens after the pre-filled answer
-prefix, which is what greedy decoding returns). Writes train_stats.json beside the model. Longer contexts at
-test time are where its attention dilutes.
+A Qwen2-style decoder (hidden 128, head_dim 32 so that vLLM's CPU attention and LoRA serve it) with its own BPE
+tokenizer learns, from scratch, "The code for KEY is NNNN." given contexts of ``--min-words``..``--max-words``
+words with ``--min-keys``..``--max-keys`` keys. It first trains on repeated random token sequences
+(``--induction-steps``, ``repeat_example``) until their copy loss falls below ``--induction-until``: without that
+phase no recipe formed an induction head in 5,000 steps (the model copied *some* code of the context, chance
+among the keys). Each training context is followed by up to ``--questions`` question/answer turns about its keys
+(the first turn is exactly the test format). Loss on the code tokens plus next-token NLL on a random
+``--lm-frac`` of the positions (qTTT's own loss). Every ``--eval-every`` steps it prints the dev exact match at
+the training length (teacher-forced argmax of the code tokens after the pre-filled answer prefix, which is what
+greedy decoding returns). Writes train_stats.json beside the model. Longer contexts at test time are where its
+attention dilutes.
 """
 from __future__ import annotations
 

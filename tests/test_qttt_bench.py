@@ -198,3 +198,16 @@ def test_study_no_qttt_adds_other_methods_only(tiny_model_dir, tmp_path):
     with pytest.raises(SystemExit, match="majority-engine vllm"):
         qttt_study.main(["--model", str(tiny_model_dir), "--no-lora", "--majority-engine", "vllm",
                          "--out", str(tmp_path / "x.jsonl")])
+
+
+def test_shipped_kv_model_retrieves_short_contexts_and_dilutes_long_ones():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-kv-retrieval"
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+    rng = random.Random("shipped-kv")
+    short = [qttt_train_tiny.encode_item(tok, rng, 60, 6, 1) for _ in range(24)]
+    long = [qttt_train_tiny.encode_item(tok, rng, 960, 6, 1) for _ in range(16)]
+    em_short = qttt_train_tiny.first_code_em(model, short, tok.pad_token_id)
+    em_long = qttt_train_tiny.first_code_em(model, long, tok.pad_token_id)
+    assert em_short >= 0.8 and em_long <= em_short - 0.4, (em_short, em_long)
