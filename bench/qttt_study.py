@@ -82,20 +82,32 @@ def run_item(ctx, row, args, tmp: Path) -> dict:
     for steps in args.steps:
         name = f"qttt{steps}"
         budget = ttt_tokens(steps, min(args.span, len(parts.context) - 1))
-        t1 = time.perf_counter()
-        with restored_queries(fwd):
-            losses = query_ttt(fwd, ids, cache, QTTTConfig(steps=steps, span=args.span, lr=args.lr, seed=args.seed))
-            answer(name)
-        out[f"{name}_s"] = round(out["prefill_s"] + time.perf_counter() - t1, 4)
-        out[f"{name}_loss"] = [round(losses[0], 4), round(losses[-1], 4)] if losses else []
+        if args.qttt:
+            t1 = time.perf_counter()
+            with restored_queries(fwd):
+                losses = query_ttt(fwd, ids, cache,
+                                   QTTTConfig(steps=steps, span=args.span, lr=args.lr, seed=args.seed))
+                answer(name)
+            out[f"{name}_s"] = round(out["prefill_s"] + time.perf_counter() - t1, 4)
+            out[f"{name}_loss"] = [round(losses[0], 4), round(losses[-1], 4)] if losses else []
 
         if args.majority:  # B samples of max_new tokens = the TTT budget in tokens
             b = max(1, budget // args.max_new)
             t1 = time.perf_counter()
-            gen = torch.Generator().manual_seed(args.seed)
-            samples, n_tok = fwd.generate(cache, tail, args.max_new, stop, n=b, temperature=args.temperature,
-                                          generator=gen)
-            votes = [v for v in (first_number(tok.decode(s)) for s in samples) if v is not None]
+            if engine is not None and args.majority_engine == "vllm":  # same model; prefix-cached prompt
+                from twinloop.contracts import Request, SamplingConfig
+
+                res = engine.generate([Request(prompt_ids=parts.context + parts.tail)],
+                                      SamplingConfig(n=b, temperature=args.temperature, max_tokens=args.max_new,
+                                                     seed=args.seed))
+                texts = [c.text for c in res[0].completions]
+                n_tok = sum(len(c.token_ids) for c in res[0].completions)
+            else:
+                gen = torch.Generator().manual_seed(args.seed)
+                samples, n_tok = fwd.generate(cache, tail, args.max_new, stop, n=b, temperature=args.temperature,
+                                              generator=gen)
+                texts = [tok.decode(x) for x in samples]
+            votes = [v for v in (first_number(t) for t in texts) if v is not None]
             top = collections.Counter(votes).most_common(1)
             out[f"maj{steps}_em"] = score(top[0][0]) if top else 0
             out[f"maj{steps}_oracle"] = int(any(score(v) for v in set(votes)))
@@ -166,7 +178,8 @@ def run(args) -> int:
         for length, rows in zip(args.lengths, sets):
             for row in rows:
                 row["_length"] = length
-        for row in (rows[i] for i in range(args.n) for rows in sets):  # interleaved: a cut-short run covers all
+        # interleaved: a cut-short run covers all lengths; --first-item resumes one
+        for row in (rows[i] for i in range(args.first_item, args.n) for rows in sets):
             r = run_item(ctx, row, args, Path(tmp))
             r.update(task=args.task, keys=args.keys, span=args.span, lr=args.lr, lora_lr=args.lora_lr)
             f.write(json.dumps(r) + "\n")
@@ -328,10 +341,16 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new", type=int, default=6, help="answer tokens (kv: ' NNNN.' and the stop token)")
     ap.add_argument("--majority", action=argparse.BooleanOptionalAction, default=True,
                     help="majority of (2·N·k)/max_new samples (answers compared by their first number)")
+    ap.add_argument("--qttt", action=argparse.BooleanOptionalAction, default=True,
+                    help="exact qTTT (off: add other methods to items a previous run measured; --summarize joins)")
+    ap.add_argument("--majority-engine", choices=["hf", "vllm"], default="hf",
+                    help="who samples the majority votes: transformers against the frozen cache, or the vLLM "
+                         "engine (needs --lora; the same model, far faster on long prompts)")
     ap.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=False,
                     help="thinking tokens: up to 2·N·k generated tokens before the answer prefix")
     ap.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True, help="run LoRA-q through vLLM")
     ap.add_argument("--max-model-len", type=int, default=4096)
+    ap.add_argument("--first-item", type=int, default=0, help="start at this item index (resume a cut run)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/qttt/study.jsonl")
     ap.add_argument("--summarize", help="summarize these JSONL files (comma-separated) instead of running")
@@ -343,6 +362,8 @@ def main(argv=None) -> int:
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.steps = [int(x) for x in args.steps.split(",")]
     args.lora_lr = args.lr if args.lora_lr is None else args.lora_lr
+    if args.majority_engine == "vllm" and not args.lora:
+        raise SystemExit("--majority-engine vllm samples through the LoRA-q engine: drop --no-lora or use hf")
     if args.memory:
         return memory_probe(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

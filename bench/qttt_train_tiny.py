@@ -1,16 +1,20 @@
 """Train the tiny retrieval model the qTTT study adapts: SFT on short kv_retrieval contexts (minutes on 1 core).
 
-    python bench/qttt_train_tiny.py --out runs/qttt/kv-tiny4 [--steps 2000]
+    python bench/qttt_train_tiny.py --out checkpoints/tiny-kv-retrieval --layers 2 --lr 3e-3 --seed 2 \
+        --induction-steps 3000 --steps 6000 --stop-at-em 0.95 --pair-codes --lm-frac 0.1 \
+        --min-words 1 --max-words 60 --min-keys 1 --max-keys 6 --questions 4      # the shipped model, ~5 min
 
-A Qwen2-style decoder (default 4 layers, hidden 128, head_dim 32 so that vLLM's CPU attention and LoRA serve it)
-with its own BPE tokenizer learns, from scratch, "The code for KEY is NNNN." given contexts of
-``--min-words``..``--max-words`` words with ``--min-keys``..``--max-keys`` keys. Each training context is followed
-by up to ``--questions`` question/answer turns about its keys (the first turn is exactly the test format): more
-retrieval signal per context token, the cheap part of the recipe. Loss on every token (qTTT's own loss is
-next-token NLL on the context) plus the code tokens' mean once more. Every ``--eval-every`` steps it prints the
-dev exact match at the training length (teacher-forced argmax of the code tokens after the pre-filled answer
-prefix, which is what greedy decoding returns). Writes train_stats.json beside the model. Longer contexts at
-test time are where its attention dilutes.
+A Qwen2-style decoder (hidden 128, head_dim 32 so that vLLM's CPU attention and LoRA serve it) with its own BPE
+tokenizer learns, from scratch, "The code for KEY is NNNN." given contexts of ``--min-words``..``--max-words``
+words with ``--min-keys``..``--max-keys`` keys. It first trains on repeated random token sequences
+(``--induction-steps``, ``repeat_example``) until their copy loss falls below ``--induction-until``: without that
+phase no recipe formed an induction head in 5,000 steps (the model copied *some* code of the context, chance
+among the keys). Each training context is followed by up to ``--questions`` question/answer turns about its keys
+(the first turn is exactly the test format). Loss on the code tokens plus next-token NLL on a random
+``--lm-frac`` of the positions (qTTT's own loss). Every ``--eval-every`` steps it prints the dev exact match at
+the training length (teacher-forced argmax of the code tokens after the pre-filled answer prefix, which is what
+greedy decoding returns). Writes train_stats.json beside the model. Longer contexts at test time are where its
+attention dilutes.
 """
 from __future__ import annotations
 
@@ -65,6 +69,38 @@ def add_word_tokens(tok, pair_codes: bool = False) -> None:
     codes = ([f" {c}" for c in range(10, 100)] + [f"{c:02d}" for c in range(100)] if pair_codes
              else [f" {c}" for c in range(1000, 10000)])
     tok.add_tokens([AddedToken(w, normalized=False) for w in [f" {k}" for k in KEYS] + codes])
+
+
+def add_task_words(tok, model) -> int:
+    """Starting from a model that already copies numbers (the tiny arithmetic policy, whose BPE writes " 4821" as
+    " 48" + "21" and every word letter by letter): one new token per word of the task's text, keys included, each
+    embedding drawn with the trained embeddings' per-dimension mean and spread so that the copy circuit can tell
+    new words apart from the first step. Codes keep the tokens the policy already copies. Returns the count."""
+    import torch
+    from tokenizers import AddedToken
+
+    from twinloop.tasks.kv_retrieval import FILLER, INSTRUCTION, KEYS
+
+    text = " ".join((*FILLER, INSTRUCTION, "Question: What is the code for", " ".join(KEYS)))
+    words = sorted({f" {w}" for w in re.findall(r"[A-Za-z']+", text)} - set(tok.get_vocab()))
+    added = tok.add_tokens([AddedToken(w, normalized=False) for w in words])
+    old = model.get_input_embeddings().weight.detach().clone()
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    with torch.no_grad():
+        new = model.get_input_embeddings().weight
+        gen = torch.Generator().manual_seed(0)
+        new[old.shape[0]:] = old.mean(0) + old.std(0) * torch.randn(new.shape[0] - old.shape[0], old.shape[1],
+                                                                       generator=gen)
+    return added
+
+
+def repeat_example(rng: random.Random, pool: list[int], length: int) -> tuple[list[int], list[int]]:
+    """A random sequence of ``length`` tokens from ``pool`` written twice; the loss mask covers the second copy
+    after its first token. Every masked token needs an induction head (find the earlier occurrence of the current
+    token, copy its successor): the circuit retrieval needs, with one target per token instead of two per
+    question turn. Used for ``--induction-steps`` before the retrieval data."""
+    seq = [rng.choice(pool) for _ in range(length)]
+    return seq + seq, [0] * (length + 1) + [1] * (length - 1)
 
 
 def curriculum(step: int, ramp_steps: int, low: int, high: int) -> int:
@@ -133,6 +169,12 @@ def main(argv=None) -> int:
                     help="share of the steps over which the largest keys/words grow from the minimum (curriculum)")
     ap.add_argument("--lm-start", type=int, default=0, help="no LM loss before this step (answer tokens only)")
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--induction-steps", type=int, default=0,
+                    help="first train this many steps on repeated random token sequences (repeat_example)")
+    ap.add_argument("--induction-until", type=float, default=0.5,
+                    help="end the induction steps early once their copy loss (EMA) is below this")
+    ap.add_argument("--small-pool", action="store_true",
+                    help="second half of the induction steps: every other batch from a 12-token pool")
     ap.add_argument("--init", help="continue training this saved model (with its tokenizer) instead of a new one")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -153,10 +195,14 @@ def main(argv=None) -> int:
         item = make_item(rng, rng.randint(args.min_words, args.max_words), rng.randint(args.min_keys, args.max_keys))
         corpus.append(item["context"] + item["question"] + "\n" + item["answer_prefix"] + f" {item['answer']}.")
     if args.init:  # continue a saved model (its tokenizer too): a long run split into lane-sized commands
-        from transformers import AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(args.init)
-        model = Qwen2ForCausalLM.from_pretrained(args.init, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32)
+        if args.word_tokens and " violin" not in tok.get_vocab():  # the tiny arithmetic policy: it copies numbers
+            add_task_words(tok, model)
+        tok.model_max_length = args.max_positions
+        model.config.max_position_embeddings = max(model.config.max_position_embeddings, args.max_positions)
     else:
         tok = train_tokenizer(corpus, vocab_size=512, model_max_length=args.max_positions)
         if args.word_tokens:
@@ -164,6 +210,8 @@ def main(argv=None) -> int:
         cfg = tiny_config(tok, hidden=args.hidden, layers=args.layers, heads=args.hidden // 32,
                           kv_heads=args.hidden // 64, intermediate=4 * args.hidden, max_positions=args.max_positions)
         model = Qwen2ForCausalLM(cfg).float()
+    induction_ema = 10.0
+    pool = [i for t, i in tok.get_added_vocab().items() if not t.startswith("<|")]  # keys and codes
     optim = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     dev_rng = random.Random(f"qttt-dev/{args.seed}")  # the study's test rows come from kv_retrieval's own seeds
     dev = [encode_item(tok, dev_rng, args.max_words, args.max_keys, 1) for _ in range(args.eval_n)]
@@ -173,9 +221,19 @@ def main(argv=None) -> int:
         top_words = curriculum(step, ramp, args.min_words, args.max_words)
         top_keys = curriculum(step, ramp, args.min_keys, args.max_keys)
         words = rng.randint(args.min_words, top_words)  # one length per batch: little padding
-        examples = [encode_item(tok, rng, max(1, words + rng.randint(-5, 5)),
-                                rng.randint(args.min_keys, top_keys), args.questions)
-                    for _ in range(args.batch_size)]
+        if step == args.induction_steps or (step < args.induction_steps and induction_ema < args.induction_until):
+            print(f"step {step}: retrieval data from here (repeat loss EMA {induction_ema:.3f})", flush=True)
+            args.induction_steps = step  # the copy formed: the rest of the run is retrieval
+        if step < args.induction_steps:
+            length = rng.randint(8, 48)
+            # the second half alternates with a 12-token pool: a token then recurs within a copy, so only the
+            # previous two tokens say what comes next (the key-then-" is" match retrieval needs)
+            sub = rng.sample(pool, 12) if args.small_pool and step >= args.induction_steps // 2 and step % 2 else pool
+            examples = [repeat_example(rng, sub, length) for _ in range(2 * args.batch_size)]
+        else:
+            examples = [encode_item(tok, rng, max(1, words + rng.randint(-5, 5)),
+                                    rng.randint(args.min_keys, top_keys), args.questions)
+                        for _ in range(args.batch_size)]
         input_ids, attn, code = batch_tensors(examples, tok.pad_token_id)
         for group in optim.param_groups:
             group["lr"] = cosine_lr(step, args.steps, args.lr, args.warmup)
@@ -184,19 +242,22 @@ def main(argv=None) -> int:
         targets, is_code = input_ids[:, 1:], code[:, 1:]
         # the LM loss on a random --lm-frac of the positions (a 9.6K-token head on every position dominated the
         # step), the code loss on every code position
-        lm_frac = args.lm_frac if step >= args.lm_start else 0.0
+        lm_frac = args.lm_frac if step >= max(args.lm_start, args.induction_steps) else 0.0
         sampled = attn[:, 1:].bool() & (torch.rand(targets.shape) < lm_frac)
         ce = torch.nn.functional.cross_entropy
-        loss = ce(model.lm_head(hidden[is_code]).float(), targets[is_code])
+        code_loss = ce(model.lm_head(hidden[is_code]).float(), targets[is_code])
+        loss = code_loss
         if sampled.any():
             loss = loss + ce(model.lm_head(hidden[sampled]).float(), targets[sampled])
+        if step < args.induction_steps:
+            induction_ema = 0.9 * induction_ema + 0.1 * code_loss.item()
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
         if step % 50 == 0 or step == args.steps - 1:
-            log.append((step, round(loss.item(), 4)))
-            print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
+            log.append((step, round(loss.item(), 4), round(code_loss.item(), 4)))
+            print(f"step {step} loss {loss.item():.4f} code {code_loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
         if (step + 1) % args.eval_every == 0 or step == args.steps - 1:
             model.eval()
             em = first_code_em(model, dev, tok.pad_token_id)

@@ -186,3 +186,19 @@ def test_shipped_ttt_recipes_hold_only_known_settings():
     for path in recipes:
         args = resolve(argparse.Namespace(recipe=str(path), **{k: None for k in DEFAULTS}))
         assert args.model and [int(s) for s in args.steps.split(",")] and isinstance(args.lr, float)
+
+
+def test_kv_tiny_recipe_runs_the_shipped_model(monkeypatch, tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from twinloop.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the recipe names checkpoints/ from the repo root
+    out = tmp_path / "ttt.jsonl"
+    assert main(["ttt", "--recipe", "recipes/ttt/kv-tiny.yaml", "--task-args", '{"context_words": 60, "n_keys": 6}',
+                 "--n", "8", "--steps", "0,4", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines if line.startswith("N_TTT")] == ["N_TTT=0", "N_TTT=4"]
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 16 and sum(r["score"] for r in rows if r["steps"] == 0) == 8  # retrieves at 60 words

@@ -152,3 +152,62 @@ def test_summary_labels_ttt_runs_by_lr_and_pairs_against_plain(tmp_path, capsys)
     assert "qttt2 lr=0.001     n=4    EM 1.000±0.000 [+1.000±0.000]  gold NLL 1.500±0.000 [-0.500±0.000]" in out
     assert "qttt2 lr=0.01      n=4    EM 0.500±0.289 [+0.500±0.289]" in out  # s.e. of (1, 0, 1, 0)
     assert '"maj2": 126.0' in out
+
+
+def test_repeat_example_masks_the_second_copy_after_its_first_token():
+    ids, mask = qttt_train_tiny.repeat_example(random.Random(0), [7, 8, 9, 10, 11], 6)
+    assert len(ids) == len(mask) == 12 and ids[:6] == ids[6:]
+    assert mask == [0] * 7 + [1] * 5  # the copy's first token has nothing before it to say what it is
+    assert set(ids) <= {7, 8, 9, 10, 11}
+
+
+def test_task_words_join_the_arith_policy_and_codes_keep_its_tokens():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-arith-policy"
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    before = model.get_input_embeddings().weight.detach().clone()
+    code_ids = tok(" 4821", add_special_tokens=False)["input_ids"]
+    added = qttt_train_tiny.add_task_words(tok, model)
+    after = model.get_input_embeddings().weight.detach()
+    assert added > 50 and after.shape[0] == len(tok) == before.shape[0] + added
+    assert torch.equal(after[:before.shape[0]], before)  # the trained rows are untouched
+    new = after[before.shape[0]:]
+    assert torch.cdist(new, new).add(torch.eye(added) * 1e9).min() > 0.1  # new words start apart
+    assert len(tok(" violin", add_special_tokens=False)["input_ids"]) == 1
+    assert tok(" 4821", add_special_tokens=False)["input_ids"] == code_ids
+
+
+def test_tiny_trainer_runs_induction_steps_then_retrieval(tmp_path):
+    out = tmp_path / "kv"
+    assert qttt_train_tiny.main(["--out", str(out), "--steps", "4", "--induction-steps", "2", "--batch-size", "2",
+                                 "--eval-every", "2", "--eval-n", "2", "--layers", "1", "--max-words", "20",
+                                 "--max-keys", "2", "--pair-codes"]) == 0
+    stats = json.loads((out / "train_stats.json").read_text())
+    assert stats["args"]["induction_steps"] == 2 and [s for s, _ in stats["dev_em"]] == [2, 4]
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+
+
+def test_study_no_qttt_adds_other_methods_only(tiny_model_dir, tmp_path):
+    out = tmp_path / "study.jsonl"
+    assert qttt_study.main(["--model", str(tiny_model_dir), "--lengths", "40", "--keys", "3", "--n", "2",
+                            "--steps", "2", "--span", "16", "--no-lora", "--no-qttt", "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 2 and all("maj2_em" in r and "plain_em" in r and "qttt2_em" not in r for r in rows)
+    with pytest.raises(SystemExit, match="majority-engine vllm"):
+        qttt_study.main(["--model", str(tiny_model_dir), "--no-lora", "--majority-engine", "vllm",
+                         "--out", str(tmp_path / "x.jsonl")])
+
+
+def test_shipped_kv_model_retrieves_short_contexts_and_dilutes_long_ones():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-kv-retrieval"
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+    rng = random.Random("shipped-kv")
+    short = [qttt_train_tiny.encode_item(tok, rng, 60, 6, 1) for _ in range(24)]
+    long = [qttt_train_tiny.encode_item(tok, rng, 960, 6, 1) for _ in range(16)]
+    em_short = qttt_train_tiny.first_code_em(model, short, tok.pad_token_id)
+    em_long = qttt_train_tiny.first_code_em(model, long, tok.pad_token_id)
+    assert em_short >= 0.8 and em_long <= em_short - 0.4, (em_short, em_long)
