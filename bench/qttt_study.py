@@ -345,7 +345,7 @@ def main(argv=None) -> int:
                     help="exact qTTT (off: add other methods to items a previous run measured; --summarize joins)")
     ap.add_argument("--majority-engine", choices=["hf", "vllm"], default="hf",
                     help="who samples the majority votes: transformers against the frozen cache, or the vLLM "
-                         "engine (needs --lora; the same model, far faster on long prompts)")
+                         "engine (needs --lora; the same model; it does not copy the cache per sample)")
     ap.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=False,
                     help="thinking tokens: up to 2·N·k generated tokens before the answer prefix")
     ap.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True, help="run LoRA-q through vLLM")

@@ -221,7 +221,8 @@ def main(argv=None) -> int:
         top_words = curriculum(step, ramp, args.min_words, args.max_words)
         top_keys = curriculum(step, ramp, args.min_keys, args.max_keys)
         words = rng.randint(args.min_words, top_words)  # one length per batch: little padding
-        if step == args.induction_steps or (step < args.induction_steps and induction_ema < args.induction_until):
+        if args.induction_steps and (step == args.induction_steps
+                                     or (step < args.induction_steps and induction_ema < args.induction_until)):
             print(f"step {step}: retrieval data from here (repeat loss EMA {induction_ema:.3f})", flush=True)
             args.induction_steps = step  # the copy formed: the rest of the run is retrieval
         if step < args.induction_steps:
