@@ -144,6 +144,42 @@ def first_code_em(model, examples, pad_id: int) -> float:
     return hits / len(examples)
 
 
+def code_token_report(model, examples, pad_id: int) -> dict[str, float]:
+    """Where retrieval fails, per item's FIRST answer: ``first`` = the first code token is the argmax; ``second`` =
+    the second is, given the right first one (teacher forced: the one-token copy an induction head does);
+    ``first_in_context`` = the first token's argmax is some token of the context (a model that copies *a* code but
+    does not match the key scores 1.0 here and chance on ``first``)."""
+    import torch
+
+    input_ids, attn, _ = batch_tensors(examples, pad_id)
+    with torch.no_grad():
+        pred = model(input_ids=input_ids, attention_mask=attn).logits.argmax(-1)
+    first = second = in_context = 0
+    for i, (ids, mask) in enumerate(examples):
+        j = mask.index(1)
+        first += pred[i, j - 1].item() == ids[j]
+        second += pred[i, j].item() == ids[j + 1]
+        in_context += pred[i, j - 1].item() in ids[:j - 8]  # the context, before the question turn's last tokens
+    n = len(examples)
+    return {"first": first / n, "second": second / n, "first_in_context": in_context / n}
+
+
+def report(path: str, words: list[int], keys: list[int], n: int) -> int:
+    """``--report MODEL``: code_token_report of a saved model for every (words, keys), n seeded items each."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+    for w in words:
+        for k in keys:
+            rng = random.Random(f"report/{w}/{k}")
+            rows = [encode_item(tok, rng, w, k, 1) for _ in range(n)]
+            print(json.dumps({"words": w, "keys": k, "n": n,
+                              **{m: round(v, 3) for m, v in code_token_report(model, rows, tok.pad_token_id).items()}}))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/qttt/kv-tiny4")
@@ -177,7 +213,14 @@ def main(argv=None) -> int:
                     help="second half of the induction steps: every other batch from a 12-token pool")
     ap.add_argument("--init", help="continue training this saved model (with its tokenizer) instead of a new one")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--report", metavar="MODEL", help="instead of training: code_token_report of MODEL at "
+                    "--report-words x --report-keys")
+    ap.add_argument("--report-words", default="60,240,960")
+    ap.add_argument("--report-keys", default="1,2,4,6")
     args = ap.parse_args(argv)
+    if args.report:
+        return report(args.report, [int(x) for x in args.report_words.split(",")],
+                      [int(x) for x in args.report_keys.split(",")], args.eval_n)
 
     import torch
     from transformers import Qwen2ForCausalLM

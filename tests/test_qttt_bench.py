@@ -211,3 +211,22 @@ def test_shipped_kv_model_retrieves_short_contexts_and_dilutes_long_ones():
     em_short = qttt_train_tiny.first_code_em(model, short, tok.pad_token_id)
     em_long = qttt_train_tiny.first_code_em(model, long, tok.pad_token_id)
     assert em_short >= 0.8 and em_long <= em_short - 0.4, (em_short, em_long)
+
+
+def test_code_token_report_tells_an_oracle_from_a_constant(tok):
+    import torch
+
+    class Fixed:
+        def __init__(self, oracle: bool):
+            self.oracle = oracle
+
+        def __call__(self, input_ids, attention_mask):
+            nxt = torch.roll(input_ids, -1, dims=1) if self.oracle else torch.full_like(input_ids, 5)
+            return type("Out", (), {"logits": torch.nn.functional.one_hot(nxt, len(tok)).float()})()
+
+    rng = random.Random(1)
+    rows = [qttt_train_tiny.encode_item(tok, rng, 40, 3, 1) for _ in range(4)]
+    assert qttt_train_tiny.code_token_report(Fixed(True), rows, tok.pad_token_id) == \
+        {"first": 1.0, "second": 1.0, "first_in_context": 1.0}  # every code is written in its context
+    const = qttt_train_tiny.code_token_report(Fixed(False), rows, tok.pad_token_id)
+    assert const["first"] == const["second"] == 0.0
