@@ -42,30 +42,34 @@ def test_training_first_turn_is_the_study_format(tok):
     assert all(f"is {c}." in item["context"] for c in codes)  # every answer is a code of this context
 
 
-def test_word_tokens_make_keys_and_codes_one_token_each(tiny_model_dir):
-    from transformers import AutoTokenizer
+def assert_training_item_is_the_study_format(tok, seed: int, code_tokens: int) -> None:
+    """The gold answer is ``code_tokens`` tokens, and a one-question training item is exactly the study's prompt
+    (context + tail + answer) with only the code tokens in the loss mask."""
     from twinloop.infer.qttt_answer import prompt_parts
 
     from twinloop.tasks.kv_retrieval import make_item
+
+    item = make_item(random.Random(seed), 40, 3)
+    row = {**item, "prompt": [{"role": "user", "content": item["context"] + item["question"]}]}
+    parts = prompt_parts(tok, row)
+    assert len(parts.answer) == code_tokens and tok.decode(parts.answer) == " " + item["answer"]
+    ids, mask = qttt_train_tiny.encode_item(tok, random.Random(seed), 40, 3, questions=1)
+    assert ids[:-2] == parts.context + parts.tail + parts.answer and sum(mask) == code_tokens
+
+
+def test_word_tokens_make_keys_and_codes_one_token_each(tiny_model_dir):
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)  # a fresh copy: the fixture's stays as built
     qttt_train_tiny.add_word_tokens(tok)
     ids = tok("The code for violin is 4821.", add_special_tokens=False)["input_ids"]
     assert [tok.decode([i]) for i in ids][-4:] == [" violin", " is", " 4821", "."]
     assert tok.decode(ids) == "The code for violin is 4821."
-    item = make_item(random.Random(3), 40, 3)
-    row = {**item, "prompt": [{"role": "user", "content": item["context"] + item["question"]}]}
-    parts = prompt_parts(tok, row)
-    assert len(parts.answer) == 1 and tok.decode(parts.answer) == " " + item["answer"]
-    ids, mask = qttt_train_tiny.encode_item(tok, random.Random(3), 40, 3, questions=1)
-    assert ids[:-2] == parts.context + parts.tail + parts.answer and sum(mask) == 1
+    assert_training_item_is_the_study_format(tok, seed=3, code_tokens=1)
 
 
 def test_pair_codes_make_a_code_two_tokens_and_keep_the_format(tiny_model_dir):
     from transformers import AutoTokenizer
-    from twinloop.infer.qttt_answer import prompt_parts
-
-    from twinloop.tasks.kv_retrieval import make_item
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     before = len(tok)
@@ -73,12 +77,7 @@ def test_pair_codes_make_a_code_two_tokens_and_keep_the_format(tiny_model_dir):
     assert len(tok) - before <= 50 + 90 + 100  # keys + " 10".." 99" + "00".."99", not 9,000 whole codes
     ids = tok("The code for violin is 4807.", add_special_tokens=False)["input_ids"]
     assert [tok.decode([i]) for i in ids][-5:] == [" violin", " is", " 48", "07", "."]
-    item = make_item(random.Random(4), 40, 3)
-    row = {**item, "prompt": [{"role": "user", "content": item["context"] + item["question"]}]}
-    parts = prompt_parts(tok, row)
-    assert len(parts.answer) == 2 and tok.decode(parts.answer) == " " + item["answer"]
-    ids, mask = qttt_train_tiny.encode_item(tok, random.Random(4), 40, 3, questions=1)
-    assert ids[:-2] == parts.context + parts.tail + parts.answer and sum(mask) == 2
+    assert_training_item_is_the_study_format(tok, seed=4, code_tokens=2)
 
 
 def test_curriculum_grows_from_low_to_high():
